@@ -1,0 +1,334 @@
+"""Evaluate failguard's discrete-action detectors on recorded LunarLander rollouts.
+
+Protocol (the same as the robot benchmark's), for each seed:
+
+1. Rollout-disjoint split of that seed's rollouts: ID successes into *fit* (RND training),
+   *calibration* (conformal thresholds), *validation* and *test*; ID failures and every
+   OOD group half to validation, half to test. Fit and calibration hold successes only.
+2. Scores are fitted once on the fit split and then frozen.
+3. For each detector and each α, the window sizes and the threshold style (constant,
+   per-step or functional band) are chosen on the validation split (highest TWA; ties
+   broken by balanced accuracy, then by the simpler style and smaller windows). Nothing is
+   tuned on test.
+4. The chosen detector is calibrated on the calibration split at α and evaluated once on
+   the test split: realised false-alarm rate on the held-out ID successes, TPR, TNR,
+   balanced accuracy, TWA, detection time and ROC-AUC, overall and per group.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from failguard import (
+    CalibrationError,
+    DiscreteActionEntropy,
+    FailureDetector,
+    RNDScore,
+    Rollout,
+    evaluate,
+)
+from failguard.scores import BaseScore
+
+__all__ = ["DETECTORS", "CachedScore", "Split", "evaluate_seed", "split_rollouts"]
+
+#: detector name -> score names it fuses (AND when more than one)
+DETECTORS: dict[str, tuple[str, ...]] = {
+    "FIPER (RND AND entropy)": ("rnd", "entropy"),
+    "RND alone": ("rnd",),
+    "entropy alone": ("entropy",),
+    "empirical entropy (B=32 samples) alone": ("entropy_samples",),
+    "RND AND empirical entropy": ("rnd", "entropy_samples"),
+}
+
+METRICS = (
+    "far_id",
+    "far_benign_ood",
+    "tpr",
+    "tnr",
+    "balanced_accuracy",
+    "twa",
+    "detection_time",
+    "roc_auc",
+)
+
+
+class CachedScore(BaseScore):
+    """A fitted score, frozen, whose per-rollout scores are computed once and reused.
+
+    Window selection builds many detectors over the same fitted scores and the same
+    rollouts; only the windows and thresholds change. ``FailureDetector.fit`` on this
+    wrapper checks the inputs and learns nothing, so the wrapped score stays exactly as it
+    was fitted.
+
+    Parameters
+    ----------
+    inner : BaseScore
+        An already fitted score.
+    """
+
+    def __init__(self, inner: BaseScore) -> None:
+        if not inner.is_fitted:
+            raise ValueError("CachedScore wraps a fitted score; call inner.fit(...) first.")
+        super().__init__(inner.name)
+        self.inner = inner
+        self.requires = inner.requires
+        self.input_shapes_ = inner.input_shapes_
+        self._cache: dict[int, NDArray[np.float64]] = {}
+
+    def _fit(self, rollouts: Sequence[Rollout], progress: bool) -> None:
+        """Nothing to learn: the wrapped score is frozen."""
+
+    def _score(self, inputs: Mapping[str, NDArray[Any]]) -> NDArray[np.float64]:
+        return self.inner.score_steps(inputs)
+
+    def score(self, rollout: Rollout) -> NDArray[np.float64]:
+        """Per-step scores of one rollout (cached by object identity)."""
+        key = id(rollout)
+        if key not in self._cache:
+            self._cache[key] = self.inner.score(rollout)
+        return self._cache[key]
+
+    def score_many(self, rollouts: Sequence[Rollout]) -> list[NDArray[np.float64]]:
+        """Per-step scores of several rollouts; only unseen rollouts are scored."""
+        missing = [r for r in rollouts if id(r) not in self._cache]
+        if missing:
+            for r, s in zip(missing, self.inner.score_many(missing), strict=True):
+                self._cache[id(r)] = s
+        return [self._cache[id(r)] for r in rollouts]
+
+
+@dataclass
+class Split:
+    """A rollout-disjoint split of one seed's rollouts."""
+
+    fit: list[Rollout]
+    calibration: list[Rollout]
+    validation: list[Rollout]
+    test: list[Rollout]
+
+    def sizes(self) -> dict[str, dict[str, int]]:
+        """Counts per part, by ``success/<group>``."""
+        out: dict[str, dict[str, int]] = {}
+        for part in ("fit", "calibration", "validation", "test"):
+            counts: dict[str, int] = {}
+            for r in getattr(self, part):
+                key = f"{'success' if r.success else 'fail'}/{r.group}"
+                counts[key] = counts.get(key, 0) + 1
+            out[part] = dict(sorted(counts.items()))
+        return out
+
+
+def split_rollouts(rollouts: Sequence[Rollout], n_fit: int, n_cal: int, seed: int) -> Split:
+    """Split by rollout: fit and calibration from ID successes, the rest half/half.
+
+    Parameters
+    ----------
+    rollouts : sequence of Rollout
+        All rollouts of one seed.
+    n_fit, n_cal : int
+        ID successes for fitting the scores and for calibration.
+    seed : int
+        Seed of the shuffle.
+
+    Returns
+    -------
+    Split
+
+    Raises
+    ------
+    ValueError
+        If there are too few ID successes for fit, calibration and 2 held-out ones.
+    """
+    rng = np.random.default_rng(seed)
+    id_ok = [r for r in rollouts if r.group == "id" and r.success]
+    if len(id_ok) < n_fit + n_cal + 2:
+        raise ValueError(
+            f"Only {len(id_ok)} ID successes; need {n_fit} (fit) + {n_cal} (calibration) + 2 "
+            "held out. Record more ID rollouts."
+        )
+    order = rng.permutation(len(id_ok))
+    fit = [id_ok[i] for i in order[:n_fit]]
+    cal = [id_ok[i] for i in order[n_fit : n_fit + n_cal]]
+    rest = [id_ok[i] for i in order[n_fit + n_cal :]]
+    val, test = rest[: len(rest) // 2], rest[len(rest) // 2 :]
+    others: dict[tuple[str | None, bool | None], list[Rollout]] = {}
+    for r in rollouts:
+        if not (r.group == "id" and r.success):
+            others.setdefault((r.group, r.success), []).append(r)
+    for key in sorted(others, key=str):
+        members = others[key]
+        perm = rng.permutation(len(members))
+        half = (len(members) + int(rng.integers(2))) // 2  # odd counts: random side
+        val += [members[i] for i in perm[:half]]
+        test += [members[i] for i in perm[half:]]
+    return Split(fit, cal, val, test)
+
+
+def _summarise(report: Any) -> dict[str, Any]:
+    """Flatten an EvaluationReport into the benchmark's metrics."""
+    d = report.to_dict()
+    o, groups = d["overall"], d["per_group"]
+    benign = [m for k, m in groups.items() if k.startswith("success/ood")]
+    n_benign = sum(m["n"] for m in benign)
+    far_benign = sum(m["alarm_rate"] * m["n"] for m in benign) / n_benign if n_benign else None
+    return {
+        "far_id": groups.get("success/id", {}).get("alarm_rate"),
+        "far_benign_ood": far_benign,
+        "tpr": o["tpr"],
+        "tnr": o["tnr"],
+        "balanced_accuracy": o["balanced_accuracy"],
+        "twa": o["twa"],
+        "detection_time": o["detection_time"],
+        "roc_auc": o["roc_auc"],
+        "lead_time_steps": o["lead_time_steps"],
+        "n_success": o["n_success"],
+        "n_failure": o["n_failure"],
+        "per_group": groups,
+    }
+
+
+def _key(m: Mapping[str, Any]) -> tuple[float, float]:
+    def num(x: Any) -> float:
+        return -math.inf if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+    return (num(m["twa"]), num(m["balanced_accuracy"]))
+
+
+def _detector(
+    cached: Mapping[str, BaseScore],
+    names: Sequence[str],
+    wins: Sequence[int],
+    style: str,
+    alpha: float,
+    seed: int,
+) -> FailureDetector:
+    return FailureDetector(
+        scores=[cached[n] for n in names],
+        windows={n: int(w) for n, w in zip(names, wins, strict=True)},
+        combine="and",
+        threshold=style,
+        alpha=alpha,
+        random_state=seed,
+    )
+
+
+def evaluate_seed(
+    rollouts: Sequence[Rollout],
+    seed: int,
+    n_fit: int,
+    n_cal: int,
+    window_grid: Sequence[int],
+    alphas: Sequence[float],
+    threshold_styles: Sequence[str] = ("constant", "per_step", "band"),
+    rnd_kwargs: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the whole protocol for one seed.
+
+    Parameters
+    ----------
+    rollouts : sequence of Rollout
+        All rollouts of the seed (ID and OOD, successes and failures).
+    seed : int
+        Seeds the split and the RND networks.
+    n_fit, n_cal : int
+        ID successes used to fit the scores and to calibrate.
+    window_grid : sequence of int
+        Candidate window sizes (each indicator independently).
+    alphas : sequence of float
+        Target false-alarm rates.
+    threshold_styles : sequence of str
+        Candidate threshold styles, chosen on validation together with the windows.
+    rnd_kwargs : mapping, optional
+        Extra arguments of :class:`failguard.RNDScore`.
+    progress : bool
+        Show progress bars.
+
+    Returns
+    -------
+    dict
+        Split sizes, and per α and detector: chosen windows, validation metrics, test metrics.
+    """
+    from tqdm import tqdm
+
+    split = split_rollouts(rollouts, n_fit, n_cal, seed)
+    t_max = max(len(r) for r in rollouts)
+    base: dict[str, BaseScore] = {
+        "rnd": RNDScore(seed=seed, **dict(rnd_kwargs or {})),
+        "entropy": DiscreteActionEntropy(source="logits"),
+        "entropy_samples": DiscreteActionEntropy(source="samples"),
+    }
+    for s in base.values():
+        s.fit(split.fit, progress=progress)
+    cached = {k: CachedScore(v) for k, v in base.items()}
+    result: dict[str, Any] = {"seed": seed, "split": split.sizes(), "t_max": t_max, "alpha": {}}
+    jobs = [(a, name) for a in alphas for name in DETECTORS]
+    for alpha, name in tqdm(jobs, desc=f"seed {seed}: validation search", disable=not progress):
+        names = DETECTORS[name]
+        candidates = [
+            (style, wins)
+            for style in threshold_styles
+            for wins in itertools.product(window_grid, repeat=len(names))
+        ]
+        best: tuple[tuple[float, float], str, tuple[int, ...], dict[str, Any]] | None = None
+        for style, wins in candidates:
+            det = _detector(cached, names, wins, style, alpha, seed)
+            try:
+                det.fit(split.fit, progress=False).calibrate(split.calibration)
+            except CalibrationError:  # too few calibration rollouts for this style and alpha
+                continue
+            val = _summarise(evaluate(det, split.validation, t_max=t_max))
+            key = _key(val)
+            # strictly better only: ties keep the earlier candidate (simpler style, smaller windows)
+            if best is None or key > best[0]:
+                best = (key, style, wins, val)
+        if best is None:
+            raise CalibrationError(f"No threshold style could be calibrated at alpha={alpha}.")
+        _, style, wins, val = best
+        det = _detector(cached, names, wins, style, alpha, seed)
+        det.fit(split.fit, progress=False).calibrate(split.calibration)
+        test = _summarise(evaluate(det, split.test, t_max=t_max))
+        result["alpha"].setdefault(str(alpha), {})[name] = {
+            "windows": dict(zip(names, (int(w) for w in wins), strict=True)),
+            "threshold": style,
+            "validation": {k: v for k, v in val.items() if k != "per_group"},
+            "test": test,
+        }
+    result["monitor_replay_matches"] = _check_streaming(base, split, min(alphas), window_grid)
+    rnd = base["rnd"]
+    result["rnd"] = {
+        "parameters": int(rnd.n_parameters) if hasattr(rnd, "n_parameters") else None,
+        "best_epoch": int(getattr(rnd, "best_epoch_", -1)),
+    }
+    return result
+
+
+def _check_streaming(
+    base: Mapping[str, BaseScore], split: Split, alpha: float, window_grid: Sequence[int]
+) -> bool:
+    """Replay a few test rollouts through the streaming Monitor; compare with the batch path."""
+    w = int(window_grid[len(window_grid) // 2])
+    # the scores are fitted already: wrap them so the detector does not train RND again
+    det = FailureDetector(
+        scores=[CachedScore(base["rnd"]), CachedScore(base["entropy"])], windows=w, alpha=alpha
+    )
+    det.fit(split.fit, progress=False).calibrate(split.calibration)
+    ok = True
+    for r in split.test[:: max(1, len(split.test) // 5)]:
+        trace = det.score(r)
+        mon = det.monitor()
+        mon.reset()
+        assert r.action_logits is not None
+        alarms = [
+            mon.step(embedding=r.embeddings[t], action_logits=r.action_logits[t]).alarm
+            for t in range(len(r))
+        ]
+        ok = ok and bool(np.array_equal(np.asarray(alarms), trace.alarm))
+    return ok
