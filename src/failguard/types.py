@@ -17,7 +17,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from .exceptions import RolloutError
 
-__all__ = ["Rollout", "Verdict", "as_step_array"]
+__all__ = ["Rollout", "Trace", "Verdict", "as_step_array"]
 
 # name -> (number of dimensions, kind of dtype, numpy dtype stored)
 _FIELDS: dict[str, tuple[int, str, type[np.generic]]] = {
@@ -279,3 +279,57 @@ class Verdict:
             "alarm": self.alarm,
             "fired": list(self.fired),
         }
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Everything the detector computes for one rollout, step by step (batch counterpart of
+    a sequence of :class:`Verdict`).
+
+    Attributes
+    ----------
+    scores, windowed, thresholds, ratios : dict[str, ndarray of shape (T,)]
+        Per indicator: raw score s(t), windowed η(t), threshold γ(t) and η(t)/γ(t).
+    fused : ndarray of shape (T,)
+        Fused ratio (min for AND, max for OR).
+    alarm : ndarray of bool, shape (T,)
+        ``fused > 1``.
+    success, group : outcome and group of the rollout, if known.
+    """
+
+    scores: dict[str, NDArray[np.float64]]
+    windowed: dict[str, NDArray[np.float64]]
+    thresholds: dict[str, NDArray[np.float64]]
+    ratios: dict[str, NDArray[np.float64]]
+    fused: NDArray[np.float64]
+    alarm: NDArray[np.bool_]
+    success: bool | None = None
+    group: str | None = None
+
+    def __len__(self) -> int:
+        return int(self.fused.shape[0])
+
+    @property
+    def first_alarm(self) -> int | None:
+        """Index of the first step with an alarm, or None."""
+        hits = np.flatnonzero(self.alarm)
+        return int(hits[0]) if hits.size else None
+
+    @property
+    def predicted_failure(self) -> bool:
+        """Whether an alarm fires at any step."""
+        return bool(self.alarm.any())
+
+    def verdict(self, t: int) -> Verdict:
+        """The :class:`Verdict` of step t (what :class:`~failguard.Monitor` said there)."""
+        ratios = {k: float(v[t]) for k, v in self.ratios.items()}
+        return Verdict(
+            step=t,
+            scores={k: float(v[t]) for k, v in self.scores.items()},
+            windowed={k: float(v[t]) for k, v in self.windowed.items()},
+            thresholds={k: float(v[t]) for k, v in self.thresholds.items()},
+            ratios=ratios,
+            fused_ratio=float(self.fused[t]),
+            alarm=bool(self.alarm[t]),
+            fired=tuple(k for k, r in ratios.items() if r > 1.0),
+        )

@@ -1,0 +1,238 @@
+"""Split-conformal thresholds on windowed scores of successful rollouts.
+
+Pure numpy; nothing here knows about torch or about what a score measures.
+
+Every threshold style is written the same way. A *profile* (offset a(t), scale b(t)) turns a
+windowed score into a normalised one, D(t) = (η(t) - a(t)) / b(t), and a single number h
+turns back into the threshold γ(t) = a(t) + h·b(t), so that η(t) > γ(t) ⇔ D(t) > h:
+
+============ ============================ ===================== ======================
+style        a(t)                          b(t)                  needs a profile split
+============ ============================ ===================== ======================
+constant     0                             1                     no
+per_step     0                             per-step quantile     yes
+band         mean curve μ(t)               max |η_i(t) - μ(t)|   yes
+============ ============================ ===================== ======================
+
+The calibration unit is the rollout. Its statistic is S_i = max_t D_i(t) (one number per
+rollout), and h is the k-th smallest S_i with k = ⌈(n+1)(1-α)⌉. For n exchangeable
+successful rollouts scored by a frozen function, a new successful rollout then alarms with
+probability at most α (episode-level guarantee). When k > n no threshold can give the
+guarantee and :class:`~failguard.CalibrationError` says how many rollouts are needed.
+Profiles are estimated on a first part of the rollouts and h on the rest, so the profile is
+frozen before h is computed.
+
+Time-varying tables cover t = 0 … L-1, L being the longest profile rollout; **past L the
+last value is repeated** (`extend_table`), the same rule in calibration, in Python
+monitoring and inside the ONNX graph.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..exceptions import CalibrationError
+
+__all__ = [
+    "THRESHOLD_STYLES",
+    "Profile",
+    "band_profile",
+    "conformal_p_values",
+    "conformal_quantile",
+    "conformal_rank",
+    "constant_profile",
+    "episode_statistics",
+    "extend_table",
+    "min_calibration_size",
+    "per_step_profile",
+]
+
+THRESHOLD_STYLES = ("constant", "per_step", "band")
+
+#: Floor of every threshold and profile scale. Scores are non-negative, so a threshold at or
+#: below zero can only mean "always alarm"; flooring keeps the ratio η/γ finite.
+TINY = 1e-12
+
+
+def conformal_rank(n: int, alpha: float) -> int:
+    """The rank k = ⌈(n+1)(1-α)⌉ of the conformal order statistic, checked against n.
+
+    Raises
+    ------
+    CalibrationError
+        If k > n: with n rollouts no threshold guarantees a false-alarm rate of at most α.
+
+    Examples
+    --------
+    >>> conformal_rank(19, 0.05), conformal_rank(100, 0.1)
+    (19, 91)
+    >>> conformal_rank(10, 0.05)
+    Traceback (most recent call last):
+    ...
+    failguard.exceptions.CalibrationError: alpha=0.05 needs at least 19 successful calibration rollouts for its conformal threshold; got 10. Record more successful rollouts or raise alpha.
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be a float in the range (0, 1). Got {alpha!r} instead.")
+    k = math.ceil((n + 1) * (1.0 - alpha) - 1e-9)
+    if k > n:
+        raise CalibrationError(
+            f"alpha={alpha:g} needs at least {min_calibration_size(alpha)} successful "
+            f"calibration rollouts for its conformal threshold; got {n}. "
+            "Record more successful rollouts or raise alpha."
+        )
+    return max(k, 1)
+
+
+def min_calibration_size(alpha: float) -> int:
+    """Smallest n for which ⌈(n+1)(1-α)⌉ <= n.
+
+    Examples
+    --------
+    >>> min_calibration_size(0.05), min_calibration_size(0.1), min_calibration_size(0.2)
+    (19, 9, 4)
+    """
+    return max(1, math.ceil((1.0 - alpha) / alpha - 1e-9))
+
+
+def conformal_quantile(values: NDArray[np.float64], alpha: float) -> float:
+    """The ⌈(n+1)(1-α)⌉-th smallest of ``values`` (finite-sample conformal quantile).
+
+    Examples
+    --------
+    >>> conformal_quantile(np.arange(1.0, 20.0), 0.05)
+    19.0
+    """
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    return float(v[conformal_rank(v.shape[0], alpha) - 1])
+
+
+def extend_table(table: NDArray[np.float64], length: int) -> NDArray[np.float64]:
+    """Values of a time table at t = 0 … length-1, repeating its last value past its end.
+
+    Examples
+    --------
+    >>> extend_table(np.array([1.0, 2.0]), 4)
+    array([1., 2., 2., 2.])
+    """
+    idx = np.minimum(np.arange(length), table.shape[0] - 1)
+    return table[idx]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Offset a(t) and scale b(t) > 0 of a threshold style (tables, last value repeated)."""
+
+    offset: NDArray[np.float64]
+    scale: NDArray[np.float64]
+
+    def normalise(self, curve: NDArray[np.float64]) -> NDArray[np.float64]:
+        """D(t) = (η(t) - a(t)) / b(t) for one windowed curve."""
+        n = curve.shape[0]
+        return (curve - extend_table(self.offset, n)) / extend_table(self.scale, n)
+
+    def rescaled(self, factor: float) -> Profile:
+        """The same profile with its scale multiplied by ``factor`` (> 0)."""
+        return Profile(self.offset, self.scale * factor)
+
+    def thresholds(self, h: float) -> NDArray[np.float64]:
+        """γ(t) = a(t) + h·b(t), floored at :data:`TINY`; as long as the longer of a and b."""
+        length = max(self.offset.shape[0], self.scale.shape[0])
+        gamma = extend_table(self.offset, length) + h * extend_table(self.scale, length)
+        return np.maximum(gamma, TINY)
+
+
+def constant_profile() -> Profile:
+    """a = 0, b = 1: the threshold is h itself."""
+    return Profile(np.zeros(1), np.ones(1))
+
+
+def _per_step_stack(curves: Sequence[NDArray[np.float64]]) -> NDArray[np.float64]:
+    """Stack curves of unequal length into (n, L) with NaN past each curve's end."""
+    length = max(c.shape[0] for c in curves)
+    out = np.full((len(curves), length), np.nan)
+    for i, c in enumerate(curves):
+        out[i, : c.shape[0]] = c
+    return out
+
+
+def per_step_profile(curves: Sequence[NDArray[np.float64]], alpha: float) -> Profile:
+    """b(t) = the (1-α) quantile of η_i(t) over the rollouts still running at t.
+
+    Only the *shape* of the threshold comes from here; its level h is conformalised on other
+    rollouts, which is what makes the episode-level guarantee hold.
+    """
+    stack = _per_step_stack(curves)
+    q = np.nanquantile(stack, 1.0 - alpha, axis=0)
+    floor = max(TINY, 1e-6 * float(np.max(np.abs(q)))) if q.size else TINY
+    return Profile(np.zeros(1), np.maximum(q, floor))
+
+
+def band_profile(curves: Sequence[NDArray[np.float64]], trim: float = 0.0) -> Profile:
+    """Functional band (FAIL-Detect): a(t) = mean curve μ(t), b(t) = max_i |η_i(t) - μ(t)|.
+
+    Parameters
+    ----------
+    curves : sequence of (T_i,) arrays
+        Windowed scores of the profile rollouts.
+    trim : float in [0, 1), default=0
+        Fraction of the profile curves farthest from μ (by their largest deviation) left out
+        of the max that defines b(t), which makes the band robust to one odd rollout.
+    """
+    stack = _per_step_stack(curves)
+    mu = np.nanmean(stack, axis=0)
+    dev = np.abs(stack - mu)
+    n_drop = int(math.floor(trim * stack.shape[0]))
+    if n_drop and stack.shape[0] - n_drop >= 1:
+        worst = np.nanmax(dev, axis=1)
+        keep = np.argsort(worst, kind="stable")[: stack.shape[0] - n_drop]
+        dev = dev[keep]
+    sigma = np.nanmax(dev, axis=0)
+    sigma = np.where(np.isfinite(sigma), sigma, 0.0)
+    floor = max(TINY, 1e-6 * float(np.max(sigma, initial=0.0)), 1e-6 * float(np.max(np.abs(mu))))
+    return Profile(mu, np.maximum(sigma, floor))
+
+
+def episode_statistics(
+    curves: Sequence[Sequence[NDArray[np.float64]]],
+    profiles: Sequence[Profile],
+    combine: str = "and",
+) -> NDArray[np.float64]:
+    """S_i = max_t fuse_k D_k,i(t) for each rollout i (fuse = min for AND, max for OR).
+
+    Parameters
+    ----------
+    curves : sequence over indicators of sequences over rollouts of (T_i,) arrays
+    profiles : one :class:`Profile` per indicator
+    combine : {"and", "or"}
+        Only matters with more than one indicator.
+    """
+    n = len(curves[0])
+    out = np.empty(n)
+    for i in range(n):
+        d = np.stack([p.normalise(c[i]) for c, p in zip(curves, profiles)])
+        fused = d.min(axis=0) if combine == "and" else d.max(axis=0)
+        out[i] = fused.max()
+    return out
+
+
+def conformal_p_values(
+    running_max: NDArray[np.float64], calibration_statistics: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """Conformal p-value of a rollout's statistic so far, at each step.
+
+    p(t) = (1 + #{i : S_i >= M(t)}) / (n + 1), with M(t) = max_{s<=t} D(s). A small p-value
+    means the rollout is already more extreme than nearly every calibration success.
+
+    Examples
+    --------
+    >>> conformal_p_values(np.array([0.5, 2.0, 9.0]), np.array([1.0, 2.0, 3.0]))
+    array([1.  , 0.5 , 0.25])
+    """
+    s = np.sort(np.asarray(calibration_statistics, dtype=np.float64))
+    n_ge = s.shape[0] - np.searchsorted(s, running_max, side="left")
+    return (1.0 + n_ge) / (s.shape[0] + 1.0)

@@ -1,0 +1,603 @@
+"""FailureDetector: fit scores, calibrate thresholds, score rollouts, save and load.
+
+The phases are explicit and their order is enforced (as in MAPIE v1):
+
+1. :meth:`FailureDetector.fit` on successful rollouts: trains RND, fits ACE cell sizes, ...
+2. :meth:`FailureDetector.calibrate` on *other* successful rollouts: the thresholds. The
+   scores are frozen by then, which is what the conformal guarantee needs.
+3. :meth:`~FailureDetector.score`, :meth:`~FailureDetector.predict`,
+   :meth:`~FailureDetector.monitor`, :func:`failguard.evaluate`, export.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import _pipeline
+from ._version import SCHEMA_VERSION, __version__
+from .calibration.calibrator import CalibrationResult, CalibrationSettings, calibrate_thresholds
+from .calibration.conformal import THRESHOLD_STYLES, Profile, conformal_p_values
+from .exceptions import ArtifactError, CalibrationError, NotFittedError, RolloutError
+from .scores._base import BaseScore, score_from_config
+from .scores.entropy import ActionChunkEntropy
+from .scores.rnd import RNDScore
+from .types import Rollout, Trace
+from .windows import WINDOW_KINDS, window_scores
+
+__all__ = ["FailureDetector"]
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def _param_error(name: str, expected: str, value: Any) -> ValueError:
+    return ValueError(
+        f"The '{name}' parameter of FailureDetector must be {expected}. Got {value!r} instead."
+    )
+
+
+def _fingerprint(r: Rollout) -> str:
+    h = hashlib.sha1(r.embeddings.tobytes())
+    h.update(str(r.embeddings.shape).encode())
+    return h.hexdigest()
+
+
+class FailureDetector:
+    """FIPER's failure detector: scores, causal windows, conformal thresholds and fusion.
+
+    Parameters
+    ----------
+    scores : sequence of scores, optional
+        Indicators, each with a unique ``name``. Default: ``[RNDScore(), ActionChunkEntropy()]``
+        (FIPER). For discrete-action agents use ``[RNDScore(), DiscreteActionEntropy()]``.
+    windows : int or dict[str, int], default=10
+        Window length w per indicator (one int for all, or by score name).
+    window_kind : {"sum", "mean", "cumulative"}, default="sum"
+        Causal aggregation; the moving sum is FIPER's.
+    combine : {"and", "or"}, default="and"
+        AND (FIPER): alarm when every indicator exceeds its threshold at the same step.
+    threshold : {"constant", "per_step", "band"}, default="constant"
+        Threshold style; see :mod:`failguard.calibration`.
+    alpha : float in (0, 1), default=0.05
+        Bound on the probability that a new successful rollout raises an alarm.
+    guarantee : {"marginal", "pac"}, default="marginal"
+        ``"marginal"``: E[false-alarm rate] <= alpha (split conformal). ``"pac"``:
+        P(false-alarm rate <= alpha) >= 1 - delta (Learn-then-Test through MAPIE).
+    delta : float in (0, 1), default=0.1
+        Only for ``guarantee="pac"``.
+    calibration : {"auto", "per_indicator", "joint"}, default="auto"
+        How alpha is shared between indicators. ``"auto"`` is ``"joint"`` for PAC and
+        ``"per_indicator"`` otherwise (FIPER's choice).
+    split : float in (0, 1), default=0.5
+        Fraction of calibration rollouts that estimate time-varying profiles (or, for joint
+        calibration, the indicators' common scale).
+    trim : float in [0, 1), default=0.0
+        Band style only: fraction of profile curves left out of the band's width.
+    mondrian : bool, default=False
+        Calibrate separately for each ``Rollout.group`` (per-group guarantee). The monitor
+        then needs the group at ``reset``.
+    mode : {"corrected", "reference"}, default="corrected"
+        ``"reference"`` reproduces the reference code's calibration (no n+1, raw per-step
+        quantile, reversed band sign) for side-by-side comparison only; no guarantee.
+    random_state : int, default=0
+        Seeds the calibration split.
+
+    Attributes
+    ----------
+    scores_ : list of fitted scores
+    thresholds_ : dict[str, ndarray]
+        Pooled threshold table γ(t) per indicator (last value repeated past its end).
+    calibration_ : CalibrationResult
+        Pooled calibration; ``group_calibration_`` holds the per-group ones (Mondrian).
+    n_fit_, n_calibration_ : int
+
+    Examples
+    --------
+    >>> from failguard.synthetic import make_rollouts
+    >>> fit_set = make_rollouts(12, kind="nominal", seed=0)
+    >>> cal_set = make_rollouts(40, kind="nominal", seed=1)
+    >>> det = FailureDetector(alpha=0.1).fit(fit_set, progress=False).calibrate(cal_set)
+    >>> failing = make_rollouts(5, kind="failure", seed=2)
+    >>> int(det.predict(failing).sum()) >= 4
+    True
+    """
+
+    def __init__(
+        self,
+        scores: Sequence[BaseScore] | None = None,
+        windows: int | Mapping[str, int] = 10,
+        window_kind: str = "sum",
+        combine: str = "and",
+        threshold: str = "constant",
+        alpha: float = 0.05,
+        guarantee: str = "marginal",
+        delta: float = 0.1,
+        calibration: str = "auto",
+        split: float = 0.5,
+        trim: float = 0.0,
+        mondrian: bool = False,
+        mode: str = "corrected",
+        random_state: int = 0,
+    ) -> None:
+        self.scores = list(scores) if scores is not None else [RNDScore(), ActionChunkEntropy()]
+        if not self.scores:
+            raise _param_error("scores", "a non-empty sequence of scores", scores)
+        names = [s.name for s in self.scores]
+        if len(set(names)) != len(names):
+            raise ValueError(
+                f"Scores of a FailureDetector need unique names; got {names}. Pass name=... "
+                "to tell two scores of the same kind apart."
+            )
+        if isinstance(windows, Mapping):
+            unknown = set(windows) - set(names)
+            if unknown:
+                raise _param_error("windows", f"a dict keyed by score names {names}", windows)
+            self.windows = {n: windows.get(n, 10) for n in names}
+        else:
+            self.windows = dict.fromkeys(names, windows)
+        for n, w in self.windows.items():
+            if isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1:
+                raise _param_error("windows", f"an int >= 1 (for {n!r})", w)
+        checks = (
+            ("window_kind", window_kind, WINDOW_KINDS),
+            ("combine", combine, ("and", "or")),
+            ("threshold", threshold, THRESHOLD_STYLES),
+            ("guarantee", guarantee, ("marginal", "pac")),
+            ("calibration", calibration, ("auto", "per_indicator", "joint")),
+            ("mode", mode, ("corrected", "reference")),
+        )
+        for label, value, allowed in checks:
+            if value not in allowed:
+                raise _param_error(label, f"one of {allowed}", value)
+        for label, value, lo_open in (("alpha", alpha, True), ("delta", delta, True),
+                                      ("split", split, True)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+                raise _param_error(label, "a float in the range (0, 1)", value)
+        if isinstance(trim, bool) or not isinstance(trim, (int, float)) or not 0 <= trim < 1:
+            raise _param_error("trim", "a float in the range [0, 1)", trim)
+        if mode == "reference" and guarantee == "pac":
+            raise ValueError("mode='reference' reproduces the reference code, which has no PAC "
+                             "calibration; use guarantee='marginal'.")
+        self.window_kind = window_kind
+        self.combine = combine
+        self.threshold = threshold
+        self.alpha = float(alpha)
+        self.guarantee = guarantee
+        self.delta = float(delta)
+        self.calibration = calibration
+        self.split = float(split)
+        self.trim = float(trim)
+        self.mondrian = bool(mondrian)
+        self.mode = mode
+        self.random_state = int(random_state)
+        self._fitted = False
+        self._fit_fingerprints: set[str] = set()
+        self.calibration_: CalibrationResult | None = None
+        self.group_calibration_: dict[str, CalibrationResult] = {}
+        self._calibration_curves: dict[str, list[NDArray[np.float64]]] | None = None
+        self._calibration_groups: list[str | None] = []
+        self.n_fit_ = 0
+        self.n_calibration_ = 0
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def names(self) -> list[str]:
+        """Indicator names, in order."""
+        return [s.name for s in self.scores]
+
+    @property
+    def scores_(self) -> list[BaseScore]:
+        """The fitted scores (after :meth:`fit`)."""
+        self._require_fitted()
+        return self.scores
+
+    @property
+    def thresholds_(self) -> dict[str, NDArray[np.float64]]:
+        """Pooled γ(t) table per indicator."""
+        return self._require_calibrated().tables
+
+    @property
+    def settings(self) -> CalibrationSettings:
+        """The calibration settings these parameters imply."""
+        joint = self.calibration == "joint" or (
+            self.calibration == "auto" and self.guarantee == "pac"
+        )
+        return CalibrationSettings(
+            style=self.threshold, alpha=self.alpha, combine=self.combine, joint=joint,
+            guarantee=self.guarantee, delta=self.delta, split=self.split, trim=self.trim,
+            mode=self.mode,
+        )
+
+    @property
+    def is_calibrated(self) -> bool:
+        """Whether :meth:`calibrate` has run."""
+        return self.calibration_ is not None
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        """Rollout fields the scores read."""
+        out: list[str] = []
+        for s in self.scores:
+            out += [f for f in s.requires if f not in out]
+        return tuple(out)
+
+    # ------------------------------------------------------------------ phases
+    def _check_nominal(self, rollouts: Sequence[Rollout], phase: str) -> list[Rollout]:
+        if isinstance(rollouts, Rollout):
+            rollouts = [rollouts]
+        rollouts = list(rollouts)
+        if not rollouts:
+            raise CalibrationError(f"{phase}: no rollouts given; pass successful rollouts.")
+        unknown = []
+        for i, r in enumerate(rollouts):
+            if not isinstance(r, Rollout):
+                raise TypeError(f"{phase}: item {i} is a {type(r).__name__}, not a Rollout.")
+            if r.success is False:
+                where = f" (group {r.group!r})" if r.group else ""
+                raise CalibrationError(
+                    f"{phase}: rollout {i}{where} failed (success=False). {phase} uses "
+                    "successful rollouts only; drop failed ones before calling it."
+                )
+            if r.success is None:
+                unknown.append(i)
+        if unknown:
+            warnings.warn(
+                f"{phase}: {len(unknown)} rollout(s) have success=None (first: {unknown[0]}); "
+                "they are treated as successes. Label rollouts to keep the guarantee honest.",
+                UserWarning,
+                stacklevel=3,
+            )
+        return rollouts
+
+    def fit(self, rollouts: Sequence[Rollout], progress: bool = True) -> FailureDetector:
+        """Fit every score on successful rollouts.
+
+        Parameters
+        ----------
+        rollouts : sequence of Rollout
+            Successful rollouts, disjoint from those later given to :meth:`calibrate`.
+        progress : bool, default=True
+            Show progress bars during training.
+
+        Returns
+        -------
+        self
+        """
+        rollouts = self._check_nominal(rollouts, "fit")
+        for s in self.scores:
+            s.fit(rollouts, progress=progress)
+        self._fit_fingerprints = {_fingerprint(r) for r in rollouts}
+        self._fitted = True
+        self.n_fit_ = len(rollouts)
+        self.calibration_ = None
+        self.group_calibration_ = {}
+        return self
+
+    def calibrate(self, rollouts: Sequence[Rollout], progress: bool = False) -> FailureDetector:
+        """Compute thresholds from successful rollouts not used by :meth:`fit`.
+
+        Raises
+        ------
+        NotFittedError
+            If :meth:`fit` has not run.
+        CalibrationError
+            On failed rollouts, rollouts also used to fit, or too few rollouts for alpha.
+
+        Returns
+        -------
+        self
+        """
+        self._require_fitted()
+        rollouts = self._check_nominal(rollouts, "calibrate")
+        reused = [i for i, r in enumerate(rollouts) if _fingerprint(r) in self._fit_fingerprints]
+        if reused:
+            raise CalibrationError(
+                f"calibrate: rollout(s) {reused[:5]} were also used to fit the scores. In-sample "
+                "scores are too small and void the guarantee; calibrate on other successful "
+                "rollouts."
+            )
+        curves = self._windowed_many(rollouts, progress)
+        self._calibration_curves = curves
+        self._calibration_groups = [r.group for r in rollouts]
+        self._calibrate_from_curves()
+        self.n_calibration_ = len(rollouts)
+        return self
+
+    def _calibrate_from_curves(self) -> None:
+        assert self._calibration_curves is not None
+        settings = self.settings
+        rng = np.random.default_rng(self.random_state)
+        self.calibration_ = calibrate_thresholds(self._calibration_curves, settings, rng)
+        self.group_calibration_ = {}
+        if self.mondrian:
+            groups = sorted({g for g in self._calibration_groups if g is not None})
+            if not groups:
+                raise CalibrationError(
+                    "mondrian=True needs calibration rollouts with a 'group' label."
+                )
+            for g in groups:
+                idx = [i for i, gi in enumerate(self._calibration_groups) if gi == g]
+                sub = {k: [v[i] for i in idx] for k, v in self._calibration_curves.items()}
+                try:
+                    self.group_calibration_[g] = calibrate_thresholds(sub, settings, rng)
+                except CalibrationError as err:
+                    raise CalibrationError(f"group {g!r}: {err}") from err
+
+    def with_alpha(self, alpha: float) -> FailureDetector:
+        """A copy calibrated at another alpha on the same calibration rollouts (no rescoring).
+
+        Available right after :meth:`calibrate` in the same session.
+        """
+        self._require_calibrated()
+        if self._calibration_curves is None:
+            raise NotFittedError(
+                "with_alpha needs the calibration curves, which a loaded detector does not "
+                "keep; call calibrate(rollouts) again."
+            )
+        other = copy.copy(self)
+        other.alpha = float(alpha)
+        other._calibrate_from_curves()
+        return other
+
+    # ------------------------------------------------------------------ scoring
+    def raw_scores(self, rollout: Rollout) -> dict[str, NDArray[np.float64]]:
+        """Per-step raw score of each indicator, shape (T,) each."""
+        self._require_fitted()
+        return {s.name: s.score(rollout) for s in self.scores}
+
+    def _windowed_many(
+        self, rollouts: Sequence[Rollout], progress: bool = False
+    ) -> dict[str, list[NDArray[np.float64]]]:
+        from tqdm.auto import tqdm
+
+        out: dict[str, list[NDArray[np.float64]]] = {}
+        for s in tqdm(self.scores, desc="scoring", disable=not progress, leave=False):
+            raw = s.score_many(rollouts)
+            out[s.name] = [window_scores(x, self.windows[s.name], self.window_kind)  # type: ignore[arg-type]
+                           for x in raw]
+        return out
+
+    def tables_for(self, group: str | None = None) -> dict[str, NDArray[np.float64]]:
+        """Threshold tables to use for a rollout of ``group`` (Mondrian aware)."""
+        cal = self._require_calibrated()
+        if self.mondrian:
+            if group in self.group_calibration_:
+                return self.group_calibration_[group].tables
+            warnings.warn(
+                f"No Mondrian thresholds for group {group!r} (calibrated groups: "
+                f"{sorted(self.group_calibration_)}); using the pooled thresholds.",
+                UserWarning,
+                stacklevel=3,
+            )
+        return cal.tables
+
+    def _trace(self, raw: dict[str, NDArray[np.float64]], rollout: Rollout,
+               group: str | None) -> Trace:
+        tables = self.tables_for(group)
+        t = np.arange(len(rollout))
+        windowed, gammas, rat = {}, {}, {}
+        for name in self.names:
+            windowed[name] = window_scores(raw[name], self.windows[name], self.window_kind)  # type: ignore[arg-type]
+            gammas[name] = _pipeline.threshold_at(tables[name], t)
+            rat[name] = _pipeline.ratios(windowed[name], gammas[name])
+        fused = _pipeline.fuse(list(rat.values()), self.combine)
+        return Trace(raw, windowed, gammas, rat, fused, fused > 1.0, rollout.success,
+                     rollout.group)
+
+    def score(self, rollout: Rollout, group: str | None = None) -> Trace:
+        """Score one rollout step by step (what a :class:`Monitor` would have said).
+
+        Parameters
+        ----------
+        rollout : Rollout
+        group : str, optional
+            Group for Mondrian thresholds; default ``rollout.group``.
+        """
+        self._require_calibrated()
+        return self._trace(self.raw_scores(rollout), rollout,
+                           group if group is not None else rollout.group)
+
+    def traces(self, rollouts: Sequence[Rollout], progress: bool = False) -> list[Trace]:
+        """:meth:`score` for many rollouts, batching the score networks."""
+        self._require_calibrated()
+        from tqdm.auto import tqdm
+
+        raw: dict[str, list[NDArray[np.float64]]] = {}
+        for s in tqdm(self.scores, desc="scoring", disable=not progress, leave=False):
+            raw[s.name] = s.score_many(rollouts)
+        return [self._trace({k: v[i] for k, v in raw.items()}, r, r.group)
+                for i, r in enumerate(rollouts)]
+
+    def predict(self, rollouts: Sequence[Rollout]) -> NDArray[np.bool_]:
+        """Predicted failure (an alarm at any step) per rollout."""
+        return np.array([t.predicted_failure for t in self.traces(rollouts)], dtype=bool)
+
+    def p_values(self, rollout: Rollout) -> dict[str, NDArray[np.float64]]:
+        """Conformal p-value per step, per indicator (and ``"fused"`` for joint calibration).
+
+        p(t) is the fraction of calibration successes whose whole-rollout statistic is at
+        least as extreme as this rollout's so far; small means unusual.
+        """
+        cal = self._require_calibrated()
+        if self.mondrian and rollout.group in self.group_calibration_:
+            cal = self.group_calibration_[rollout.group]  # type: ignore[index]
+        raw = self.raw_scores(rollout)
+        d = {}
+        for name in self.names:
+            w = window_scores(raw[name], self.windows[name], self.window_kind)  # type: ignore[arg-type]
+            d[name] = cal.profiles[name].normalise(w)
+        out = {k: conformal_p_values(np.maximum.accumulate(v), cal.statistics[k])
+               for k, v in d.items()}
+        if "fused" in cal.statistics:
+            fused = _pipeline.fuse(list(d.values()), self.combine)
+            out["fused"] = conformal_p_values(np.maximum.accumulate(fused),
+                                              cal.statistics["fused"])
+        return out
+
+    def monitor(self, group: str | None = None) -> Any:
+        """A streaming :class:`~failguard.Monitor` for one rollout at a time."""
+        from .monitor import Monitor
+
+        return Monitor(self, group=group)
+
+    # ------------------------------------------------------------------ checks
+    def _require_fitted(self) -> None:
+        if not self._fitted:
+            raise NotFittedError(
+                "Incorrect method order: this FailureDetector is not fitted yet. Call "
+                "'fit' with successful rollouts first, then 'calibrate' with other successful "
+                "rollouts."
+            )
+
+    def _require_calibrated(self) -> CalibrationResult:
+        self._require_fitted()
+        if self.calibration_ is None:
+            raise NotFittedError(
+                "Incorrect method order: this FailureDetector is fitted but not calibrated. "
+                "Call 'calibrate' with successful rollouts not used in 'fit'."
+            )
+        return self.calibration_
+
+    # ------------------------------------------------------------------ persistence
+    def get_params(self) -> dict[str, Any]:
+        """Constructor parameters other than ``scores`` (JSON-serialisable)."""
+        return {
+            "windows": dict(self.windows), "window_kind": self.window_kind,
+            "combine": self.combine, "threshold": self.threshold, "alpha": self.alpha,
+            "guarantee": self.guarantee, "delta": self.delta, "calibration": self.calibration,
+            "split": self.split, "trim": self.trim, "mondrian": self.mondrian,
+            "mode": self.mode, "random_state": self.random_state,
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into directory ``path``.
+
+        No pickle: the config is JSON, the arrays safetensors. Both files are written to
+        temporary names first and renamed into place.
+        """
+        from safetensors.numpy import save as st_save
+
+        from .logs import _atomic_write_bytes
+
+        cal = self._require_calibrated()
+        tensors: dict[str, NDArray[Any]] = {}
+        score_configs = []
+        for i, s in enumerate(self.scores):
+            score_configs.append(s.get_config())
+            for k, v in s.get_tensors().items():
+                tensors[f"scores.{i}.{k}"] = np.ascontiguousarray(v)
+
+        def pack(prefix: str, res: CalibrationResult) -> dict[str, Any]:
+            for kind, mapping in (("tables", res.tables), ("statistics", res.statistics)):
+                for name, arr in mapping.items():
+                    tensors[f"{prefix}.{kind}.{name}"] = np.ascontiguousarray(arr)
+            for name, prof in res.profiles.items():
+                tensors[f"{prefix}.offset.{name}"] = np.ascontiguousarray(prof.offset)
+                tensors[f"{prefix}.scale.{name}"] = np.ascontiguousarray(prof.scale)
+            return {"levels": res.levels, "n_profile": res.n_profile,
+                    "n_conformal": res.n_conformal, "notes": res.notes,
+                    "statistics": sorted(res.statistics)}
+
+        config = {
+            "schema": SCHEMA_VERSION,
+            "failguard_version": __version__,
+            "kind": "FailureDetector",
+            "params": self.get_params(),
+            "scores": score_configs,
+            "n_fit": self.n_fit_,
+            "n_calibration": self.n_calibration_,
+            "fit_fingerprints": sorted(self._fit_fingerprints),
+            "settings": asdict(self.settings),
+            "calibration": pack("calibration.pooled", cal),
+            "groups": {g: pack(f"calibration.group.{g}", r)
+                       for g, r in self.group_calibration_.items()},
+        }
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        _atomic_write_bytes(out / WEIGHTS_FILE, st_save(tensors))
+        _atomic_write_bytes(out / CONFIG_FILE, json.dumps(config, indent=2).encode())
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> FailureDetector:
+        """Load a detector written by :meth:`save`.
+
+        Raises
+        ------
+        ArtifactError
+            If a file is missing or corrupt, or the schema version is not this failguard's.
+        """
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        d = Path(path)
+        cfg_path, w_path = d / CONFIG_FILE, d / WEIGHTS_FILE
+        for p in (cfg_path, w_path):
+            if not p.is_file():
+                raise ArtifactError(f"{p}: missing. A saved detector is a directory with "
+                                    f"{CONFIG_FILE} and {WEIGHTS_FILE}.")
+        try:
+            config = json.loads(cfg_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ArtifactError(f"{cfg_path}: not valid JSON ({err}).") from err
+        if not isinstance(config, dict) or config.get("kind") != "FailureDetector":
+            raise ArtifactError(f"{cfg_path}: not a failguard FailureDetector config.")
+        if config.get("schema") != SCHEMA_VERSION:
+            raise ArtifactError(
+                f"{cfg_path}: schema version {config.get('schema')!r} (failguard "
+                f"{config.get('failguard_version')}), this failguard {__version__} reads "
+                f"version {SCHEMA_VERSION}. Re-fit and save with this version."
+            )
+        try:
+            tensors = load_file(str(w_path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ArtifactError(f"{w_path}: not a readable safetensors file ({err}).") from err
+        try:
+            scores = []
+            for i, sc in enumerate(config["scores"]):
+                prefix = f"scores.{i}."
+                own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+                scores.append(score_from_config(sc, own))
+            det = cls(scores=scores, **config["params"])
+
+            def unpack(prefix: str, info: dict[str, Any]) -> CalibrationResult:
+                names = det.names
+                return CalibrationResult(
+                    tables={n: tensors[f"{prefix}.tables.{n}"] for n in names},
+                    statistics={k: tensors[f"{prefix}.statistics.{k}"]
+                                for k in info["statistics"]},
+                    profiles={n: Profile(tensors[f"{prefix}.offset.{n}"],
+                                         tensors[f"{prefix}.scale.{n}"]) for n in names},
+                    levels={k: float(v) for k, v in info["levels"].items()},
+                    n_profile=int(info["n_profile"]), n_conformal=int(info["n_conformal"]),
+                    notes=list(info.get("notes", [])),
+                )
+
+            det.calibration_ = unpack("calibration.pooled", config["calibration"])
+            det.group_calibration_ = {g: unpack(f"calibration.group.{g}", info)
+                                      for g, info in config.get("groups", {}).items()}
+            det._fitted = True
+            det._fit_fingerprints = set(config.get("fit_fingerprints", []))
+            det.n_fit_ = int(config.get("n_fit", 0))
+            det.n_calibration_ = int(config.get("n_calibration", 0))
+        except (KeyError, TypeError, ValueError, RuntimeError, RolloutError) as err:
+            raise ArtifactError(f"{d}: inconsistent detector artifact ({err!r}).") from err
+        return det
+
+    def __repr__(self) -> str:
+        state = ("calibrated" if self.is_calibrated else "fitted" if self._fitted
+                 else "not fitted")
+        return (f"FailureDetector(scores={self.names}, windows={self.windows}, "
+                f"combine={self.combine!r}, threshold={self.threshold!r}, alpha={self.alpha}, "
+                f"guarantee={self.guarantee!r}, mode={self.mode!r}) [{state}]")

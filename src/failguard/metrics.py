@@ -1,0 +1,220 @@
+"""Evaluation metrics (METHOD.md §7). Positive = failed rollout.
+
+- TPR, TNR, balanced accuracy ½(TPR + TNR); the realised false-alarm rate FAR = 1 - TNR.
+- Detection time DT_i = (first alarm index) / (T_max - 1), T_max the longest rollout of the
+  evaluated set; DT = mean over detected failures (1.0 if none).
+- TWA = ½ [ (1/N_fail) Σ_{detected failures} (1 - DT_i) + TNR ].
+- Lead time: steps from the first alarm to the end of a detected failed rollout (mean).
+- ROC-AUC of the per-rollout maximum fused ratio (threshold-free).
+Everything overall and per (outcome × group).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .types import Rollout, Trace
+
+if TYPE_CHECKING:
+    from .detector import FailureDetector
+
+__all__ = ["EvaluationReport", "alpha_sweep", "evaluate", "metrics_from_traces"]
+
+
+def _nan_to_none(x: float) -> float | None:
+    return None if (isinstance(x, float) and math.isnan(x)) else x
+
+
+def metrics_from_traces(traces: Sequence[Trace], t_max: int | None = None) -> dict[str, Any]:
+    """Metrics of a set of traces whose ``success`` is known.
+
+    Parameters
+    ----------
+    traces : sequence of Trace
+    t_max : int, optional
+        Length used to normalise detection times; default the longest trace.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from failguard.types import Trace
+    >>> def tr(alarm, success):
+    ...     a = np.array(alarm, dtype=bool)
+    ...     return Trace({}, {}, {}, {}, a.astype(float) * 2, a, success)
+    >>> m = metrics_from_traces([tr([0, 0, 1, 1, 1], False), tr([0, 0, 0, 0, 0], True)])
+    >>> m["tpr"], m["tnr"], m["detection_time"], m["twa"]
+    (1.0, 1.0, 0.5, 0.75)
+    """
+    known = [t for t in traces if t.success is not None]
+    if t_max is None:
+        t_max = max((len(t) for t in known), default=1)
+    fails = [t for t in known if not t.success]
+    succs = [t for t in known if t.success]
+    detected = [t for t in fails if t.predicted_failure]
+    tpr = len(detected) / len(fails) if fails else math.nan
+    tnr = sum(not t.predicted_failure for t in succs) / len(succs) if succs else math.nan
+    dts = [t.first_alarm / max(t_max - 1, 1) for t in detected]  # type: ignore[operator]
+    dt = float(np.mean(dts)) if dts else 1.0
+    twa_fail = sum(1.0 - d for d in dts) / len(fails) if fails else math.nan
+    if fails and succs:
+        twa = 0.5 * (twa_fail + tnr)
+        bal = 0.5 * (tpr + tnr)
+    else:
+        twa = bal = math.nan
+    leads = [len(t) - 1 - t.first_alarm for t in detected]  # type: ignore[operator]
+    auc = math.nan
+    if fails and succs:
+        from sklearn.metrics import roc_auc_score
+
+        y = [0] * len(succs) + [1] * len(fails)
+        s = [float(t.fused.max()) for t in succs] + [float(t.fused.max()) for t in fails]
+        auc = float(roc_auc_score(y, s))
+    return {
+        "n_success": len(succs),
+        "n_failure": len(fails),
+        "tpr": tpr,
+        "tnr": tnr,
+        "far": 1.0 - tnr if succs else math.nan,
+        "balanced_accuracy": bal,
+        "detection_time": dt,
+        "twa": twa,
+        "lead_time_steps": float(np.mean(leads)) if leads else math.nan,
+        "roc_auc": auc,
+    }
+
+
+@dataclass
+class EvaluationReport:
+    """Metrics overall and per (outcome × group), plus an optional α sweep.
+
+    Attributes
+    ----------
+    overall : dict
+        See :func:`metrics_from_traces`.
+    per_group : dict[str, dict]
+        Keyed ``"success/<group>"`` and ``"fail/<group>"``: counts, alarm rate (the TPR of a
+        fail group, the FAR of a success group) and mean detection time.
+    sweep : list of dict
+        One ``overall`` dict per α, with the α under ``"alpha"``.
+    """
+
+    overall: dict[str, Any]
+    per_group: dict[str, dict[str, Any]]
+    alpha: float
+    sweep: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable (NaN becomes None)."""
+        def clean(d: dict[str, Any]) -> dict[str, Any]:
+            return {k: _nan_to_none(v) for k, v in d.items()}
+
+        return {
+            "alpha": self.alpha,
+            "overall": clean(self.overall),
+            "per_group": {k: clean(v) for k, v in self.per_group.items()},
+            "sweep": [clean(s) for s in self.sweep],
+        }
+
+    def table(self) -> str:
+        """A plain-text table of the overall metrics and the per-group alarm rates."""
+        o = self.overall
+        lines = [f"alpha={self.alpha:g}  n_success={o['n_success']}  n_failure={o['n_failure']}"]
+        keys = ("tpr", "tnr", "far", "balanced_accuracy", "twa", "detection_time",
+                "lead_time_steps", "roc_auc")
+        lines.append("  ".join(f"{k}={o[k]:.3f}" for k in keys))
+        for g, m in self.per_group.items():
+            lines.append(f"  {g:<24} n={m['n']:<4} alarm_rate={m['alarm_rate']:.3f} "
+                         f"mean_dt={m['detection_time']:.3f}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def _per_group(traces: Sequence[Trace], t_max: int) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    keys = sorted({(t.success, t.group or "all") for t in traces if t.success is not None},
+                  key=lambda k: (not k[0], k[1]))
+    for success, group in keys:
+        sel = [t for t in traces if t.success == success and (t.group or "all") == group]
+        alarmed = [t for t in sel if t.predicted_failure]
+        dts = [t.first_alarm / max(t_max - 1, 1) for t in alarmed]  # type: ignore[operator]
+        out[f"{'success' if success else 'fail'}/{group}"] = {
+            "n": len(sel),
+            "alarm_rate": len(alarmed) / len(sel),
+            "detection_time": float(np.mean(dts)) if dts else 1.0,
+        }
+    return out
+
+
+def evaluate(
+    detector: FailureDetector,
+    rollouts: Sequence[Rollout],
+    alphas: Sequence[float] | None = None,
+    t_max: int | None = None,
+    progress: bool = False,
+) -> EvaluationReport:
+    """Evaluate a calibrated detector on labelled rollouts (not used to fit or calibrate).
+
+    Parameters
+    ----------
+    detector : FailureDetector
+    rollouts : sequence of Rollout
+        Test rollouts with ``success`` set; successes should include held-out
+        in-distribution ones, whose alarm rate is the realised false-alarm rate.
+    alphas : sequence of float, optional
+        Also recalibrate at each α (same calibration rollouts, no rescoring) and report.
+    t_max : int, optional
+        Normaliser of detection times (default: longest rollout given).
+
+    Examples
+    --------
+    >>> from failguard import FailureDetector
+    >>> from failguard.synthetic import make_rollouts
+    >>> det = FailureDetector(alpha=0.1).fit(make_rollouts(12, seed=0), progress=False)
+    >>> det = det.calibrate(make_rollouts(40, seed=1))
+    >>> test = make_rollouts(20, seed=2) + make_rollouts(20, kind="failure", seed=3)
+    >>> report = evaluate(det, test)
+    >>> report.overall["balanced_accuracy"] > 0.8
+    True
+    """
+    rollouts = list(rollouts)
+    traces = detector.traces(rollouts, progress=progress)
+    t_max = t_max or max(len(r) for r in rollouts)
+    report = EvaluationReport(metrics_from_traces(traces, t_max), _per_group(traces, t_max),
+                              detector.alpha)
+    if alphas:
+        report.sweep = alpha_sweep(detector, rollouts, alphas, t_max)
+    return report
+
+
+def alpha_sweep(
+    detector: FailureDetector,
+    rollouts: Sequence[Rollout],
+    alphas: Sequence[float],
+    t_max: int | None = None,
+) -> list[dict[str, Any]]:
+    """Overall metrics at each α, recalibrating on the detector's calibration rollouts.
+
+    Raw scores are computed once; only thresholds change.
+    """
+    from .calibration.calibrator import CalibrationError
+
+    rollouts = list(rollouts)
+    t_max = t_max or max(len(r) for r in rollouts)
+    base = detector.traces(rollouts)
+    out = []
+    for a in alphas:
+        try:
+            other = detector.with_alpha(a)
+        except CalibrationError as err:
+            out.append({"alpha": a, "error": str(err)})
+            continue
+        traces = [other._trace(dict(t.scores), r, r.group) for t, r in zip(base, rollouts)]
+        out.append({"alpha": a, **metrics_from_traces(traces, t_max)})
+    return out

@@ -1,0 +1,139 @@
+"""Monitor: the streaming, one-step-at-a-time face of a calibrated FailureDetector.
+
+It calls the very same score functions, window reduction, threshold lookup and fusion as
+:meth:`FailureDetector.score` (see :mod:`failguard._pipeline`), one step at a time, keeping
+O(window) state. Replaying a rollout through :meth:`Monitor.step` reproduces the batch
+:class:`~failguard.types.Trace`: identical windows, thresholds and alarms given the same raw
+scores; raw network scores agree to float32 rounding (a matrix product of one row may round
+differently from the same row inside a larger batch).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from . import _pipeline
+from .exceptions import RolloutError
+from .types import _FIELDS, Verdict, as_step_array
+from .windows import WindowState
+
+if TYPE_CHECKING:
+    from .detector import FailureDetector
+
+__all__ = ["Monitor"]
+
+
+class Monitor:
+    """Watch one rollout as it happens; :meth:`step` after each policy inference.
+
+    Parameters
+    ----------
+    detector : FailureDetector
+        A calibrated detector (its scores and thresholds are shared, not copied).
+    group : str, optional
+        Group for Mondrian thresholds.
+
+    Examples
+    --------
+    >>> from failguard import FailureDetector
+    >>> from failguard.synthetic import make_rollouts
+    >>> det = FailureDetector(alpha=0.1).fit(make_rollouts(12, seed=0), progress=False)
+    >>> det = det.calibrate(make_rollouts(40, seed=1))
+    >>> mon = det.monitor()
+    >>> r = make_rollouts(1, kind="failure", seed=5)[0]
+    >>> verdicts = [mon.step(embedding=r.embeddings[t], action_samples=r.action_samples[t])
+    ...             for t in range(len(r))]
+    >>> any(v.alarm for v in verdicts)
+    True
+    """
+
+    def __init__(self, detector: FailureDetector, group: str | None = None) -> None:
+        detector._require_calibrated()
+        self.detector = detector
+        self._scores = list(detector.scores)
+        self._fields = detector.requires
+        self.reset(group)
+
+    def reset(self, group: str | None = None) -> None:
+        """Start a new rollout (optionally in another Mondrian group)."""
+        det = self.detector
+        self.group = group
+        self._tables = det.tables_for(group)
+        self._windows = {n: WindowState(det.windows[n], det.window_kind)  # type: ignore[arg-type]
+                         for n in det.names}
+        self._history: dict[str, deque[NDArray[Any]]] = {
+            s.name: deque(maxlen=s.context + 1) for s in self._scores
+        }
+        self._t = 0
+        self.last_verdict: Verdict | None = None
+
+    @property
+    def t(self) -> int:
+        """Index of the next step."""
+        return self._t
+
+    def _validate(self, given: dict[str, ArrayLike | None]) -> dict[str, NDArray[Any]]:
+        rows: dict[str, NDArray[Any]] = {}
+        for f in self._fields:
+            value = given.get(f)
+            if value is None:
+                arg = "embedding" if f == "embeddings" else f
+                raise RolloutError(f"Monitor.step: this detector needs '{arg}', which was "
+                                   "not given.")
+            ndim, kind, _ = _FIELDS[f]
+            rows[f] = as_step_array(f, value, ndim - 1, kind, "Monitor.step")
+            for s in self._scores:
+                shapes = s.input_shapes_ or {}
+                if f in shapes and tuple(rows[f].shape) != shapes[f]:
+                    raise RolloutError(
+                        f"Monitor.step: '{f}' has shape {tuple(rows[f].shape)}, but the "
+                        f"detector was fitted on {shapes[f]}."
+                    )
+        return rows
+
+    def step(
+        self,
+        embedding: ArrayLike | None = None,
+        action_samples: ArrayLike | None = None,
+        action_logits: ArrayLike | None = None,
+        action_ids: ArrayLike | None = None,
+    ) -> Verdict:
+        """Score one policy step and say whether to alarm.
+
+        Parameters
+        ----------
+        embedding : array_like of shape (d,)
+        action_samples : array_like of shape (B, H, D), if a score needs it
+        action_logits : array_like of shape (K,), if a score needs it
+        action_ids : array_like of shape (B,), if a score needs it
+
+        Returns
+        -------
+        Verdict
+        """
+        rows = self._validate({
+            "embeddings": embedding, "action_samples": action_samples,
+            "action_logits": action_logits, "action_ids": action_ids,
+        })
+        raw, windowed, gammas, rat = {}, {}, {}, {}
+        for s in self._scores:
+            hist = self._history[s.name]
+            hist.append({f: rows[f] for f in s.requires})  # type: ignore[arg-type]
+            inputs = {f: np.stack([h[f] for h in hist]) for f in s.requires}  # type: ignore[index]
+            raw[s.name] = float(s.score_steps(inputs)[-1])
+        t = self._t
+        for name in self.detector.names:
+            windowed[name] = self._windows[name].update(raw[name])
+            gammas[name] = float(_pipeline.threshold_at(self._tables[name], t))
+            rat[name] = float(_pipeline.ratios(np.float64(windowed[name]), np.float64(gammas[name])))
+        fused = float(_pipeline.fuse([np.float64(v) for v in rat.values()],
+                                     self.detector.combine))
+        verdict = Verdict(step=t, scores=raw, windowed=windowed, thresholds=gammas, ratios=rat,
+                          fused_ratio=fused, alarm=fused > 1.0, fired=_pipeline.fired(rat))
+        self._t += 1
+        self.last_verdict = verdict
+        return verdict

@@ -1,0 +1,271 @@
+"""Entropy of the policy's actions: ACE for continuous action chunks, Shannon for discrete actions.
+
+ACE (action-chunk entropy, METHOD.md §3). At step t the policy samples B chunks
+A_t ∈ R^{B×H×D}. For each chunk index h the B points A_t[:, h, :] are binned on a grid with
+cell size c_k per axis (c_k = factor × range of axis k over the fitting data) whose origin is
+the per-step minimum minus 1 % of the per-step range. With p the cell frequencies,
+E_h = -Σ p log₂ p, and ACE_t = mean_h E_h ∈ [0, log₂ B].
+
+Binning is done in float32 with a fixed order of operations so that the ONNX graph computes
+the very same cells; cell counts come from sorting integer cell keys (O(B log B) per chunk
+index), never from a B×B comparison.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..types import Rollout
+from ._base import BaseScore, register_score
+
+__all__ = [
+    "ActionChunkEntropy",
+    "DiscreteActionEntropy",
+    "ace_cells",
+    "empirical_entropy",
+    "logits_entropy",
+]
+
+#: Fraction of the per-step range by which the grid origin sits below the per-step minimum.
+ORIGIN_MARGIN = np.float32(0.01)
+
+
+def empirical_entropy(keys: NDArray[np.int64]) -> NDArray[np.float64]:
+    """Base-2 entropy of the empirical distribution of each row of integer keys.
+
+    Parameters
+    ----------
+    keys : int array of shape (G, B)
+        B draws per row; equal keys are the same outcome.
+
+    Returns
+    -------
+    ndarray of shape (G,)
+
+    Examples
+    --------
+    >>> empirical_entropy(np.array([[1, 1, 1, 1], [0, 1, 2, 3], [5, 5, 7, 7]]))
+    array([0., 2., 1.])
+    """
+    g, b = keys.shape
+    s = np.sort(keys, axis=1)
+    starts = np.ones((g, b), dtype=bool)
+    starts[:, 1:] = s[:, 1:] != s[:, :-1]
+    run_id = np.cumsum(starts.ravel()) - 1
+    counts = np.bincount(run_id).astype(np.float64)
+    row_of_run = np.nonzero(starts.ravel())[0] // b
+    p = counts / b
+    return np.bincount(row_of_run, weights=-p * np.log2(p), minlength=g)
+
+
+def logits_entropy(logits: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
+    """Exact base-2 Shannon entropy of softmax(logits) per row.
+
+    Examples
+    --------
+    >>> logits_entropy(np.array([[0.0, 0.0], [0.0, -1e9]])).round(6)
+    array([1., 0.])
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(z).sum(axis=1, keepdims=True))
+    log_p = z - log_norm
+    p = np.exp(log_p)
+    return np.asarray(-(p * log_p).sum(axis=1) / np.log(2.0), dtype=np.float64)
+
+
+def ace_cells(points: NDArray[np.float32], cell: NDArray[np.float32]) -> NDArray[np.int64]:
+    """Integer grid cell of each point, with a floating origin per chunk index.
+
+    Parameters
+    ----------
+    points : float32 array of shape (T, B, H, D)
+    cell : float32 array of shape (D,)
+
+    Returns
+    -------
+    int64 array of shape (T, B, H, D), all >= 0.
+    """
+    lo = points.min(axis=1, keepdims=True)
+    hi = points.max(axis=1, keepdims=True)
+    origin = lo - ORIGIN_MARGIN * (hi - lo)
+    return np.floor((points - origin) / cell).astype(np.int64)
+
+
+def _pack_cells(cells: NDArray[np.int64]) -> NDArray[np.int64]:
+    """One int64 key per point (same key iff same cell), shape (..., D) -> (...)."""
+    d = cells.shape[-1]
+    if d == 1:
+        return cells[..., 0]
+    top = int(cells.max()) + 1
+    bits = max(1, int(np.ceil(np.log2(top + 1))))
+    if bits * d <= 62:
+        key = np.zeros(cells.shape[:-1], dtype=np.int64)
+        for k in range(d):
+            key = (key << bits) | cells[..., k]
+        return key
+    # Too many cells to pack: number the distinct rows exactly instead.
+    flat = cells.reshape(-1, d)
+    _, inverse = np.unique(flat, axis=0, return_inverse=True)
+    return inverse.reshape(cells.shape[:-1]).astype(np.int64)
+
+
+@register_score
+class ActionChunkEntropy(BaseScore):
+    """ACE: entropy of the policy's sampled action chunks (FIPER's second indicator).
+
+    Parameters
+    ----------
+    dims : sequence of int, optional
+        Action dimensions to use (default: all). The reference uses end-effector xyz.
+    cell_factor : float, default=0.03
+        Cell size per axis as a fraction of that axis' range over the fitting data.
+    integrate_dt : float, optional
+        If given, actions are velocities: they are integrated along the chunk from zero,
+        p_h = Σ_{j<=h} dt·v_j, before binning (what the reference does for velocity control).
+    name : str, default="ace"
+
+    Attributes
+    ----------
+    cell_ : ndarray of shape (D',)
+        Fitted cell size of each used axis.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from failguard import Rollout
+    >>> rng = np.random.default_rng(0)
+    >>> r = Rollout(np.zeros((6, 4)), action_samples=rng.normal(size=(6, 32, 8, 2)), success=True)
+    >>> ace = ActionChunkEntropy().fit([r])
+    >>> s = ace.score(r)
+    >>> s.shape, bool(0 <= s.min() and s.max() <= np.log2(32))
+    ((6,), True)
+    """
+
+    requires = ("action_samples",)
+    exportable = True
+
+    def __init__(
+        self,
+        dims: Sequence[int] | None = None,
+        cell_factor: float = 0.03,
+        integrate_dt: float | None = None,
+        name: str = "ace",
+    ) -> None:
+        super().__init__(name)
+        if not (isinstance(cell_factor, (int, float)) and 0 < cell_factor <= 1):
+            raise ValueError(
+                "The 'cell_factor' parameter of ActionChunkEntropy must be a float in the range "
+                f"(0, 1]. Got {cell_factor!r} instead."
+            )
+        if integrate_dt is not None and not (
+            isinstance(integrate_dt, (int, float)) and integrate_dt > 0
+        ):
+            raise ValueError(
+                "The 'integrate_dt' parameter of ActionChunkEntropy must be a positive float or "
+                f"None. Got {integrate_dt!r} instead."
+            )
+        self.dims = None if dims is None else [int(d) for d in dims]
+        self.cell_factor = float(cell_factor)
+        self.integrate_dt = None if integrate_dt is None else float(integrate_dt)
+        self.cell_: NDArray[np.float32] | None = None
+
+    def points(self, action_samples: NDArray[Any]) -> NDArray[np.float32]:
+        """The points that are binned: chosen dims, integrated if asked; (T, B, H, D')."""
+        a = np.asarray(action_samples, dtype=np.float32)
+        if self.dims is not None:
+            if max(self.dims) >= a.shape[-1] or min(self.dims) < -a.shape[-1]:
+                raise ValueError(
+                    f"ActionChunkEntropy: dims {self.dims} out of range for actions with "
+                    f"D={a.shape[-1]}."
+                )
+            a = a[..., self.dims]
+        if self.integrate_dt is not None:
+            a = np.cumsum(a * np.float32(self.integrate_dt), axis=2, dtype=np.float32)
+        return a
+
+    def _fit(self, rollouts: Sequence[Rollout], progress: bool) -> None:
+        lo = hi = None
+        for r in rollouts:
+            pts = self.points(r.action_samples)
+            p = pts.reshape(-1, pts.shape[-1])
+            lo = p.min(axis=0) if lo is None else np.minimum(lo, p.min(axis=0))
+            hi = p.max(axis=0) if hi is None else np.maximum(hi, p.max(axis=0))
+        assert lo is not None and hi is not None
+        span = (hi - lo).astype(np.float64)
+        if not np.any(span > 0):
+            span = np.ones_like(span)
+        span = np.where(span > 0, span, span.max())
+        self.cell_ = (self.cell_factor * span).astype(np.float32)
+
+    def _score(self, inputs: Mapping[str, NDArray[Any]]) -> NDArray[np.float64]:
+        assert self.cell_ is not None
+        pts = self.points(inputs["action_samples"])
+        t, b, h, _ = pts.shape
+        keys = _pack_cells(ace_cells(pts, self.cell_))  # (T, B, H)
+        rows = np.moveaxis(keys, 1, 2).reshape(t * h, b)
+        return empirical_entropy(rows).reshape(t, h).mean(axis=1)
+
+    def _params(self) -> dict[str, Any]:
+        return {
+            "dims": self.dims,
+            "cell_factor": self.cell_factor,
+            "integrate_dt": self.integrate_dt,
+        }
+
+    def _tensors(self) -> dict[str, NDArray[Any]]:
+        assert self.cell_ is not None
+        return {"cell": self.cell_}
+
+    def _restore(self, fitted: dict[str, Any], tensors: Mapping[str, NDArray[Any]]) -> None:
+        self.cell_ = np.asarray(tensors["cell"], dtype=np.float32)
+
+
+@register_score
+class DiscreteActionEntropy(BaseScore):
+    """Entropy of a discrete-action agent's action distribution.
+
+    Parameters
+    ----------
+    source : {"logits", "samples"}, default="logits"
+        ``"logits"``: exact Shannon entropy of softmax(action_logits) (T, K).
+        ``"samples"``: empirical entropy of B sampled action ids (T, B), for agents whose
+        distribution is only available through samples (e.g. an LLM sampled B times).
+    name : str, optional
+        Default ``"entropy"`` for logits and ``"entropy_samples"`` for samples.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from failguard import Rollout
+    >>> r = Rollout(np.zeros((2, 3)), action_logits=[[0.0, 0.0], [5.0, -5.0]], success=True)
+    >>> DiscreteActionEntropy().fit([r]).score(r).round(3)
+    array([1.   , 0.001])
+    """
+
+    exportable = True
+
+    def __init__(self, source: str = "logits", name: str | None = None) -> None:
+        if source not in ("logits", "samples"):
+            raise ValueError(
+                "The 'source' parameter of DiscreteActionEntropy must be 'logits' or 'samples'. "
+                f"Got {source!r} instead."
+            )
+        super().__init__(name or ("entropy" if source == "logits" else "entropy_samples"))
+        self.source = source
+        self.requires = ("action_logits",) if source == "logits" else ("action_ids",)
+
+    def _fit(self, rollouts: Sequence[Rollout], progress: bool) -> None:
+        """Nothing to learn: the entropy needs no fitting beyond recording input shapes."""
+
+    def _score(self, inputs: Mapping[str, NDArray[Any]]) -> NDArray[np.float64]:
+        if self.source == "logits":
+            return logits_entropy(inputs["action_logits"])
+        return empirical_entropy(np.asarray(inputs["action_ids"], dtype=np.int64))
+
+    def _params(self) -> dict[str, Any]:
+        return {"source": self.source}

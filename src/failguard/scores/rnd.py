@@ -1,0 +1,341 @@
+"""RND-OE: random network distillation on the policy's observation embedding (FIPER's first indicator).
+
+A frozen random *target* MLP g and a trainable *predictor* MLP f see the same (optionally
+standardised) embedding e_t. f is trained to imitate g on embeddings of successful
+rollouts, so s(t) = ‖f(e_t) - g(e_t)‖₂ stays small on familiar embeddings and grows on
+unfamiliar ones. Training splits train/validation **by rollout** (steps of one rollout are
+never on both sides), uses AdamW with a cosine schedule and early stopping, and is seeded.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from ..types import Rollout
+from ._base import BaseScore, register_score
+
+__all__ = ["RNDNetwork", "RNDScore"]
+
+log = logging.getLogger(__name__)
+
+PAPER_TARGET = (1024, 2048, 4096)
+PAPER_PREDICTOR = (1024, 2048, 4096, 2048, 1024)
+PAPER_OUTPUT = 512
+
+
+def _mlp(d_in: int, hidden: Sequence[int], d_out: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    width = d_in
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.LeakyReLU()]
+        width = h
+    layers.append(nn.Linear(width, d_out))
+    net = nn.Sequential(*layers)
+    for m in net.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.orthogonal_(m.weight, gain=math.sqrt(2.0))
+            nn.init.zeros_(m.bias)
+    return net
+
+
+class RNDNetwork(nn.Module):
+    """Standardisation buffers, frozen target and trainable predictor; forward gives s(t).
+
+    Parameters
+    ----------
+    d_in : int
+        Input size.
+    target_hidden, predictor_hidden : sequence of int
+        Hidden widths of g and f.
+    output_dim : int
+        Output size of both.
+    """
+
+    mean: torch.Tensor
+    inv_std: torch.Tensor
+
+    def __init__(
+        self,
+        d_in: int,
+        target_hidden: Sequence[int],
+        predictor_hidden: Sequence[int],
+        output_dim: int,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(d_in))
+        self.register_buffer("inv_std", torch.ones(d_in))
+        self.target = _mlp(d_in, target_hidden, output_dim)
+        self.predictor = _mlp(d_in, predictor_hidden, output_dim)
+        for p in self.target.parameters():
+            p.requires_grad_(False)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """f(z) - g(z) with z the standardised input, shape (N, output_dim)."""
+        z = (x - self.mean) * self.inv_std
+        return self.predictor(z) - self.target(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """s = ‖f(z) - g(z)‖₂ per row, shape (N,)."""
+        return torch.linalg.vector_norm(self.residual(x), dim=-1)
+
+
+def _split_by_rollout(n: int, fraction: float, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+    if n < 2 or fraction <= 0:
+        return list(range(n)), []
+    n_val = min(n - 1, max(1, round(fraction * n)))
+    order = rng.permutation(n)
+    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
+
+@register_score
+class RNDScore(BaseScore):
+    """Random network distillation OOD score on the policy's embedding.
+
+    The defaults are small enough for an edge budget (about 70 k multiply-adds a step for a
+    64-d embedding); :meth:`paper` gives the reference sizes (about 34 M) for comparison.
+
+    Parameters
+    ----------
+    target_hidden : tuple of int, default=(128,)
+        Hidden widths of the frozen random target g.
+    predictor_hidden : tuple of int, default=(256, 128)
+        Hidden widths of the trained predictor f (somewhat larger than g).
+    output_dim : int, default=64
+    standardize : bool, default=True
+        Standardise embeddings with the fitting data's mean and std (fitted buffers, part of
+        the exported graph). The reference does not.
+    lr, weight_decay : float
+        AdamW settings; the learning rate follows a cosine schedule down to
+        ``lr * min_lr_ratio``.
+    batch_size : int, default=256
+    max_epochs : int, default=50
+    patience : int, default=7
+        Early stopping on the validation loss (epochs without improvement).
+    val_fraction : float, default=0.2
+        Fraction of the fitting rollouts (whole rollouts) held out for early stopping.
+    seed : int, default=0
+    field : str, default="embeddings"
+        The :class:`~failguard.Rollout` field to read.
+    name : str, default="rnd"
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from failguard import Rollout
+    >>> rng = np.random.default_rng(0)
+    >>> rollouts = [Rollout(rng.normal(size=(50, 8)), success=True) for _ in range(6)]
+    >>> rnd = RNDScore(max_epochs=5).fit(rollouts)
+    >>> ood = Rollout(rng.normal(size=(50, 8)) + 6.0)
+    >>> bool(rnd.score(ood).mean() > rnd.score(rollouts[0]).mean())
+    True
+    """
+
+    exportable = True
+
+    def __init__(
+        self,
+        target_hidden: Sequence[int] = (128,),
+        predictor_hidden: Sequence[int] = (256, 128),
+        output_dim: int = 64,
+        standardize: bool = True,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-5,
+        batch_size: int = 256,
+        max_epochs: int = 50,
+        patience: int = 7,
+        val_fraction: float = 0.2,
+        min_lr_ratio: float = 0.01,
+        seed: int = 0,
+        name: str = "rnd",
+    ) -> None:
+        super().__init__(name)
+        for label, value in (("output_dim", output_dim), ("batch_size", batch_size),
+                             ("max_epochs", max_epochs), ("patience", patience)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"The '{label}' parameter of RNDScore must be an int >= 1. "
+                    f"Got {value!r} instead."
+                )
+        if not 0 <= val_fraction < 1:
+            raise ValueError(
+                "The 'val_fraction' parameter of RNDScore must be a float in the range [0, 1). "
+                f"Got {val_fraction!r} instead."
+            )
+        if not lr > 0:
+            raise ValueError(f"The 'lr' parameter of RNDScore must be > 0. Got {lr!r} instead.")
+        self.target_hidden = tuple(int(h) for h in target_hidden)
+        self.predictor_hidden = tuple(int(h) for h in predictor_hidden)
+        self.output_dim = output_dim
+        self.standardize = bool(standardize)
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.val_fraction = float(val_fraction)
+        self.min_lr_ratio = float(min_lr_ratio)
+        self.seed = int(seed)
+        self.network_: RNDNetwork | None = None
+        self.history_: dict[str, list[float]] = {"train": [], "val": []}
+        self.best_epoch_: int = -1
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> RNDScore:
+        """The reference sizes and optimiser (METHOD.md §2): ≈34 M parameters, lr 1e-4, 250 epochs.
+
+        Examples
+        --------
+        >>> RNDScore.paper().predictor_hidden
+        (1024, 2048, 4096, 2048, 1024)
+        """
+        params: dict[str, Any] = {
+            "target_hidden": PAPER_TARGET,
+            "predictor_hidden": PAPER_PREDICTOR,
+            "output_dim": PAPER_OUTPUT,
+            "standardize": False,
+            "lr": 1e-4,
+            "weight_decay": 1e-5,
+            "batch_size": 256,
+            "max_epochs": 250,
+            "patience": 7,
+            "min_lr_ratio": 1e-2,
+        }
+        params.update(overrides)
+        return cls(**params)
+
+    # ------------------------------------------------------------------ features
+    def features(self, inputs: Mapping[str, NDArray[Any]]) -> NDArray[np.float32]:
+        """The (T, d) matrix the networks see."""
+        return np.asarray(inputs["embeddings"], dtype=np.float32)
+
+    def _rollout_features(self, r: Rollout) -> NDArray[np.float32]:
+        return self.features(self._inputs_of(r))
+
+    # ------------------------------------------------------------------ fit
+    def _fit(self, rollouts: Sequence[Rollout], progress: bool) -> None:
+        from tqdm.auto import tqdm
+
+        rng = np.random.default_rng(self.seed)
+        train_idx, val_idx = _split_by_rollout(len(rollouts), self.val_fraction, rng)
+        x_train = np.concatenate([self._rollout_features(rollouts[i]) for i in train_idx])
+        x_val = (
+            np.concatenate([self._rollout_features(rollouts[i]) for i in val_idx])
+            if val_idx
+            else x_train
+        )
+        if not val_idx:
+            log.warning("RNDScore: fewer than 2 rollouts; early stopping uses the training loss.")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            net = RNDNetwork(x_train.shape[1], self.target_hidden, self.predictor_hidden,
+                             self.output_dim)
+            if self.standardize:
+                mean = x_train.mean(axis=0)
+                std = x_train.std(axis=0)
+                std = np.where(std > 1e-8, std, 1.0)
+                net.mean.copy_(torch.from_numpy(mean.astype(np.float32)))
+                net.inv_std.copy_(torch.from_numpy((1.0 / std).astype(np.float32)))
+            self._train(net, torch.from_numpy(x_train), torch.from_numpy(x_val), progress, tqdm)
+        net.eval()
+        self.network_ = net
+
+    def _train(self, net: RNDNetwork, x_train: torch.Tensor, x_val: torch.Tensor,
+               progress: bool, tqdm: Any) -> None:
+        opt = torch.optim.AdamW(net.predictor.parameters(), lr=self.lr,
+                                weight_decay=self.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=self.max_epochs, eta_min=self.lr * self.min_lr_ratio
+        )
+        gen = torch.Generator().manual_seed(self.seed)
+        best_val, best_state, stale = math.inf, copy.deepcopy(net.state_dict()), 0
+        self.history_ = {"train": [], "val": []}
+        bar = tqdm(range(self.max_epochs), desc=f"fit {self.name}", disable=not progress,
+                   leave=False)
+        for epoch in bar:
+            net.train()
+            perm = torch.randperm(x_train.shape[0], generator=gen)
+            total = 0.0
+            for start in range(0, x_train.shape[0], self.batch_size):
+                batch = x_train[perm[start : start + self.batch_size]]
+                loss = net(batch).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * batch.shape[0]
+            sched.step()
+            net.eval()
+            with torch.no_grad():
+                val = float(torch.cat([net(x_val[i : i + 4096])
+                                       for i in range(0, x_val.shape[0], 4096)]).mean())
+            self.history_["train"].append(total / x_train.shape[0])
+            self.history_["val"].append(val)
+            bar.set_postfix(val=f"{val:.4f}")
+            if val < best_val - 1e-7:
+                best_val, best_state, stale = val, copy.deepcopy(net.state_dict()), 0
+                self.best_epoch_ = epoch
+            else:
+                stale += 1
+                if stale >= self.patience:
+                    break
+        net.load_state_dict(best_state)
+
+    # ------------------------------------------------------------------ score
+    def _score(self, inputs: Mapping[str, NDArray[Any]]) -> NDArray[np.float64]:
+        assert self.network_ is not None
+        x = torch.from_numpy(np.array(self.features(inputs), dtype=np.float32))
+        with torch.no_grad():
+            return self.network_(x).double().numpy()
+
+    @property
+    def n_parameters(self) -> int:
+        """Parameters of target plus predictor."""
+        self._check_fitted()
+        assert self.network_ is not None
+        return sum(p.numel() for p in self.network_.parameters())
+
+    # ------------------------------------------------------------------ persistence
+    def _params(self) -> dict[str, Any]:
+        return {
+            "target_hidden": list(self.target_hidden),
+            "predictor_hidden": list(self.predictor_hidden),
+            "output_dim": self.output_dim,
+            "standardize": self.standardize,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "batch_size": self.batch_size,
+            "max_epochs": self.max_epochs,
+            "patience": self.patience,
+            "val_fraction": self.val_fraction,
+            "min_lr_ratio": self.min_lr_ratio,
+            "seed": self.seed,
+        }
+
+    def _fitted(self) -> dict[str, Any]:
+        assert self.network_ is not None
+        return {
+            "d_in": int(self.network_.mean.shape[0]),
+            "best_epoch": self.best_epoch_,
+            "history": self.history_,
+        }
+
+    def _tensors(self) -> dict[str, NDArray[Any]]:
+        assert self.network_ is not None
+        return {k: v.detach().cpu().numpy() for k, v in self.network_.state_dict().items()}
+
+    def _restore(self, fitted: dict[str, Any], tensors: Mapping[str, NDArray[Any]]) -> None:
+        net = RNDNetwork(int(fitted["d_in"]), self.target_hidden, self.predictor_hidden,
+                         self.output_dim)
+        net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()})
+        net.eval()
+        self.network_ = net
+        self.best_epoch_ = int(fitted.get("best_epoch", -1))
+        self.history_ = fitted.get("history", {"train": [], "val": []})
