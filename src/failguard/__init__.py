@@ -8,9 +8,9 @@ The phases, in order: :meth:`FailureDetector.fit` (successful rollouts) ->
 / :func:`evaluate` / :func:`failguard.exporters.export_onnx`.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .calibration import plan
-from .detector import FailureDetector
 from .exceptions import (
     ArtifactError,
     CalibrationError,
@@ -18,19 +18,61 @@ from .exceptions import (
     NotFittedError,
     RolloutError,
 )
-from .logs import Recorder, iter_rollouts, read_rollout, read_rollouts, write_rollout
-from .metrics import EvaluationReport, alpha_sweep, evaluate
-from .monitor import Monitor
-from .scores import (
-    ActionChunkEntropy,
-    DiscreteActionEntropy,
-    LogpZOScore,
-    PCAKMeansScore,
-    RNDActionScore,
-    RNDScore,
-    STACScore,
-)
 from .types import Rollout, Trace, Verdict
+
+# Names whose modules import torch are loaded on first use (PEP 562), so that the torch-free
+# edge runtime (``import failguard.runtime``) never pulls torch in.
+_LAZY: dict[str, str] = {
+    "plan": ".calibration",
+    "FailureDetector": ".detector",
+    "Recorder": ".logs",
+    "iter_rollouts": ".logs",
+    "read_rollout": ".logs",
+    "read_rollouts": ".logs",
+    "write_rollout": ".logs",
+    "EvaluationReport": ".metrics",
+    "alpha_sweep": ".metrics",
+    "evaluate": ".metrics",
+    "Monitor": ".monitor",
+    "ActionChunkEntropy": ".scores",
+    "DiscreteActionEntropy": ".scores",
+    "LogpZOScore": ".scores",
+    "PCAKMeansScore": ".scores",
+    "RNDActionScore": ".scores",
+    "RNDScore": ".scores",
+    "STACScore": ".scores",
+}
+
+if TYPE_CHECKING:
+    from .calibration import plan
+    from .detector import FailureDetector
+    from .logs import Recorder, iter_rollouts, read_rollout, read_rollouts, write_rollout
+    from .metrics import EvaluationReport, alpha_sweep, evaluate
+    from .monitor import Monitor
+    from .scores import (
+        ActionChunkEntropy,
+        DiscreteActionEntropy,
+        LogpZOScore,
+        PCAKMeansScore,
+        RNDActionScore,
+        RNDScore,
+        STACScore,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'failguard' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "ActionChunkEntropy",
