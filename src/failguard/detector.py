@@ -160,15 +160,20 @@ class FailureDetector:
         for label, value, allowed in checks:
             if value not in allowed:
                 raise _param_error(label, f"one of {allowed}", value)
-        for label, value, lo_open in (("alpha", alpha, True), ("delta", delta, True),
-                                      ("split", split, True)):
+        for label, value, _lo_open in (
+            ("alpha", alpha, True),
+            ("delta", delta, True),
+            ("split", split, True),
+        ):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
                 raise _param_error(label, "a float in the range (0, 1)", value)
         if isinstance(trim, bool) or not isinstance(trim, (int, float)) or not 0 <= trim < 1:
             raise _param_error("trim", "a float in the range [0, 1)", trim)
         if mode == "reference" and guarantee == "pac":
-            raise ValueError("mode='reference' reproduces the reference code, which has no PAC "
-                             "calibration; use guarantee='marginal'.")
+            raise ValueError(
+                "mode='reference' reproduces the reference code, which has no PAC "
+                "calibration; use guarantee='marginal'."
+            )
         self.window_kind = window_kind
         self.combine = combine
         self.threshold = threshold
@@ -214,8 +219,14 @@ class FailureDetector:
             self.calibration == "auto" and self.guarantee == "pac"
         )
         return CalibrationSettings(
-            style=self.threshold, alpha=self.alpha, combine=self.combine, joint=joint,
-            guarantee=self.guarantee, delta=self.delta, split=self.split, trim=self.trim,
+            style=self.threshold,
+            alpha=self.alpha,
+            combine=self.combine,
+            joint=joint,
+            guarantee=self.guarantee,
+            delta=self.delta,
+            split=self.split,
+            trim=self.trim,
             mode=self.mode,
         )
 
@@ -364,8 +375,10 @@ class FailureDetector:
         out: dict[str, list[NDArray[np.float64]]] = {}
         for s in tqdm(self.scores, desc="scoring", disable=not progress, leave=False):
             raw = s.score_many(rollouts)
-            out[s.name] = [window_scores(x, self.windows[s.name], self.window_kind)  # type: ignore[arg-type]
-                           for x in raw]
+            out[s.name] = [
+                window_scores(x, self.windows[s.name], self.window_kind)  # type: ignore[arg-type]
+                for x in raw
+            ]
         return out
 
     def tables_for(self, group: str | None = None) -> dict[str, NDArray[np.float64]]:
@@ -382,8 +395,9 @@ class FailureDetector:
             )
         return cal.tables
 
-    def _trace(self, raw: dict[str, NDArray[np.float64]], rollout: Rollout,
-               group: str | None) -> Trace:
+    def _trace(
+        self, raw: dict[str, NDArray[np.float64]], rollout: Rollout, group: str | None
+    ) -> Trace:
         tables = self.tables_for(group)
         t = np.arange(len(rollout))
         windowed, gammas, rat = {}, {}, {}
@@ -392,8 +406,7 @@ class FailureDetector:
             gammas[name] = _pipeline.threshold_at(tables[name], t)
             rat[name] = _pipeline.ratios(windowed[name], gammas[name])
         fused = _pipeline.fuse(list(rat.values()), self.combine)
-        return Trace(raw, windowed, gammas, rat, fused, fused > 1.0, rollout.success,
-                     rollout.group)
+        return Trace(raw, windowed, gammas, rat, fused, fused > 1.0, rollout.success, rollout.group)
 
     def score(self, rollout: Rollout, group: str | None = None) -> Trace:
         """Score one rollout step by step (what a :class:`Monitor` would have said).
@@ -405,8 +418,9 @@ class FailureDetector:
             Group for Mondrian thresholds; default ``rollout.group``.
         """
         self._require_calibrated()
-        return self._trace(self.raw_scores(rollout), rollout,
-                           group if group is not None else rollout.group)
+        return self._trace(
+            self.raw_scores(rollout), rollout, group if group is not None else rollout.group
+        )
 
     def traces(self, rollouts: Sequence[Rollout], progress: bool = False) -> list[Trace]:
         """:meth:`score` for many rollouts, batching the score networks."""
@@ -416,8 +430,10 @@ class FailureDetector:
         raw: dict[str, list[NDArray[np.float64]]] = {}
         for s in tqdm(self.scores, desc="scoring", disable=not progress, leave=False):
             raw[s.name] = s.score_many(rollouts)
-        return [self._trace({k: v[i] for k, v in raw.items()}, r, r.group)
-                for i, r in enumerate(rollouts)]
+        return [
+            self._trace({k: v[i] for k, v in raw.items()}, r, r.group)
+            for i, r in enumerate(rollouts)
+        ]
 
     def predict(self, rollouts: Sequence[Rollout]) -> NDArray[np.bool_]:
         """Predicted failure (an alarm at any step) per rollout."""
@@ -437,12 +453,12 @@ class FailureDetector:
         for name in self.names:
             w = window_scores(raw[name], self.windows[name], self.window_kind)  # type: ignore[arg-type]
             d[name] = cal.profiles[name].normalise(w)
-        out = {k: conformal_p_values(np.maximum.accumulate(v), cal.statistics[k])
-               for k, v in d.items()}
+        out = {
+            k: conformal_p_values(np.maximum.accumulate(v), cal.statistics[k]) for k, v in d.items()
+        }
         if "fused" in cal.statistics:
             fused = _pipeline.fuse(list(d.values()), self.combine)
-            out["fused"] = conformal_p_values(np.maximum.accumulate(fused),
-                                              cal.statistics["fused"])
+            out["fused"] = conformal_p_values(np.maximum.accumulate(fused), cal.statistics["fused"])
         return out
 
     def monitor(self, group: str | None = None) -> Any:
@@ -473,11 +489,19 @@ class FailureDetector:
     def get_params(self) -> dict[str, Any]:
         """Constructor parameters other than ``scores`` (JSON-serialisable)."""
         return {
-            "windows": dict(self.windows), "window_kind": self.window_kind,
-            "combine": self.combine, "threshold": self.threshold, "alpha": self.alpha,
-            "guarantee": self.guarantee, "delta": self.delta, "calibration": self.calibration,
-            "split": self.split, "trim": self.trim, "mondrian": self.mondrian,
-            "mode": self.mode, "random_state": self.random_state,
+            "windows": dict(self.windows),
+            "window_kind": self.window_kind,
+            "combine": self.combine,
+            "threshold": self.threshold,
+            "alpha": self.alpha,
+            "guarantee": self.guarantee,
+            "delta": self.delta,
+            "calibration": self.calibration,
+            "split": self.split,
+            "trim": self.trim,
+            "mondrian": self.mondrian,
+            "mode": self.mode,
+            "random_state": self.random_state,
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -505,9 +529,13 @@ class FailureDetector:
             for name, prof in res.profiles.items():
                 tensors[f"{prefix}.offset.{name}"] = np.ascontiguousarray(prof.offset)
                 tensors[f"{prefix}.scale.{name}"] = np.ascontiguousarray(prof.scale)
-            return {"levels": res.levels, "n_profile": res.n_profile,
-                    "n_conformal": res.n_conformal, "notes": res.notes,
-                    "statistics": sorted(res.statistics)}
+            return {
+                "levels": res.levels,
+                "n_profile": res.n_profile,
+                "n_conformal": res.n_conformal,
+                "notes": res.notes,
+                "statistics": sorted(res.statistics),
+            }
 
         config = {
             "schema": SCHEMA_VERSION,
@@ -520,8 +548,9 @@ class FailureDetector:
             "fit_fingerprints": sorted(self._fit_fingerprints),
             "settings": asdict(self.settings),
             "calibration": pack("calibration.pooled", cal),
-            "groups": {g: pack(f"calibration.group.{g}", r)
-                       for g, r in self.group_calibration_.items()},
+            "groups": {
+                g: pack(f"calibration.group.{g}", r) for g, r in self.group_calibration_.items()
+            },
         }
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
@@ -545,8 +574,10 @@ class FailureDetector:
         cfg_path, w_path = d / CONFIG_FILE, d / WEIGHTS_FILE
         for p in (cfg_path, w_path):
             if not p.is_file():
-                raise ArtifactError(f"{p}: missing. A saved detector is a directory with "
-                                    f"{CONFIG_FILE} and {WEIGHTS_FILE}.")
+                raise ArtifactError(
+                    f"{p}: missing. A saved detector is a directory with "
+                    f"{CONFIG_FILE} and {WEIGHTS_FILE}."
+                )
         try:
             config = json.loads(cfg_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -567,7 +598,7 @@ class FailureDetector:
             scores = []
             for i, sc in enumerate(config["scores"]):
                 prefix = f"scores.{i}."
-                own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+                own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
                 scores.append(score_from_config(sc, own))
             det = cls(scores=scores, **config["params"])
 
@@ -575,18 +606,22 @@ class FailureDetector:
                 names = det.names
                 return CalibrationResult(
                     tables={n: tensors[f"{prefix}.tables.{n}"] for n in names},
-                    statistics={k: tensors[f"{prefix}.statistics.{k}"]
-                                for k in info["statistics"]},
-                    profiles={n: Profile(tensors[f"{prefix}.offset.{n}"],
-                                         tensors[f"{prefix}.scale.{n}"]) for n in names},
+                    statistics={k: tensors[f"{prefix}.statistics.{k}"] for k in info["statistics"]},
+                    profiles={
+                        n: Profile(tensors[f"{prefix}.offset.{n}"], tensors[f"{prefix}.scale.{n}"])
+                        for n in names
+                    },
                     levels={k: float(v) for k, v in info["levels"].items()},
-                    n_profile=int(info["n_profile"]), n_conformal=int(info["n_conformal"]),
+                    n_profile=int(info["n_profile"]),
+                    n_conformal=int(info["n_conformal"]),
                     notes=list(info.get("notes", [])),
                 )
 
             det.calibration_ = unpack("calibration.pooled", config["calibration"])
-            det.group_calibration_ = {g: unpack(f"calibration.group.{g}", info)
-                                      for g, info in config.get("groups", {}).items()}
+            det.group_calibration_ = {
+                g: unpack(f"calibration.group.{g}", info)
+                for g, info in config.get("groups", {}).items()
+            }
             det._fitted = True
             det._fit_fingerprints = set(config.get("fit_fingerprints", []))
             det.n_fit_ = int(config.get("n_fit", 0))
@@ -596,8 +631,9 @@ class FailureDetector:
         return det
 
     def __repr__(self) -> str:
-        state = ("calibrated" if self.is_calibrated else "fitted" if self._fitted
-                 else "not fitted")
-        return (f"FailureDetector(scores={self.names}, windows={self.windows}, "
-                f"combine={self.combine!r}, threshold={self.threshold!r}, alpha={self.alpha}, "
-                f"guarantee={self.guarantee!r}, mode={self.mode!r}) [{state}]")
+        state = "calibrated" if self.is_calibrated else "fitted" if self._fitted else "not fitted"
+        return (
+            f"FailureDetector(scores={self.names}, windows={self.windows}, "
+            f"combine={self.combine!r}, threshold={self.threshold!r}, alpha={self.alpha}, "
+            f"guarantee={self.guarantee!r}, mode={self.mode!r}) [{state}]"
+        )

@@ -110,6 +110,7 @@ class EvaluationReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable (NaN becomes None)."""
+
         def clean(d: dict[str, Any]) -> dict[str, Any]:
             return {k: _nan_to_none(v) for k, v in d.items()}
 
@@ -124,12 +125,22 @@ class EvaluationReport:
         """A plain-text table of the overall metrics and the per-group alarm rates."""
         o = self.overall
         lines = [f"alpha={self.alpha:g}  n_success={o['n_success']}  n_failure={o['n_failure']}"]
-        keys = ("tpr", "tnr", "far", "balanced_accuracy", "twa", "detection_time",
-                "lead_time_steps", "roc_auc")
+        keys = (
+            "tpr",
+            "tnr",
+            "far",
+            "balanced_accuracy",
+            "twa",
+            "detection_time",
+            "lead_time_steps",
+            "roc_auc",
+        )
         lines.append("  ".join(f"{k}={o[k]:.3f}" for k in keys))
         for g, m in self.per_group.items():
-            lines.append(f"  {g:<24} n={m['n']:<4} alarm_rate={m['alarm_rate']:.3f} "
-                         f"mean_dt={m['detection_time']:.3f}")
+            lines.append(
+                f"  {g:<24} n={m['n']:<4} alarm_rate={m['alarm_rate']:.3f} "
+                f"mean_dt={m['detection_time']:.3f}"
+            )
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -138,8 +149,10 @@ class EvaluationReport:
 
 def _per_group(traces: Sequence[Trace], t_max: int) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    keys = sorted({(t.success, t.group or "all") for t in traces if t.success is not None},
-                  key=lambda k: (not k[0], k[1]))
+    keys = sorted(
+        {(t.success, t.group or "all") for t in traces if t.success is not None},
+        key=lambda k: (not k[0], k[1]),
+    )
     for success, group in keys:
         sel = [t for t in traces if t.success == success and (t.group or "all") == group]
         alarmed = [t for t in sel if t.predicted_failure]
@@ -186,8 +199,9 @@ def evaluate(
     rollouts = list(rollouts)
     traces = detector.traces(rollouts, progress=progress)
     t_max = t_max or max(len(r) for r in rollouts)
-    report = EvaluationReport(metrics_from_traces(traces, t_max), _per_group(traces, t_max),
-                              detector.alpha)
+    report = EvaluationReport(
+        metrics_from_traces(traces, t_max), _per_group(traces, t_max), detector.alpha
+    )
     if alphas:
         report.sweep = alpha_sweep(detector, rollouts, alphas, t_max)
     return report
@@ -215,6 +229,8 @@ def alpha_sweep(
         except CalibrationError as err:
             out.append({"alpha": a, "error": str(err)})
             continue
-        traces = [other._trace(dict(t.scores), r, r.group) for t, r in zip(base, rollouts)]
+        traces = [
+            other._trace(dict(t.scores), r, r.group) for t, r in zip(base, rollouts, strict=True)
+        ]
         out.append({"alpha": a, **metrics_from_traces(traces, t_max)})
     return out

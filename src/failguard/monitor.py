@@ -63,8 +63,10 @@ class Monitor:
         det = self.detector
         self.group = group
         self._tables = det.tables_for(group)
-        self._windows = {n: WindowState(det.windows[n], det.window_kind)  # type: ignore[arg-type]
-                         for n in det.names}
+        self._windows = {
+            n: WindowState(det.windows[n], det.window_kind)  # type: ignore[arg-type]
+            for n in det.names
+        }
         self._history: dict[str, deque[NDArray[Any]]] = {
             s.name: deque(maxlen=s.context + 1) for s in self._scores
         }
@@ -82,8 +84,9 @@ class Monitor:
             value = given.get(f)
             if value is None:
                 arg = "embedding" if f == "embeddings" else f
-                raise RolloutError(f"Monitor.step: this detector needs '{arg}', which was "
-                                   "not given.")
+                raise RolloutError(
+                    f"Monitor.step: this detector needs '{arg}', which was not given."
+                )
             ndim, kind, _ = _FIELDS[f]
             rows[f] = as_step_array(f, value, ndim - 1, kind, "Monitor.step")
             for s in self._scores:
@@ -115,10 +118,14 @@ class Monitor:
         -------
         Verdict
         """
-        rows = self._validate({
-            "embeddings": embedding, "action_samples": action_samples,
-            "action_logits": action_logits, "action_ids": action_ids,
-        })
+        rows = self._validate(
+            {
+                "embeddings": embedding,
+                "action_samples": action_samples,
+                "action_logits": action_logits,
+                "action_ids": action_ids,
+            }
+        )
         raw, windowed, gammas, rat = {}, {}, {}, {}
         for s in self._scores:
             hist = self._history[s.name]
@@ -129,11 +136,20 @@ class Monitor:
         for name in self.detector.names:
             windowed[name] = self._windows[name].update(raw[name])
             gammas[name] = float(_pipeline.threshold_at(self._tables[name], t))
-            rat[name] = float(_pipeline.ratios(np.float64(windowed[name]), np.float64(gammas[name])))
-        fused = float(_pipeline.fuse([np.float64(v) for v in rat.values()],
-                                     self.detector.combine))
-        verdict = Verdict(step=t, scores=raw, windowed=windowed, thresholds=gammas, ratios=rat,
-                          fused_ratio=fused, alarm=fused > 1.0, fired=_pipeline.fired(rat))
+            rat[name] = float(
+                _pipeline.ratios(np.float64(windowed[name]), np.float64(gammas[name]))
+            )
+        fused = float(_pipeline.fuse([np.float64(v) for v in rat.values()], self.detector.combine))
+        verdict = Verdict(
+            step=t,
+            scores=raw,
+            windowed=windowed,
+            thresholds=gammas,
+            ratios=rat,
+            fused_ratio=fused,
+            alarm=fused > 1.0,
+            fired=_pipeline.fired(rat),
+        )
         self._t += 1
         self.last_verdict = verdict
         return verdict

@@ -72,8 +72,11 @@ def make_rollouts(
     proj, drift_dir, act_proj, logit_proj = _world(embedding_dim, action_dim, max(n_discrete, 2))
     out = []
     for i in range(n):
-        t_len = length if kind == "failure" else int(rng.integers(int(0.8 * length),
-                                                                  int(1.2 * length) + 1))
+        t_len = (
+            length
+            if kind == "failure"
+            else int(rng.integers(int(0.8 * length), int(1.2 * length) + 1))
+        )
         phase = np.linspace(0, 2 * np.pi, t_len) + rng.normal(scale=0.1)
         feats = np.stack([np.sin(phase), np.cos(phase), np.sin(2 * phase), np.cos(2 * phase)], 1)
         emb = feats @ proj + rng.normal(scale=0.15, size=(t_len, embedding_dim))
@@ -94,12 +97,18 @@ def make_rollouts(
             modes = ramp
         chunk_t = np.linspace(0, 1, horizon)
         base = mean_act[:, None, None, :] * (1 + chunk_t[None, None, :, None])
-        noise = rng.normal(size=(t_len, n_samples, horizon, action_dim)) * spread[:, None, None, None]
+        noise = (
+            rng.normal(size=(t_len, n_samples, horizon, action_dim)) * spread[:, None, None, None]
+        )
         mode_id = rng.integers(0, 4, size=(t_len, n_samples))
         mode_dir = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0]], dtype=float)
         mode_dir = np.pad(mode_dir, ((0, 0), (0, max(0, action_dim - 3))))[:, :action_dim]
-        split = (modes[:, None, None, None] * 0.4 * chunk_t[None, None, :, None]
-                 * mode_dir[mode_id][:, :, None, :])
+        split = (
+            modes[:, None, None, None]
+            * 0.4
+            * chunk_t[None, None, :, None]
+            * mode_dir[mode_id][:, :, None, :]
+        )
         samples = base + noise + split
         extra: dict[str, np.ndarray] = {}
         if n_discrete > 0:
@@ -111,12 +120,14 @@ def make_rollouts(
             u = rng.random((t_len, n_samples, 1))
             ids = np.minimum((u > cdf[:, None, :]).sum(axis=2), n_discrete - 1)
             extra = {"action_logits": logits, "action_ids": ids.astype(np.int64)}
-        out.append(Rollout(
-            embeddings=emb.astype(np.float32),
-            action_samples=samples.astype(np.float32),
-            success=kind != "failure",
-            group=group,
-            metadata={"kind": kind, "seed": seed, "index": i},
-            **extra,
-        ))
+        out.append(
+            Rollout(
+                embeddings=emb.astype(np.float32),
+                action_samples=samples.astype(np.float32),
+                success=kind != "failure",
+                group=group,
+                metadata={"kind": kind, "seed": seed, "index": i},
+                **extra,
+            )
+        )
     return out

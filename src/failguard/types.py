@@ -1,4 +1,4 @@
-"""Plain data types: :class:`Rollout` (what a policy did) and :class:`Verdict` (what the monitor says).
+"""Plain data types: :class:`Rollout` (what a policy did), :class:`Verdict` (what the monitor says).
 
 A *step* is one policy inference: the policy encodes its observation into an embedding and
 samples a batch of action chunks (or emits logits over discrete actions). A rollout is the
@@ -149,7 +149,7 @@ class Rollout:
     >>> Rollout(embeddings=np.zeros((5, 8)), action_samples=np.zeros((4, 4, 2, 3)))
     Traceback (most recent call last):
     ...
-    failguard.exceptions.RolloutError: Rollout: fields disagree on the number of steps T: embeddings has 5, action_samples has 4.
+    failguard.exceptions.RolloutError: Rollout: fields disagree on the number of steps T: ...
     """
 
     embeddings: NDArray[np.float32]

@@ -28,7 +28,9 @@ def _check(size: int, kind: str) -> None:
         raise ValueError(f"window size must be an int >= 1; got {size!r}.")
 
 
-def _reduce(buffer: NDArray[np.float64], n_terms: NDArray[np.float64], kind: str) -> NDArray[np.float64]:
+def _reduce(
+    buffer: NDArray[np.float64], n_terms: NDArray[np.float64], kind: str
+) -> NDArray[np.float64]:
     """Sum the columns of ``buffer`` (oldest first) left to right; the shared core of both paths."""
     acc = np.zeros(buffer.shape[0], dtype=np.float64)
     for j in range(buffer.shape[1]):

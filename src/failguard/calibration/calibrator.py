@@ -123,7 +123,9 @@ def _needed(settings: CalibrationSettings, n_indicators: int) -> int:
     return n
 
 
-def _level(stats: NDArray[np.float64], settings: CalibrationSettings, alpha: float, delta: float) -> float:
+def _level(
+    stats: NDArray[np.float64], settings: CalibrationSettings, alpha: float, delta: float
+) -> float:
     if settings.guarantee == "pac":
         return pac_quantile(stats, alpha, delta)
     return conformal_quantile(stats, alpha)
@@ -251,8 +253,9 @@ def calibrate_thresholds(
                 own = episode_statistics([part1[k]], [profiles[k]])
                 scale = float(np.quantile(own, 1.0 - settings.alpha))
                 profiles[k] = profiles[k].rescaled(max(scale, TINY))
-        fused = episode_statistics([part2[k] for k in names], [profiles[k] for k in names],
-                                   settings.combine)
+        fused = episode_statistics(
+            [part2[k] for k in names], [profiles[k] for k in names], settings.combine
+        )
         h = _level(fused, settings, alpha, delta)
         stats["fused"] = np.sort(fused)
         levels = dict.fromkeys(names, h)

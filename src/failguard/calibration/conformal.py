@@ -74,7 +74,7 @@ def conformal_rank(n: int, alpha: float) -> int:
     >>> conformal_rank(10, 0.05)
     Traceback (most recent call last):
     ...
-    failguard.exceptions.CalibrationError: alpha=0.05 needs at least 19 successful calibration rollouts for its conformal threshold; got 10. Record more successful rollouts or raise alpha.
+    failguard.exceptions.CalibrationError: alpha=0.05 needs at least 19 successful ...
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be a float in the range (0, 1). Got {alpha!r} instead.")
@@ -186,7 +186,7 @@ def band_profile(curves: Sequence[NDArray[np.float64]], trim: float = 0.0) -> Pr
     stack = _per_step_stack(curves)
     mu = np.nanmean(stack, axis=0)
     dev = np.abs(stack - mu)
-    n_drop = int(math.floor(trim * stack.shape[0]))
+    n_drop = math.floor(trim * stack.shape[0])
     if n_drop and stack.shape[0] - n_drop >= 1:
         worst = np.nanmax(dev, axis=1)
         keep = np.argsort(worst, kind="stable")[: stack.shape[0] - n_drop]
@@ -214,7 +214,7 @@ def episode_statistics(
     n = len(curves[0])
     out = np.empty(n)
     for i in range(n):
-        d = np.stack([p.normalise(c[i]) for c, p in zip(curves, profiles)])
+        d = np.stack([p.normalise(c[i]) for c, p in zip(curves, profiles, strict=True)])
         fused = d.min(axis=0) if combine == "and" else d.max(axis=0)
         out[i] = fused.max()
     return out

@@ -62,7 +62,7 @@ def plan(
     >>> plan(0.05).n_required
     19
     >>> plan(0.05, threshold="band").n_required
-    38
+    37
     >>> plan(0.1, delta=0.1).n_required
     22
     """

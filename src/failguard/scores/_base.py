@@ -205,7 +205,9 @@ class BaseScore:
         for f in self.requires:
             value = getattr(rollout, f)
             if value is None:
-                raise RolloutError(f"{self.name}: the rollout has no '{f}', which this score reads.")
+                raise RolloutError(
+                    f"{self.name}: the rollout has no '{f}', which this score reads."
+                )
             out[f] = value
         return out
 

@@ -110,8 +110,9 @@ class STACScore(BaseScore):
             x = a[:-1, :, e:, :].reshape(t - 1, b, -1)
             y = a[1:, :, : h - e, :].reshape(t - 1, b, -1)
             for start in range(0, t - 1, 64):  # bounded memory at B = 256
-                out[1 + start : 1 + start + 64] = mmd_rbf(x[start : start + 64],
-                                                          y[start : start + 64])
+                out[1 + start : 1 + start + 64] = mmd_rbf(
+                    x[start : start + 64], y[start : start + 64]
+                )
         return out
 
     def _params(self) -> dict[str, Any]:
@@ -130,8 +131,9 @@ class PCAKMeansScore(BaseScore):
     name : str, default="pca_kmeans"
     """
 
-    def __init__(self, n_components: int = 8, n_clusters: int = 16, seed: int = 0,
-                 name: str = "pca_kmeans") -> None:
+    def __init__(
+        self, n_components: int = 8, n_clusters: int = 16, seed: int = 0, name: str = "pca_kmeans"
+    ) -> None:
         super().__init__(name)
         self.n_components = int(n_components)
         self.n_clusters = int(n_clusters)
@@ -148,8 +150,9 @@ class PCAKMeansScore(BaseScore):
         k = min(self.n_components, x.shape[1], x.shape[0])
         pca = PCA(n_components=k, random_state=self.seed).fit(x)
         z = pca.transform(x)
-        km = KMeans(n_clusters=min(self.n_clusters, x.shape[0]), n_init=4,
-                    random_state=self.seed).fit(z)
+        km = KMeans(
+            n_clusters=min(self.n_clusters, x.shape[0]), n_init=4, random_state=self.seed
+        ).fit(z)
         self.mean_ = pca.mean_
         self.components_ = pca.components_
         self.centroids_ = km.cluster_centers_
@@ -162,8 +165,7 @@ class PCAKMeansScore(BaseScore):
         return np.sqrt(d2.min(axis=1))
 
     def _params(self) -> dict[str, Any]:
-        return {"n_components": self.n_components, "n_clusters": self.n_clusters,
-                "seed": self.seed}
+        return {"n_components": self.n_components, "n_clusters": self.n_clusters, "seed": self.seed}
 
     def _tensors(self) -> dict[str, NDArray[Any]]:
         assert self.mean_ is not None and self.components_ is not None
@@ -214,8 +216,15 @@ class LogpZOScore(BaseScore):
     name : str, default="logpzo"
     """
 
-    def __init__(self, hidden: Sequence[int] = (256, 256), epochs: int = 60, lr: float = 1e-3,
-                 batch_size: int = 256, seed: int = 0, name: str = "logpzo") -> None:
+    def __init__(
+        self,
+        hidden: Sequence[int] = (256, 256),
+        epochs: int = 60,
+        lr: float = 1e-3,
+        batch_size: int = 256,
+        seed: int = 0,
+        name: str = "logpzo",
+    ) -> None:
         super().__init__(name)
         self.hidden = tuple(int(h) for h in hidden)
         self.epochs = int(epochs)
@@ -237,8 +246,9 @@ class LogpZOScore(BaseScore):
             z_data = (x - net.mean) * net.inv_std
             opt = torch.optim.AdamW(net.parameters(), lr=self.lr)
             gen = torch.Generator().manual_seed(self.seed)
-            for _ in tqdm(range(self.epochs), desc=f"fit {self.name}", disable=not progress,
-                          leave=False):
+            for _ in tqdm(
+                range(self.epochs), desc=f"fit {self.name}", disable=not progress, leave=False
+            ):
                 perm = torch.randperm(z_data.shape[0], generator=gen)
                 for start in range(0, z_data.shape[0], self.batch_size):
                     xb = z_data[perm[start : start + self.batch_size]]
@@ -261,8 +271,13 @@ class LogpZOScore(BaseScore):
             return torch.linalg.vector_norm(noise, dim=1).double().numpy() / math.sqrt(z.shape[1])
 
     def _params(self) -> dict[str, Any]:
-        return {"hidden": list(self.hidden), "epochs": self.epochs, "lr": self.lr,
-                "batch_size": self.batch_size, "seed": self.seed}
+        return {
+            "hidden": list(self.hidden),
+            "epochs": self.epochs,
+            "lr": self.lr,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+        }
 
     def _fitted(self) -> dict[str, Any]:
         assert self.network_ is not None

@@ -1,4 +1,4 @@
-"""RND-OE: random network distillation on the policy's observation embedding (FIPER's first indicator).
+"""RND-OE: random network distillation on the policy's observation embedding (FIPER, indicator 1).
 
 A frozen random *target* MLP g and a trainable *predictor* MLP f see the same (optionally
 standardised) embedding e_t. f is trained to imitate g on embeddings of successful
@@ -88,7 +88,9 @@ class RNDNetwork(nn.Module):
         return torch.linalg.vector_norm(self.residual(x), dim=-1)
 
 
-def _split_by_rollout(n: int, fraction: float, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+def _split_by_rollout(
+    n: int, fraction: float, rng: np.random.Generator
+) -> tuple[list[int], list[int]]:
     if n < 2 or fraction <= 0:
         return list(range(n)), []
     n_val = min(n - 1, max(1, round(fraction * n)))
@@ -158,8 +160,12 @@ class RNDScore(BaseScore):
         name: str = "rnd",
     ) -> None:
         super().__init__(name)
-        for label, value in (("output_dim", output_dim), ("batch_size", batch_size),
-                             ("max_epochs", max_epochs), ("patience", patience)):
+        for label, value in (
+            ("output_dim", output_dim),
+            ("batch_size", batch_size),
+            ("max_epochs", max_epochs),
+            ("patience", patience),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(
                     f"The '{label}' parameter of RNDScore must be an int >= 1. "
@@ -236,8 +242,9 @@ class RNDScore(BaseScore):
             log.warning("RNDScore: fewer than 2 rollouts; early stopping uses the training loss.")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            net = RNDNetwork(x_train.shape[1], self.target_hidden, self.predictor_hidden,
-                             self.output_dim)
+            net = RNDNetwork(
+                x_train.shape[1], self.target_hidden, self.predictor_hidden, self.output_dim
+            )
             if self.standardize:
                 mean = x_train.mean(axis=0)
                 std = x_train.std(axis=0)
@@ -248,18 +255,21 @@ class RNDScore(BaseScore):
         net.eval()
         self.network_ = net
 
-    def _train(self, net: RNDNetwork, x_train: torch.Tensor, x_val: torch.Tensor,
-               progress: bool, tqdm: Any) -> None:
-        opt = torch.optim.AdamW(net.predictor.parameters(), lr=self.lr,
-                                weight_decay=self.weight_decay)
+    def _train(
+        self, net: RNDNetwork, x_train: torch.Tensor, x_val: torch.Tensor, progress: bool, tqdm: Any
+    ) -> None:
+        opt = torch.optim.AdamW(
+            net.predictor.parameters(), lr=self.lr, weight_decay=self.weight_decay
+        )
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(
             opt, T_max=self.max_epochs, eta_min=self.lr * self.min_lr_ratio
         )
         gen = torch.Generator().manual_seed(self.seed)
         best_val, best_state, stale = math.inf, copy.deepcopy(net.state_dict()), 0
         self.history_ = {"train": [], "val": []}
-        bar = tqdm(range(self.max_epochs), desc=f"fit {self.name}", disable=not progress,
-                   leave=False)
+        bar = tqdm(
+            range(self.max_epochs), desc=f"fit {self.name}", disable=not progress, leave=False
+        )
         for epoch in bar:
             net.train()
             perm = torch.randperm(x_train.shape[0], generator=gen)
@@ -274,8 +284,11 @@ class RNDScore(BaseScore):
             sched.step()
             net.eval()
             with torch.no_grad():
-                val = float(torch.cat([net(x_val[i : i + 4096])
-                                       for i in range(0, x_val.shape[0], 4096)]).mean())
+                val = float(
+                    torch.cat(
+                        [net(x_val[i : i + 4096]) for i in range(0, x_val.shape[0], 4096)]
+                    ).mean()
+                )
             self.history_["train"].append(total / x_train.shape[0])
             self.history_["val"].append(val)
             bar.set_postfix(val=f"{val:.4f}")
@@ -332,8 +345,9 @@ class RNDScore(BaseScore):
         return {k: v.detach().cpu().numpy() for k, v in self.network_.state_dict().items()}
 
     def _restore(self, fitted: dict[str, Any], tensors: Mapping[str, NDArray[Any]]) -> None:
-        net = RNDNetwork(int(fitted["d_in"]), self.target_hidden, self.predictor_hidden,
-                         self.output_dim)
+        net = RNDNetwork(
+            int(fitted["d_in"]), self.target_hidden, self.predictor_hidden, self.output_dim
+        )
         net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()})
         net.eval()
         self.network_ = net

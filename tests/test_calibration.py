@@ -1,0 +1,181 @@
+"""Conformal calibration: exact ranks, planning, PAC control, and the guarantee, statistically.
+
+The guarantee tests draw synthetic *windowed* score curves (non-stationary in time, with a
+random per-rollout level and random lengths), calibrate on some, and measure the episode-
+level false-alarm rate on fresh ones with a direct comparison η(t) > γ(t), independent of
+the normalised statistics the calibrator uses. The same harness applied to the reference
+code's choices (no n+1, raw per-step quantile, lower-band sign) must detect the violation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from failguard import CalibrationError, plan
+from failguard.calibration import (
+    CalibrationSettings,
+    calibrate_thresholds,
+    conformal_quantile,
+    conformal_rank,
+    extend_table,
+    min_calibration_size,
+    min_pac_calibration_size,
+    pac_quantile,
+)
+from failguard.windows import window_scores
+
+ALPHA = 0.1
+N_SEEDS = 500
+
+
+def curves(rng: np.random.Generator, n: int, lengths: list[int] | None = None) -> list[np.ndarray]:
+    out = []
+    for i in range(n):
+        t_len = int(rng.integers(30, 61)) if lengths is None else lengths[i]
+        t = np.arange(t_len)
+        level = rng.lognormal(0.0, 0.3)
+        mean = level * (1.0 + 0.6 * np.sin(t / 7.0) + 0.01 * t)
+        raw = rng.gamma(4.0, mean / 4.0)
+        out.append(window_scores(raw, 5))
+    return out
+
+
+def alarm_rate(test: list[np.ndarray], tables: dict[str, np.ndarray]) -> float:
+    table = tables["s"]
+    return float(np.mean([np.any(c > extend_table(table, c.shape[0])) for c in test]))
+
+
+def realised_far(style: str, mode: str = "corrected", n_cal: int = 40, n_seeds: int = N_SEEDS):
+    fars = []
+    for seed in range(n_seeds):
+        rng = np.random.default_rng(seed)
+        cal, test = curves(rng, n_cal), curves(rng, 100)
+        res = calibrate_thresholds(
+            {"s": cal}, CalibrationSettings(style=style, alpha=ALPHA, mode=mode), rng
+        )
+        fars.append(alarm_rate(test, res.tables))
+    fars_a = np.array(fars)
+    return fars_a.mean(), fars_a.std(ddof=1) / math.sqrt(len(fars_a))
+
+
+@pytest.mark.parametrize("style", ["constant", "per_step", "band"])
+def test_episode_false_alarm_rate_is_bounded(style):
+    far, se = realised_far(style)
+    assert far <= ALPHA + 3 * se, f"{style}: FAR {far:.4f} > alpha + 3 SE ({ALPHA + 3 * se:.4f})"
+    # Not vacuous: the threshold is not absurdly conservative either.
+    assert far > ALPHA / 4
+
+
+@pytest.mark.parametrize(
+    ("style", "n_cal"),
+    [("band", 40), ("per_step", 40), ("constant", 20)],
+    ids=["reversed-band-sign", "raw-per-step-quantile", "no-n-plus-1"],
+)
+def test_reference_calibration_breaks_the_guarantee(style, n_cal):
+    """The same harness catches each of the reference code's flaws."""
+    far, se = realised_far(style, mode="reference", n_cal=n_cal, n_seeds=300)
+    assert far > ALPHA + 3 * se, f"reference {style}: FAR {far:.4f} unexpectedly within bound"
+
+
+def test_constant_threshold_is_the_conformal_order_statistic():
+    rng = np.random.default_rng(3)
+    cal = curves(rng, 30)
+    res = calibrate_thresholds({"s": cal}, CalibrationSettings(alpha=ALPHA), rng)
+    maxima = sorted(float(c.max()) for c in cal)
+    k = math.ceil(31 * 0.9)  # 28
+    assert res.tables["s"][0] == maxima[k - 1]
+    # Same as the inverted-CDF quantile at level k/n, computed by numpy.
+    assert res.tables["s"][0] == np.quantile(maxima, k / 30, method="inverted_cdf")
+
+
+def test_conformal_rank_edges():
+    assert conformal_rank(9, 0.1) == 9
+    assert conformal_rank(19, 0.05) == 19
+    with pytest.raises(CalibrationError, match="at least 19"):
+        conformal_rank(18, 0.05)
+    with pytest.raises(ValueError, match="range \\(0, 1\\)"):
+        conformal_rank(10, 1.5)
+    for a in (0.01, 0.05, 0.1, 0.2, 0.33):
+        n = min_calibration_size(a)
+        conformal_rank(n, a)
+        with pytest.raises(CalibrationError):
+            conformal_rank(n - 1, a)
+    assert conformal_quantile(np.arange(10.0), 0.1) == 9.0
+
+
+def test_too_few_rollouts_names_the_number():
+    rng = np.random.default_rng(0)
+    with pytest.raises(CalibrationError, match="needs at least 37"):
+        calibrate_thresholds(
+            {"s": curves(rng, 30)}, CalibrationSettings(style="band", alpha=0.05), rng
+        )
+    assert plan(0.05, threshold="band").n_required == 37
+    assert plan(0.05).n_required == 19
+    assert plan(0.05, combine="or", n_indicators=2).n_required == 39
+
+
+def test_pac_control_over_seeds():
+    """P(true FAR > alpha) <= delta, the true FAR from a large fresh reference sample."""
+    delta, n_seeds = 0.1, 200
+    ref = np.array([c.max() for c in curves(np.random.default_rng(10_000), 20_000)])
+    bad = 0
+    for seed in range(n_seeds):
+        rng = np.random.default_rng(seed)
+        stats = np.array([c.max() for c in curves(rng, 60)])
+        h = pac_quantile(stats, ALPHA, delta)
+        bad += float(np.mean(ref > h)) > ALPHA
+    rate = bad / n_seeds
+    se = math.sqrt(delta * (1 - delta) / n_seeds)
+    assert rate <= delta + 3 * se
+
+
+def test_pac_minimum_size_matches_mapie():
+    from mapie.risk_control.methods import compute_hoeffding_bentkus_p_value
+
+    for a, d in ((0.1, 0.1), (0.05, 0.1), (0.05, 0.05)):
+        n = min_pac_calibration_size(a, d)
+        p = compute_hoeffding_bentkus_p_value(np.array([0.0]), n, a, binary=True)
+        p_less = compute_hoeffding_bentkus_p_value(np.array([0.0]), n - 1, a, binary=True)
+        assert p[0, 0] <= d < p_less[0, 0]
+        pac_quantile(np.random.default_rng(0).random(n), a, d)  # feasible at n
+    assert plan(0.1, delta=0.1).n_required == 22
+
+
+def test_joint_calibration_and_or_bonferroni():
+    rng = np.random.default_rng(5)
+    a = curves(rng, 60)
+    b = curves(rng, 60, [len(c) for c in a])
+    joint = calibrate_thresholds(
+        {"a": a, "b": b}, CalibrationSettings(alpha=ALPHA, joint=True), rng
+    )
+    assert joint.levels["a"] == joint.levels["b"]
+    assert "fused" in joint.statistics
+    per = calibrate_thresholds({"a": a, "b": b}, CalibrationSettings(alpha=ALPHA, combine="or"), rng)
+    single = calibrate_thresholds({"a": a}, CalibrationSettings(alpha=ALPHA), rng)
+    assert per.tables["a"][0] >= single.tables["a"][0]  # OR: each leg at alpha / 2
+
+
+@pytest.mark.parametrize("combine", ["and", "or"])
+def test_joint_fused_guarantee(combine):
+    fars = []
+    for seed in range(300):
+        rng = np.random.default_rng(seed)
+        ca = curves(rng, 40)
+        cal = {"a": ca, "b": curves(rng, 40, [len(c) for c in ca])}
+        res = calibrate_thresholds(
+            cal, CalibrationSettings(alpha=ALPHA, joint=True, combine=combine), rng
+        )
+        test_a = curves(rng, 100)
+        test_b = curves(rng, 100, [len(c) for c in test_a])
+        hits = []
+        for ca, cb in zip(test_a, test_b, strict=True):
+            n = ca.shape[0]
+            ra = ca[:n] > extend_table(res.tables["a"], n)
+            rb = cb[:n] > extend_table(res.tables["b"], n)
+            hits.append(np.any(ra & rb) if combine == "and" else np.any(ra | rb))
+        fars.append(np.mean(hits))
+    far, se = np.mean(fars), np.std(fars, ddof=1) / math.sqrt(len(fars))
+    assert far <= ALPHA + 3 * se
