@@ -102,7 +102,8 @@ def as_step_array(name: str, value: ArrayLike, ndim: int, kind: str, where: str)
             f"{where}: '{name}' contains NaN or inf (first at index {tuple(int(i) for i in bad)}). "
             "Drop or repair the step before scoring; failguard never guesses a value."
         )
-    out = arr.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):
+        out = arr.astype(np.float32, copy=False)
     if not np.all(np.isfinite(out)):
         raise RolloutError(f"{where}: '{name}' overflows float32 (values beyond ±3.4e38).")
     return out

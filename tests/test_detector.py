@@ -1,0 +1,269 @@
+"""FailureDetector and Monitor: phases, errors, batch == streaming, persistence."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from failguard import (
+    ActionChunkEntropy,
+    ArtifactError,
+    CalibrationError,
+    DiscreteActionEntropy,
+    FailureDetector,
+    LogpZOScore,
+    NotFittedError,
+    PCAKMeansScore,
+    RNDActionScore,
+    RolloutError,
+    STACScore,
+)
+from failguard.synthetic import make_rollouts
+
+from conftest import make_detector, small_rnd
+
+
+def replay(det, rollout, group=None):
+    mon = det.monitor(group=group)
+    verdicts = []
+    for t in range(len(rollout)):
+        kw = {"embedding": rollout.embeddings[t]}
+        for field, arg in (("action_samples", "action_samples"), ("action_logits", "action_logits"),
+                           ("action_ids", "action_ids")):
+            if field in det.requires:
+                kw[arg] = getattr(rollout, field)[t]
+        verdicts.append(mon.step(**kw))
+    return verdicts
+
+
+def assert_stream_matches_batch(det, rollouts, exact_raw=False):
+    for r in rollouts:
+        trace = det.score(r)
+        verdicts = replay(det, r, group=r.group if det.mondrian else None)
+        assert [v.alarm for v in verdicts] == trace.alarm.tolist()
+        for name in det.names:
+            raw = np.array([v.scores[name] for v in verdicts])
+            if exact_raw:
+                np.testing.assert_array_equal(raw, trace.scores[name])
+            else:
+                np.testing.assert_allclose(raw, trace.scores[name], rtol=1e-5, atol=1e-6)
+            thr = np.array([v.thresholds[name] for v in verdicts])
+            np.testing.assert_array_equal(thr, trace.thresholds[name])
+        np.testing.assert_allclose([v.fused_ratio for v in verdicts], trace.fused, rtol=1e-5)
+
+
+@pytest.mark.parametrize("window_kind", ["sum", "mean", "cumulative"])
+@pytest.mark.parametrize("threshold", ["constant", "per_step", "band"])
+@pytest.mark.parametrize("combine", ["and", "or"])
+def test_streaming_equals_batch(fit_set, cal_set, test_set, window_kind, threshold, combine):
+    det = make_detector(alpha=0.2, window_kind=window_kind, threshold=threshold, combine=combine,
+                        windows={"rnd": 4, "ace": 3})
+    det.fit(fit_set, progress=False).calibrate(cal_set)
+    assert_stream_matches_batch(det, test_set[::3])
+
+
+@pytest.mark.parametrize("guarantee", ["marginal", "pac"])
+def test_streaming_equals_batch_pac_joint_mondrian(fit_set, cal_set, test_set, guarantee):
+    det = make_detector(alpha=0.2, guarantee=guarantee, delta=0.2, calibration="joint")
+    det.fit(fit_set, progress=False).calibrate(cal_set)
+    assert_stream_matches_batch(det, test_set[::4])
+
+
+def test_entropy_and_baseline_scores_stream_exactly(fit_set, cal_set, test_set):
+    """Scores without matrix products (entropies, STAC) agree bit for bit."""
+    det = make_detector(
+        alpha=0.2,
+        scores=[ActionChunkEntropy(), STACScore(exec_horizon=3),
+                DiscreteActionEntropy("logits"), DiscreteActionEntropy("samples")],
+        combine="or",
+    )
+    det.fit(fit_set, progress=False).calibrate(cal_set)
+    assert_stream_matches_batch(det, test_set[::3], exact_raw=True)
+
+
+def test_learned_baselines_stream(fit_set, cal_set, test_set):
+    det = make_detector(
+        alpha=0.2,
+        scores=[PCAKMeansScore(n_clusters=4), LogpZOScore(epochs=2), RNDActionScore(max_epochs=2)],
+        combine="or",
+    )
+    det.fit(fit_set, progress=False).calibrate(cal_set)
+    assert_stream_matches_batch(det, test_set[::5])
+
+
+def test_mondrian_thresholds_per_group(fit_set):
+    cal = make_rollouts(30, seed=11, length=40) + make_rollouts(30, kind="ood_benign", seed=12,
+                                                                 length=40)
+    det = make_detector(alpha=0.2, mondrian=True).fit(fit_set, progress=False).calibrate(cal)
+    assert set(det.group_calibration_) == {"id", "ood"}
+    assert not np.array_equal(det.tables_for("id")["rnd"], det.tables_for("ood")["rnd"])
+    assert_stream_matches_batch(det, cal[::10])
+    with pytest.warns(UserWarning, match="No Mondrian thresholds"):
+        det.tables_for("unseen")
+
+
+def test_detector_separates_failures(detector, test_set):
+    pred = detector.predict(test_set)
+    labels = np.array([not r.success for r in test_set])
+    # A 3-epoch RND on 8 rollouts is weak; the full-size quality is the benchmarks' job.
+    assert pred[labels].mean() >= pred[~labels].mean() + 0.3
+
+
+def test_phase_order_is_enforced(fit_set, cal_set):
+    det = make_detector()
+    with pytest.raises(NotFittedError, match="Incorrect method order.*not fitted"):
+        det.calibrate(cal_set)
+    with pytest.raises(NotFittedError, match="not fitted"):
+        det.score(cal_set[0])
+    det.fit(fit_set, progress=False)
+    with pytest.raises(NotFittedError, match="not calibrated"):
+        det.monitor()
+    with pytest.raises(NotFittedError, match="not calibrated"):
+        det.save("unused")
+
+
+def test_calibration_set_errors(fit_set, cal_set):
+    det = make_detector(alpha=0.1).fit(fit_set, progress=False)
+    failed = make_rollouts(1, kind="failure", seed=9, length=40)
+    with pytest.raises(CalibrationError, match="rollout 3 .*failed"):
+        det.calibrate(cal_set[:3] + failed + cal_set[3:])
+    with pytest.raises(CalibrationError, match="also used to fit"):
+        det.calibrate(cal_set + fit_set[:1])
+    with pytest.raises(CalibrationError, match="needs at least 9 successful"):
+        det.calibrate(cal_set[:5])
+    with pytest.raises(CalibrationError, match="no rollouts"):
+        det.calibrate([])
+    unlabeled = [r.replace(success=None) for r in cal_set[:20]]
+    with pytest.warns(UserWarning, match="success=None"):
+        det.calibrate(unlabeled)
+    with pytest.raises(CalibrationError, match="failed"):
+        make_detector().fit(failed, progress=False)
+
+
+def test_parameter_validation_messages():
+    with pytest.raises(ValueError, match=r"The 'alpha' parameter of FailureDetector must be a "
+                                         r"float in the range \(0, 1\)\. Got 1\.5 instead\."):
+        FailureDetector(alpha=1.5)
+    with pytest.raises(ValueError, match="'combine' parameter"):
+        FailureDetector(combine="xor")
+    with pytest.raises(ValueError, match="unique names"):
+        FailureDetector(scores=[small_rnd(), small_rnd()])
+    with pytest.raises(ValueError, match="'windows' parameter"):
+        FailureDetector(windows={"nope": 3})
+    with pytest.raises(ValueError, match="'windows' parameter"):
+        FailureDetector(windows=0)
+
+
+def test_mismatched_rollouts_are_rejected(detector):
+    wrong_d = make_rollouts(1, seed=3, length=20, embedding_dim=16)[0]
+    with pytest.raises(RolloutError, match=r"per-step shape \(16,\).*fitted on \(32,\)"):
+        detector.score(wrong_d)
+    no_actions = wrong_d.replace(action_samples=None, embeddings=np.zeros((20, 32)))
+    with pytest.raises(RolloutError, match="action_samples"):
+        detector.score(no_actions)
+
+
+def test_monitor_step_errors(detector):
+    mon = detector.monitor()
+    e, a = np.zeros(32), np.zeros((32, 8, 3))
+    with pytest.raises(RolloutError, match="needs 'action_samples'"):
+        mon.step(embedding=e)
+    with pytest.raises(RolloutError, match="NaN or inf"):
+        mon.step(embedding=np.full(32, np.nan), action_samples=a)
+    with pytest.raises(RolloutError, match=r"shape \(31,\).*fitted on \(32,\)"):
+        mon.step(embedding=np.zeros(31), action_samples=a)
+    with pytest.raises(RolloutError, match="must have 1 dimensions"):
+        mon.step(embedding=np.zeros((1, 32)), action_samples=a)
+    assert mon.t == 0  # nothing was consumed by the failed calls
+    v = mon.step(embedding=e, action_samples=a)
+    assert v.step == 0 and mon.t == 1 and mon.last_verdict is v
+    mon.reset()
+    assert mon.t == 0
+
+
+def test_save_load_round_trip_is_bit_exact(tmp_path, fit_set, cal_set, test_set):
+    det = make_detector(alpha=0.2, threshold="band", mondrian=False).fit(fit_set, progress=False)
+    det.calibrate(cal_set)
+    det.save(tmp_path / "det")
+    loaded = FailureDetector.load(tmp_path / "det")
+    assert loaded.get_params() == det.get_params()
+    for r in test_set[::4]:
+        a, b = det.score(r), loaded.score(r)
+        for name in det.names:
+            np.testing.assert_array_equal(a.scores[name], b.scores[name])
+            np.testing.assert_array_equal(a.thresholds[name], b.thresholds[name])
+        np.testing.assert_array_equal(a.alarm, b.alarm)
+        for k, v in det.p_values(r).items():
+            np.testing.assert_array_equal(v, loaded.p_values(r)[k])
+    # A loaded detector still knows its fit rollouts.
+    with pytest.raises(CalibrationError, match="also used to fit"):
+        loaded.calibrate(fit_set)
+
+
+def test_save_load_every_score_type(tmp_path, fit_set, cal_set):
+    scores = [small_rnd(), ActionChunkEntropy(dims=[0, 1], integrate_dt=0.1),
+              DiscreteActionEntropy(), DiscreteActionEntropy("samples"), STACScore(3),
+              PCAKMeansScore(n_clusters=3), LogpZOScore(epochs=1), RNDActionScore(max_epochs=1)]
+    det = make_detector(scores=scores, alpha=0.2, combine="or", mondrian=True)
+    det.fit(fit_set, progress=False).calibrate(cal_set)
+    det.save(tmp_path / "all")
+    loaded = FailureDetector.load(tmp_path / "all")
+    r = cal_set[0]
+    for name in det.names:
+        np.testing.assert_array_equal(det.score(r).scores[name], loaded.score(r).scores[name])
+
+
+def test_corrupt_artifacts_raise_artifact_error(tmp_path, detector):
+    with pytest.raises(ArtifactError, match="missing"):
+        FailureDetector.load(tmp_path / "nothing")
+    path = detector.save(tmp_path / "det")
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["schema"] = 999
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ArtifactError, match="schema version 999"):
+        FailureDetector.load(path)
+    detector.save(path)
+    (path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ArtifactError, match="safetensors"):
+        FailureDetector.load(path)
+    detector.save(path)
+    (path / "config.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        FailureDetector.load(path)
+    detector.save(path)
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["scores"][0]["type"] = "Mystery"
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ArtifactError, match="Mystery"):
+        FailureDetector.load(path)
+
+
+def test_p_values_fall_on_failures(detector, test_set):
+    fail = next(r for r in test_set if detector.score(r).predicted_failure)
+    p = detector.p_values(fail)
+    assert set(p) == {"rnd", "ace"}
+    for v in p.values():
+        assert np.all(np.diff(v) <= 0)  # running max -> non-increasing p-values
+        # Both legs crossed their conformal thresholds, so both p-values are <= alpha.
+        assert v[-1] <= detector.alpha
+
+
+def test_with_alpha_recalibrates_without_refitting(detector):
+    loose = detector.with_alpha(0.3)
+    assert loose.scores[0] is detector.scores[0]
+    assert loose.thresholds_["rnd"][0] <= detector.thresholds_["rnd"][0]
+    assert detector.alpha == 0.1
+
+
+def test_rnd_training_is_seeded_and_splits_by_rollout(fit_set):
+    a = small_rnd(seed=4).fit(fit_set)
+    b = small_rnd(seed=4).fit(fit_set)
+    r = fit_set[0]
+    np.testing.assert_array_equal(a.score(r), b.score(r))
+    assert len(a.history_["val"]) >= 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small_rnd().fit(fit_set[:2])
