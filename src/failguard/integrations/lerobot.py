@@ -1,0 +1,441 @@
+"""Wrap a LeRobot-style policy so that every new action chunk is monitored (and recorded).
+
+A LeRobot policy (``ACTPolicy``, ``DiffusionPolicy``, ``PI0Policy``, ...) is a
+``torch.nn.Module`` with
+
+- ``reset()``: clear the action queue at the start of an episode;
+- ``select_action(batch)``: return one action ``(1, D)``; when its action queue is empty it
+  runs inference, predicts a chunk of H actions and queues the first ``n_action_steps``;
+- ``predict_action_chunk(batch)``: the chunk ``(N, H, D)`` for a batch of N observations.
+
+:class:`LeRobotPolicyWrapper` keeps that interface. One FIPER step is one policy inference,
+so the wrapper runs the monitor **once per new chunk**, not once per queued action. When a
+chunk starts, it draws B chunks in one batched call by repeating the observation B times
+along the batch dimension, takes the observation embedding from a callable or from a forward
+hook on a named submodule, and steps the monitor. It never changes what the policy returns:
+the extra sampling runs under ``torch.no_grad()`` inside ``torch.random.fork_rng`` with its
+own seed, so the policy's random stream, queues and outputs are exactly those of the
+unwrapped policy.
+
+Real usage (LeRobot itself is not a dependency of failguard)::
+
+    from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
+    from failguard import FailureDetector
+    from failguard.integrations import LeRobotPolicyWrapper
+
+    policy = DiffusionPolicy.from_pretrained("lerobot/diffusion_pusht").eval()
+
+    # 1. Deploy in record mode to collect successful rollouts (no detector needed).
+    wrapped = LeRobotPolicyWrapper(policy, embed_module="diffusion.rgb_encoder",
+                                   n_samples=32, record_dir="logs/pusht")
+    wrapped.reset()
+    ...  # action = wrapped.select_action(batch) in the control loop
+    wrapped.end_episode(success=True)
+
+    # 2. failguard fit logs/pusht -o detector/   (or FailureDetector().fit(...).calibrate(...))
+
+    # 3. Deploy in monitor mode.
+    wrapped = LeRobotPolicyWrapper(policy, detector=FailureDetector.load("detector"),
+                                   embed_module="diffusion.rgb_encoder", n_samples=32,
+                                   on_alarm=lambda v: robot.stop())
+
+LeRobot's ``DiffusionPolicy.predict_action_chunk`` reads its observation queue rather than
+the batch it is given, so a repeated batch gives back one chunk; the wrapper detects this
+and then draws the B chunks one call at a time (slower; or pass ``sample_chunks``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from ..types import Verdict
+from .generic import AlarmHook, MonitoringSession, check_n_samples, to_numpy
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ..detector import FailureDetector
+
+__all__ = ["LeRobotPolicyWrapper", "ToyChunkPolicy", "repeat_batch"]
+
+Batch = Mapping[str, Any]
+
+
+def repeat_batch(batch: Batch, n: int) -> dict[str, Any]:
+    """Repeat every entry of a batch-size-1 observation ``n`` times along dimension 0.
+
+    Tensors with a leading dimension of 1 are expanded (no copy); lists of length 1 (e.g. a
+    language ``"task"``) are repeated; anything else is passed through unchanged.
+
+    Examples
+    --------
+    >>> import torch
+    >>> b = repeat_batch({"observation.state": torch.zeros(1, 3), "task": ["push"]}, 4)
+    >>> tuple(b["observation.state"].shape), b["task"]
+    ((4, 3), ['push', 'push', 'push', 'push'])
+    """
+    out: dict[str, Any] = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == 1:
+            out[k] = v.expand(n, *v.shape[1:])
+        elif isinstance(v, list) and len(v) == 1:
+            out[k] = v * n
+        else:
+            out[k] = v
+    return out
+
+
+def _default_hook_transform(output: Any) -> torch.Tensor:
+    if isinstance(output, (tuple, list)):
+        output = output[0]
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(
+            f"The hooked submodule returned a {type(output).__name__}; pass "
+            "hook_transform=... (output -> tensor of shape (d,)) or embed=... instead."
+        )
+    return output[0] if output.ndim >= 2 else output
+
+
+class LeRobotPolicyWrapper:
+    """Monitor (and/or record) a LeRobot-style policy, once per new action chunk.
+
+    Parameters
+    ----------
+    policy : torch.nn.Module
+        Has ``reset()``, ``select_action(batch)`` and ``predict_action_chunk(batch)``.
+    detector : FailureDetector, optional
+        Calibrated detector (monitor mode). Omit it and give ``record_dir`` to only record.
+    embed : callable ``batch -> tensor``, optional
+        The observation embedding for a batch-size-1 observation, shape (1, d) or (d,).
+    embed_module : str, optional
+        Dotted name of a submodule (``policy.get_submodule(name)``) whose forward output is
+        the embedding; a forward hook captures it. Give exactly one of ``embed`` and
+        ``embed_module``.
+    hook_transform : callable ``output -> tensor``, optional
+        Maps the hooked module's output to the embedding of the first batch element.
+        Default: first element of a tuple output, then row 0 (batch-first outputs). Pass one
+        for sequence-first or dict outputs.
+    n_samples : int, default=32
+        B, the number of chunks drawn per policy inference for the action-chunk entropy.
+    n_action_steps : int, optional
+        Actions executed per chunk. Default: ``policy.config.n_action_steps`` (or 1).
+    chunk_boundary : {"auto", "queue", "steps"}, default="auto"
+        How a new chunk is recognised. ``"queue"``: the policy's action queue
+        (``policy._queues["action"]`` as in Diffusion/VQ-BeT, or ``policy._action_queue`` as
+        in ACT) is empty before ``select_action``, i.e. the policy is about to run inference
+        (exact, follows the policy's own logic). ``"steps"``: every ``n_action_steps`` calls
+        of ``select_action`` since :meth:`reset`. ``"auto"``: the queue if one is found, else
+        steps.
+    sample_chunks : callable ``(policy, batch, n) -> tensor (n, H, D)``, optional
+        Replace the default sampler (``predict_action_chunk`` on the repeated batch).
+    record_dir : str or path-like, optional
+        Record every monitored step into rollout logs there (see :meth:`end_episode`).
+    on_alarm : callable ``Verdict -> Any``, optional
+        Called with every verdict that alarms (at most once per chunk).
+    group : str, optional
+        Mondrian group and group label of recorded rollouts.
+    seed : int, default=0
+        Seeds the monitor's own sampling (chunk k of an episode uses ``seed + k``).
+
+    Attributes
+    ----------
+    session : MonitoringSession
+        Monitor, recorder and verdict history.
+    last_verdict : Verdict or None
+        Verdict of the current chunk (kept until the next chunk starts).
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> policy = ToyChunkPolicy(obs_dim=4, n_action_steps=4)
+    >>> wrapped = LeRobotPolicyWrapper(policy, embed_module="encoder", n_samples=8,
+    ...                                record_dir=tempfile.mkdtemp())
+    >>> wrapped.reset()
+    >>> for t in range(8):
+    ...     action = wrapped.select_action({"observation.state": torch.zeros(1, 4)})
+    >>> wrapped.n_chunks, tuple(action.shape)
+    (2, (1, 2))
+    >>> wrapped.end_episode(success=True).name
+    'rollout_000000.safetensors'
+    """
+
+    def __init__(
+        self,
+        policy: Any,
+        detector: FailureDetector | None = None,
+        *,
+        embed: Callable[[Batch], Any] | None = None,
+        embed_module: str | None = None,
+        hook_transform: Callable[[Any], torch.Tensor] | None = None,
+        n_samples: int = 32,
+        n_action_steps: int | None = None,
+        chunk_boundary: str = "auto",
+        sample_chunks: Callable[[Any, Batch, int], Any] | None = None,
+        record_dir: str | os.PathLike[str] | None = None,
+        on_alarm: AlarmHook | None = None,
+        group: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        for method in ("reset", "select_action"):
+            if not callable(getattr(policy, method, None)):
+                raise TypeError(f"policy has no '{method}' method; is it a LeRobot-style policy?")
+        if (embed is None) == (embed_module is None):
+            raise ValueError("Give exactly one of 'embed' (a callable) and 'embed_module'.")
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+            raise ValueError(f"'n_samples' must be an int >= 1. Got {n_samples!r} instead.")
+        if chunk_boundary not in ("auto", "queue", "steps"):
+            raise ValueError(
+                "The 'chunk_boundary' parameter must be one of ('auto', 'queue', 'steps'). "
+                f"Got {chunk_boundary!r} instead."
+            )
+        if sample_chunks is None and not callable(getattr(policy, "predict_action_chunk", None)):
+            raise TypeError("policy has no 'predict_action_chunk'; pass sample_chunks=... .")
+        check_n_samples(detector, n_samples, "LeRobotPolicyWrapper")
+        if n_action_steps is None:
+            config = getattr(policy, "config", None)
+            n_action_steps = int(getattr(config, "n_action_steps", 1) or 1)
+        if n_action_steps < 1:
+            raise ValueError(f"'n_action_steps' must be >= 1. Got {n_action_steps!r} instead.")
+        self.policy = policy
+        self.session = MonitoringSession(
+            detector=detector, record_dir=record_dir, on_alarm=on_alarm, group=group
+        )
+        self.embed = embed
+        self.embed_module = embed_module
+        self.hook_transform = hook_transform or _default_hook_transform
+        self.n_samples = n_samples
+        self.n_action_steps = n_action_steps
+        self.sample_chunks = sample_chunks
+        self.seed = int(seed)
+        self._captured: list[Any] = []
+        self._capturing = False
+        self._hook: Any = None
+        if embed_module is not None:
+            try:
+                module = policy.get_submodule(embed_module)
+            except AttributeError as err:
+                raise ValueError(
+                    f"policy has no submodule {embed_module!r} ({err}). Submodules: "
+                    f"{[n for n, _ in policy.named_modules()][:20]}"
+                ) from err
+            self._hook = module.register_forward_hook(self._on_forward)
+        if chunk_boundary == "queue" and self._queue() is None:
+            raise ValueError(
+                "chunk_boundary='queue', but the policy has neither '_queues[\"action\"]' nor "
+                "'_action_queue'; use chunk_boundary='steps'."
+            )
+        self.chunk_boundary = chunk_boundary
+        self._t = 0
+        self.n_chunks = 0
+
+    # ------------------------------------------------------------------ helpers
+    def _on_forward(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._capturing:
+            self._captured.append(output)
+
+    def _queue(self) -> Any:
+        queues = getattr(self.policy, "_queues", None)
+        if isinstance(queues, Mapping) and "action" in queues:
+            return queues["action"]
+        return getattr(self.policy, "_action_queue", None)
+
+    def _starts_new_chunk(self) -> bool:
+        if self.chunk_boundary != "steps":
+            queue = self._queue()
+            if queue is not None:
+                return len(queue) == 0
+        return self._t % self.n_action_steps == 0
+
+    def _rng_devices(self) -> list[int]:
+        if not torch.cuda.is_available():
+            return []
+        params = getattr(self.policy, "parameters", None)
+        for p in params() if callable(params) else ():
+            if p.is_cuda:
+                return [p.device.index or 0]
+        return []
+
+    def _embedding(self, batch: Batch) -> NDArray[np.float32]:
+        if self.embed is not None:
+            out = self.embed(batch)
+        else:
+            if not self._captured:  # the encoder did not run in select_action: run it now
+                self._capturing = True
+                try:
+                    self._sample(batch)
+                finally:
+                    self._capturing = False
+            if not self._captured:
+                raise RuntimeError(
+                    f"The submodule {self.embed_module!r} did not run during inference; "
+                    "check embed_module or pass embed=... ."
+                )
+            out = self.hook_transform(self._captured[0])
+        return to_numpy(out).reshape(-1).astype(np.float32)
+
+    def _sample(self, batch: Batch) -> NDArray[np.float32]:
+        n = self.n_samples
+        if self.sample_chunks is not None:
+            chunks = to_numpy(self.sample_chunks(self.policy, batch, n))
+        else:
+            first = to_numpy(self.policy.predict_action_chunk(repeat_batch(batch, n)))
+            parts = [first]
+            if first.shape[0] == 1 and n > 1:  # the policy ignored the repeated batch
+                parts += [to_numpy(self.policy.predict_action_chunk(batch)) for _ in range(n - 1)]
+            chunks = np.concatenate(parts, axis=0)
+        if chunks.ndim != 3 or chunks.shape[0] != n:
+            raise ValueError(
+                f"Expected {n} action chunks of shape ({n}, H, D); got {chunks.shape}."
+            )
+        return chunks.astype(np.float32)
+
+    # ------------------------------------------------------------------ policy interface
+    def reset(self, group: str | None = None, metadata: Mapping[str, Any] | None = None) -> None:
+        """Reset the policy, the monitor and start a new recorded episode."""
+        self.policy.reset()
+        self.session.reset(group=group, metadata=metadata)
+        self._t = 0
+        self.n_chunks = 0
+
+    def select_action(self, batch: Batch) -> Any:
+        """The policy's action, unchanged; monitors the step when a new chunk starts."""
+        new_chunk = self._starts_new_chunk()
+        self._captured = []
+        self._capturing = new_chunk and self.embed_module is not None
+        try:
+            action = self.policy.select_action(batch)
+        finally:
+            self._capturing = False
+        if new_chunk:
+            with torch.no_grad(), torch.random.fork_rng(devices=self._rng_devices()):
+                torch.manual_seed(self.seed + self.n_chunks)
+                embedding = self._embedding(batch)
+                chunks = self._sample(batch)
+            self._captured = []
+            self.n_chunks += 1
+            self.session.process(embedding=embedding, action_samples=chunks)
+        self._t += 1
+        return action
+
+    def predict_action_chunk(self, batch: Batch) -> Any:
+        """The policy's own ``predict_action_chunk`` (not monitored)."""
+        return self.policy.predict_action_chunk(batch)
+
+    def end_episode(
+        self, success: bool | None, metadata: Mapping[str, Any] | None = None
+    ) -> Path | None:
+        """Finish the episode with its outcome; writes the recorded rollout in record mode."""
+        return self.session.end_episode(success, metadata)
+
+    def remove_hook(self) -> None:
+        """Detach the forward hook from the policy (the wrapper stops working)."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    @property
+    def last_verdict(self) -> Verdict | None:
+        """Verdict of the current chunk, or None before the first (or in record mode)."""
+        return self.session.last_verdict
+
+    @property
+    def verdicts(self) -> list[Verdict]:
+        """Verdicts of this episode, one per chunk."""
+        return self.session.verdicts
+
+    @property
+    def alarmed(self) -> bool:
+        """Whether any chunk of this episode alarmed."""
+        return self.session.alarmed
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for attributes not found on the wrapper: forward to the policy.
+        if name == "policy":
+            raise AttributeError(name)
+        return getattr(self.policy, name)
+
+
+class ToyChunkPolicy(nn.Module):
+    """A tiny stand-in for a LeRobot chunking policy, for examples and tests.
+
+    It has LeRobot's interface and mechanics: ``config.n_action_steps``, an ``encoder``
+    submodule, an action queue in ``_queues["action"]`` refilled by ``select_action`` when
+    empty, and a stochastic ``predict_action_chunk`` (draws with ``torch.randn``, like a
+    diffusion or flow policy's noise). Like a generative policy off its training data, it
+    becomes multi-modal when the observation is far from the unit ball it "was trained" on:
+    each sampled chunk then veers to one of two sides.
+
+    Parameters
+    ----------
+    obs_dim, embed_dim, horizon, action_dim, n_action_steps : int
+    noise : float, default=0.02
+        Spread of the samples in distribution.
+    seed : int, default=0
+        Initialises the weights.
+
+    Examples
+    --------
+    >>> import torch
+    >>> p = ToyChunkPolicy(obs_dim=4)
+    >>> tuple(p.predict_action_chunk({"observation.state": torch.zeros(5, 4)}).shape)
+    (5, 8, 2)
+    """
+
+    def __init__(
+        self,
+        obs_dim: int = 4,
+        embed_dim: int = 16,
+        horizon: int = 8,
+        action_dim: int = 2,
+        n_action_steps: int = 4,
+        noise: float = 0.02,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.config = SimpleNamespace(
+            n_action_steps=n_action_steps, chunk_size=horizon, action_dim=action_dim
+        )
+        self.encoder = nn.Sequential(nn.Linear(obs_dim, embed_dim), nn.Tanh())
+        self.head = nn.Linear(embed_dim, horizon * action_dim)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+        self.noise = noise
+        self._queues: dict[str, Any] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        """Clear the action queue."""
+        from collections import deque
+
+        self._queues = {"action": deque(maxlen=self.config.n_action_steps)}
+
+    @torch.no_grad()
+    def predict_action_chunk(self, batch: Batch) -> torch.Tensor:
+        """Sample one chunk (H, D) per batch row; returns (N, H, D)."""
+        obs = batch["observation.state"]
+        n = obs.shape[0]
+        h, d = self.config.chunk_size, self.config.action_dim
+        mean = self.head(self.encoder(obs)).view(n, h, d)
+        ood = torch.clamp(obs.norm(dim=-1) - 1.0, min=0.0).view(n, 1, 1)
+        side = torch.where(torch.rand(n, 1, 1) < 0.5, -1.0, 1.0)
+        ramp = torch.linspace(0.0, 1.0, h).view(1, h, 1)
+        return mean + self.noise * torch.randn(n, h, d) + ood * side * ramp
+
+    @torch.no_grad()
+    def select_action(self, batch: Batch) -> torch.Tensor:
+        """Pop the next queued action (1, D), predicting a new chunk when the queue is empty."""
+        queue = self._queues["action"]
+        if len(queue) == 0:
+            chunk = self.predict_action_chunk(batch)[:, : self.config.n_action_steps]
+            queue.extend(chunk.transpose(0, 1))
+        return queue.popleft()

@@ -1,0 +1,342 @@
+"""Policy wrappers, the generic adapter and the gymnasium wrapper."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from failguard import (
+    ActionChunkEntropy,
+    DiscreteActionEntropy,
+    FailureDetector,
+    RNDScore,
+    read_rollouts,
+)
+from failguard.integrations import LeRobotPolicyWrapper, PolicyAdapter, ToyChunkPolicy
+from failguard.synthetic import make_rollouts
+
+B = 8
+OBS_DIM = 4
+
+
+def _obs(t: int, scale: float = 0.3) -> dict[str, torch.Tensor]:
+    x = torch.tensor([[np.sin(0.2 * t), np.cos(0.2 * t), 0.5 * np.sin(0.1 * t), 0.0]])
+    return {"observation.state": (scale * x).float()}
+
+
+def _run(policy_like, n_steps: int, scale: float = 0.3) -> list[torch.Tensor]:
+    policy_like.reset()
+    return [policy_like.select_action(_obs(t, scale)) for t in range(n_steps)]
+
+
+@pytest.fixture(scope="module")
+def toy_detector(tmp_path_factory):
+    """Record successful toy-policy episodes with the wrapper, then fit and calibrate."""
+    logs = tmp_path_factory.mktemp("toy_logs")
+    policy = ToyChunkPolicy(obs_dim=OBS_DIM, n_action_steps=4)
+    wrapped = LeRobotPolicyWrapper(
+        policy, embed_module="encoder", n_samples=B, record_dir=logs, group="id"
+    )
+    torch.manual_seed(0)
+    for ep in range(38):
+        wrapped.reset(metadata={"episode": ep})
+        _ = [wrapped.select_action(_obs(t + ep, 0.3)) for t in range(40)]
+        wrapped.end_episode(success=True)
+    rollouts = read_rollouts(logs)
+    assert len(rollouts) == 38 and len(rollouts[0]) == 10  # 40 actions / 4 per chunk
+    det = FailureDetector(
+        scores=[RNDScore(max_epochs=3), ActionChunkEntropy()], windows=3, alpha=0.1
+    )
+    return det.fit(rollouts[:8], progress=False).calibrate(rollouts[8:])
+
+
+# ---------------------------------------------------------------- LeRobot-style wrapper
+@pytest.mark.filterwarnings("ignore:Discarding an unfinished")
+@pytest.mark.parametrize("mode", ["record", "monitor"])
+@pytest.mark.parametrize("embed", ["hook", "callable"])
+def test_wrapper_never_changes_actions(tmp_path, toy_detector, mode, embed):
+    policy = ToyChunkPolicy(obs_dim=OBS_DIM, n_action_steps=4)
+    torch.manual_seed(123)
+    plain = _run(policy, 30)
+    plain_ood = _run(policy, 30, scale=3.0)
+
+    kw: dict = (
+        {"embed_module": "encoder"}
+        if embed == "hook"
+        else {"embed": lambda b: policy.encoder(b["observation.state"])}
+    )
+    if mode == "record":
+        kw["record_dir"] = tmp_path
+    else:
+        kw["detector"] = toy_detector
+    wrapped = LeRobotPolicyWrapper(policy, n_samples=B, **kw)
+    torch.manual_seed(123)
+    got = _run(wrapped, 30)
+    got_ood = _run(wrapped, 30, scale=3.0)
+    for a, b in zip(plain + plain_ood, got + got_ood, strict=True):
+        assert torch.equal(a, b)
+    # the global random stream continues exactly as without the wrapper
+    torch.manual_seed(5)
+    _run(policy, 9)
+    ref = torch.rand(3)
+    torch.manual_seed(5)
+    _run(wrapped, 9)
+    assert torch.equal(torch.rand(3), ref)
+
+
+@pytest.mark.parametrize("boundary", ["auto", "queue", "steps"])
+def test_monitor_runs_once_per_chunk(toy_detector, boundary):
+    policy = ToyChunkPolicy(obs_dim=OBS_DIM, n_action_steps=4)
+    calls = []
+    original = policy.predict_action_chunk
+
+    def counting(batch):
+        calls.append(batch["observation.state"].shape[0])
+        return original(batch)
+
+    policy.predict_action_chunk = counting  # type: ignore[method-assign]
+    wrapped = LeRobotPolicyWrapper(
+        policy, toy_detector, embed_module="encoder", n_samples=B, chunk_boundary=boundary
+    )
+    _run(wrapped, 10)
+    assert wrapped.n_chunks == 3  # steps 0, 4, 8
+    assert [v.step for v in wrapped.verdicts] == [0, 1, 2]
+    assert calls == [1, B, 1, B, 1, B]  # the policy's own chunk, then one batched draw of B
+    assert wrapped.last_verdict is wrapped.verdicts[-1]
+
+
+def test_wrapper_alarms_off_distribution_and_calls_hook(toy_detector):
+    alarms = []
+    policy = ToyChunkPolicy(obs_dim=OBS_DIM, n_action_steps=4)
+    wrapped = LeRobotPolicyWrapper(
+        policy, toy_detector, embed_module="encoder", n_samples=B, on_alarm=alarms.append
+    )
+    _run(wrapped, 40, scale=0.3)
+    assert not wrapped.alarmed
+    _run(wrapped, 40, scale=4.0)
+    assert wrapped.alarmed and alarms
+    assert all(v.alarm for v in alarms)
+    assert set(alarms[0].fired) == {"rnd", "ace"}
+
+
+def test_hook_and_callable_embeddings_agree(tmp_path):
+    policy = ToyChunkPolicy(obs_dim=OBS_DIM)
+    a = LeRobotPolicyWrapper(policy, embed_module="encoder", n_samples=B, record_dir=tmp_path / "a")
+    _run(a, 8)
+    a.end_episode(success=True)
+    a.remove_hook()
+    b = LeRobotPolicyWrapper(
+        policy,
+        embed=lambda batch: policy.encoder(batch["observation.state"]),
+        n_samples=B,
+        record_dir=tmp_path / "b",
+    )
+    _run(b, 8)
+    b.end_episode(success=True)
+    ra, rb = read_rollouts(tmp_path / "a")[0], read_rollouts(tmp_path / "b")[0]
+    np.testing.assert_allclose(ra.embeddings, rb.embeddings, rtol=1e-6)
+    assert ra.action_samples is not None and ra.action_samples.shape == (2, B, 8, 2)
+    # the monitor's own sampling is seeded: same draws both times
+    np.testing.assert_array_equal(ra.action_samples, rb.action_samples)
+
+
+def test_policy_that_ignores_repeated_batch_is_sampled_one_by_one(tmp_path):
+    class QueueReadingPolicy(ToyChunkPolicy):
+        """Like LeRobot's DiffusionPolicy: predict_action_chunk ignores the batch size."""
+
+        def predict_action_chunk(self, batch):
+            return super().predict_action_chunk(
+                {"observation.state": batch["observation.state"][:1]}
+            )
+
+    wrapped = LeRobotPolicyWrapper(
+        QueueReadingPolicy(obs_dim=OBS_DIM),
+        embed_module="encoder",
+        n_samples=B,
+        record_dir=tmp_path,
+    )
+    _run(wrapped, 4)
+    wrapped.end_episode(success=True)
+    samples = read_rollouts(tmp_path)[0].action_samples
+    assert samples is not None and samples.shape == (1, B, 8, 2)
+    assert np.unique(samples[0, :, -1, 0]).size > 1  # B distinct draws
+
+
+def test_wrapper_input_errors(toy_detector):
+    policy = ToyChunkPolicy(obs_dim=OBS_DIM)
+    with pytest.raises(ValueError, match="exactly one"):
+        LeRobotPolicyWrapper(policy, toy_detector)
+    with pytest.raises(ValueError, match="no submodule"):
+        LeRobotPolicyWrapper(policy, toy_detector, embed_module="backbone", n_samples=B)
+    with pytest.raises(ValueError, match="n_samples=8"):
+        LeRobotPolicyWrapper(policy, toy_detector, embed_module="encoder", n_samples=4)
+    with pytest.raises(ValueError, match="detector"):
+        LeRobotPolicyWrapper(policy, embed_module="encoder")
+    with pytest.raises(TypeError, match="LeRobot-style"):
+        LeRobotPolicyWrapper(object(), toy_detector, embed_module="encoder")
+    # attribute access falls through to the policy
+    w = LeRobotPolicyWrapper(policy, toy_detector, embed_module="encoder", n_samples=B)
+    assert w.config.n_action_steps == 4
+
+
+def test_unfinished_recorded_episode_is_discarded_with_warning(tmp_path):
+    w = LeRobotPolicyWrapper(
+        ToyChunkPolicy(obs_dim=OBS_DIM), embed_module="encoder", n_samples=B, record_dir=tmp_path
+    )
+    _run(w, 4)
+    with pytest.warns(UserWarning, match="end_episode"):
+        w.reset()
+    assert not list(tmp_path.glob("*.safetensors"))
+
+
+# ---------------------------------------------------------------- generic adapter
+@pytest.fixture(scope="module")
+def discrete_detector():
+    kw = {"length": 30, "embedding_dim": 8, "n_discrete": 4}
+    det = FailureDetector(
+        scores=[RNDScore(max_epochs=3), DiscreteActionEntropy()], windows=3, alpha=0.1
+    )
+    return det.fit(make_rollouts(8, seed=0, **kw), progress=False).calibrate(
+        make_rollouts(30, seed=1, **kw)
+    )
+
+
+def test_adapter_discrete_agent_matches_batch_detector(discrete_detector):
+    r = make_rollouts(1, kind="failure", seed=7, length=30, embedding_dim=8, n_discrete=4)[0]
+    steps = iter(range(len(r)))
+    adapter = PolicyAdapter(
+        embed=lambda t: r.embeddings[t],
+        logits=lambda t: r.action_logits[t],
+        detector=discrete_detector,
+    )
+    adapter.reset(group=r.group)
+    verdicts = [adapter.step(t) for t in steps]
+    trace = discrete_detector.score(r)
+    got = np.array([v.fused_ratio for v in verdicts if v is not None])
+    np.testing.assert_allclose(got, trace.fused, rtol=1e-4)
+    assert adapter.alarmed == trace.predicted_failure
+
+
+def test_adapter_validates_callables(discrete_detector, toy_detector):
+    with pytest.raises(ValueError, match="'logits'"):
+        PolicyAdapter(embed=lambda o: o, detector=discrete_detector)
+    with pytest.raises(ValueError, match="'sample'"):
+        PolicyAdapter(embed=lambda o: o, detector=toy_detector, n_samples=B)
+    with pytest.raises(ValueError, match="record_dir"):
+        PolicyAdapter(embed=lambda o: o)
+    bad = PolicyAdapter(
+        embed=lambda o: np.zeros(16),
+        sample=lambda o, n: np.zeros((n - 1, 8, 2)),
+        n_samples=B,
+        detector=toy_detector,
+    )
+    bad.reset()
+    with pytest.raises(ValueError, match="must return shape"):
+        bad.step(None)
+
+
+def test_adapter_record_mode_writes_success_logs(tmp_path):
+    adapter = PolicyAdapter(
+        embed=lambda o: o, logits=lambda o: o[:3], n_action_ids=5, record_dir=tmp_path
+    )
+    for success in (True, False):
+        adapter.reset(group="id")
+        for t in range(6):
+            assert adapter.step(np.full(4, float(t))) is None
+        adapter.end_episode(success=success)
+    rs = read_rollouts(tmp_path)
+    assert [r.success for r in rs] == [True, False]
+    assert rs[0].action_ids is not None and rs[0].action_ids.shape == (6, 5)
+    assert rs[0].group == "id"
+
+
+# ---------------------------------------------------------------- gymnasium
+gym = pytest.importorskip("gymnasium")
+
+
+def _controller(obs: np.ndarray) -> np.ndarray:
+    """Logits of a decent CartPole controller."""
+    u = 1.0 * obs[0] + 1.5 * obs[1] + 18.0 * obs[2] + 3.0 * obs[3]
+    return np.array([-u, u], dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def cartpole_detector(tmp_path_factory):
+    from failguard.integrations import FailguardEnv
+
+    logs = tmp_path_factory.mktemp("cartpole")
+    adapter = PolicyAdapter(embed=lambda o: o, logits=_controller, record_dir=logs)
+    env = FailguardEnv(
+        gym.make("CartPole-v1", max_episode_steps=40),
+        adapter,
+        success_fn=lambda info, term, trunc: bool(trunc and not term),
+    )
+    for ep in range(38):
+        obs, _ = env.reset(seed=ep)
+        done = False
+        while not done:
+            obs, _, term, trunc, _ = env.step(int(np.argmax(_controller(obs))))
+            done = term or trunc
+    rollouts = read_rollouts(logs)
+    assert len(rollouts) == 38 and all(r.success for r in rollouts)
+    det = FailureDetector(scores=[RNDScore(max_epochs=3)], windows=2, alpha=0.1)
+    return det.fit(rollouts[:8], progress=False).calibrate(rollouts[8:])
+
+
+def test_gym_wrapper_info_reset_and_terminate_on_alarm(cartpole_detector):
+    from failguard.integrations import FailguardEnv
+
+    scale = {"value": 1.0}
+    adapter = PolicyAdapter(embed=lambda o: o * scale["value"], detector=cartpole_detector)
+    env = FailguardEnv(
+        gym.make("CartPole-v1", max_episode_steps=40), adapter, terminate_on_alarm=True
+    )
+    obs, info = env.reset(seed=100)
+    assert info["failguard"].step == 0
+    obs, _, term, trunc, info = env.step(int(np.argmax(_controller(obs))))
+    assert info["failguard"].step == 1 and not info["failguard_stopped"]
+    # a sensor fault: the observations blow up, the monitor alarms and stops the episode
+    scale["value"] = 50.0
+    steps = 0
+    while not (term or trunc):
+        obs, _, term, trunc, info = env.step(int(np.argmax(_controller(obs))))
+        steps += 1
+    assert info["failguard_stopped"] and trunc and not term
+    assert info["failguard"].alarm and steps <= 3
+    scale["value"] = 1.0
+    _, info = env.reset(seed=101)
+    assert info["failguard"].step == 0 and not info["failguard"].alarm  # monitor was reset
+
+
+def test_gym_wrapper_every_and_signal(cartpole_detector):
+    from failguard.integrations import FailguardEnv
+
+    adapter = PolicyAdapter(embed=lambda o: o * 50.0, detector=cartpole_detector)
+    env = FailguardEnv(
+        gym.make("CartPole-v1"),
+        adapter,
+        terminate_on_alarm=True,
+        alarm_signal="terminated",
+        every=3,
+    )
+    env.reset(seed=0)
+    seen = []
+    term = trunc = False
+    while not (term or trunc):
+        _, _, term, trunc, info = env.step(0)
+        seen.append(info["failguard"].step)
+    assert seen[:3] == [0, 0, 1]  # the monitor steps every 3 environment steps
+    assert term and info["failguard_stopped"]
+    with pytest.raises(ValueError, match="alarm_signal"):
+        FailguardEnv(gym.make("CartPole-v1"), adapter, alarm_signal="stop")
+
+
+def test_gym_module_names_the_extra_when_gymnasium_is_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gymnasium", None)
+    monkeypatch.delitem(sys.modules, "failguard.integrations.gym", raising=False)
+    with pytest.raises(ImportError, match=r"failguard\[sim\]"):
+        importlib.import_module("failguard.integrations.gym")
