@@ -157,16 +157,16 @@ class FailureDetector:
             ("calibration", calibration, ("auto", "per_indicator", "joint")),
             ("mode", mode, ("corrected", "reference")),
         )
-        for label, value, allowed in checks:
-            if value not in allowed:
-                raise _param_error(label, f"one of {allowed}", value)
-        for label, value, _lo_open in (
-            ("alpha", alpha, True),
-            ("delta", delta, True),
-            ("split", split, True),
-        ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-                raise _param_error(label, "a float in the range (0, 1)", value)
+        for label, choice, allowed in checks:
+            if choice not in allowed:
+                raise _param_error(label, f"one of {allowed}", choice)
+        for label, number in (("alpha", alpha), ("delta", delta), ("split", split)):
+            if (
+                isinstance(number, bool)
+                or not isinstance(number, (int, float))
+                or not 0 < number < 1
+            ):
+                raise _param_error(label, "a float in the range (0, 1)", number)
         if isinstance(trim, bool) or not isinstance(trim, (int, float)) or not 0 <= trim < 1:
             raise _param_error("trim", "a float in the range [0, 1)", trim)
         if mode == "reference" and guarantee == "pac":
@@ -447,7 +447,7 @@ class FailureDetector:
         """
         cal = self._require_calibrated()
         if self.mondrian and rollout.group in self.group_calibration_:
-            cal = self.group_calibration_[rollout.group]  # type: ignore[index]
+            cal = self.group_calibration_[rollout.group]
         raw = self.raw_scores(rollout)
         d = {}
         for name in self.names:

@@ -231,7 +231,9 @@ class Recorder:
         rows = {}
         for name in present:
             ndim, kind, _ = _FIELDS[name]
-            rows[name] = as_step_array(name, given[name], ndim - 1, kind, "Recorder.step")
+            value = given[name]
+            assert value is not None
+            rows[name] = as_step_array(name, value, ndim - 1, kind, "Recorder.step")
         for name, row in rows.items():
             self._steps.setdefault(name, []).append(row)
 

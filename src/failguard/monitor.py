@@ -67,7 +67,7 @@ class Monitor:
             n: WindowState(det.windows[n], det.window_kind)  # type: ignore[arg-type]
             for n in det.names
         }
-        self._history: dict[str, deque[NDArray[Any]]] = {
+        self._history: dict[str, deque[dict[str, NDArray[Any]]]] = {
             s.name: deque(maxlen=s.context + 1) for s in self._scores
         }
         self._t = 0
@@ -126,22 +126,24 @@ class Monitor:
                 "action_ids": action_ids,
             }
         )
-        raw, windowed, gammas, rat = {}, {}, {}, {}
+        raw: dict[str, float] = {}
         for s in self._scores:
             hist = self._history[s.name]
-            hist.append({f: rows[f] for f in s.requires})  # type: ignore[arg-type]
-            inputs = {f: np.stack([h[f] for h in hist]) for f in s.requires}  # type: ignore[index]
+            hist.append({f: rows[f] for f in s.requires})
+            inputs = {f: np.stack([h[f] for h in hist]) for f in s.requires}
             raw[s.name] = float(s.score_steps(inputs)[-1])
-        t = self._t
+        t = np.array([self._t])
+        windowed, gammas, rat = {}, {}, {}
+        ratio_rows = []
         for name in self.detector.names:
-            windowed[name] = self._windows[name].update(raw[name])
-            gammas[name] = float(_pipeline.threshold_at(self._tables[name], t))
-            rat[name] = float(
-                _pipeline.ratios(np.float64(windowed[name]), np.float64(gammas[name]))
-            )
-        fused = float(_pipeline.fuse([np.float64(v) for v in rat.values()], self.detector.combine))
+            w = np.array([self._windows[name].update(raw[name])])
+            g = _pipeline.threshold_at(self._tables[name], t)
+            r = _pipeline.ratios(w, g)
+            windowed[name], gammas[name], rat[name] = float(w[0]), float(g[0]), float(r[0])
+            ratio_rows.append(r)
+        fused = float(_pipeline.fuse(ratio_rows, self.detector.combine)[0])
         verdict = Verdict(
-            step=t,
+            step=self._t,
             scores=raw,
             windowed=windowed,
             thresholds=gammas,

@@ -304,8 +304,8 @@ class RNDActionScore(RNDScore):
     requires = ("action_samples",)
     exportable = False
 
-    def __init__(self, *args: Any, name: str = "rnd_a", **kwargs: Any) -> None:
-        super().__init__(*args, name=name, **kwargs)
+    def __init__(self, name: str = "rnd_a", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
 
     def features(self, inputs: Mapping[str, NDArray[Any]]) -> NDArray[np.float32]:
         a = np.asarray(inputs["action_samples"], dtype=np.float32)

@@ -59,7 +59,7 @@ def empirical_entropy(keys: NDArray[np.int64]) -> NDArray[np.float64]:
     counts = np.bincount(run_id).astype(np.float64)
     row_of_run = np.nonzero(starts.ravel())[0] // b
     p = counts / b
-    return np.bincount(row_of_run, weights=-p * np.log2(p), minlength=g)
+    return np.asarray(np.bincount(row_of_run, weights=-p * np.log2(p), minlength=g), np.float64)
 
 
 def logits_entropy(logits: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
@@ -191,6 +191,7 @@ class ActionChunkEntropy(BaseScore):
     def _fit(self, rollouts: Sequence[Rollout], progress: bool) -> None:
         lo = hi = None
         for r in rollouts:
+            assert r.action_samples is not None
             pts = self.points(r.action_samples)
             p = pts.reshape(-1, pts.shape[-1])
             lo = p.min(axis=0) if lo is None else np.minimum(lo, p.min(axis=0))
