@@ -1,0 +1,545 @@
+"""Export a calibrated FailureDetector as one ONNX graph that computes a whole monitor step.
+
+The graph is written node by node with :mod:`onnx.helper` (no tracing), so every operation
+and its floating-point order is chosen here to match the Python scores:
+
+* RND: standardisation buffers, target and predictor MLPs (``Gemm`` + ``LeakyRelu``) and the
+  L2 norm of the residual, in float32 like torch;
+* ACE: grid cells in float32 with the same operation order as
+  :func:`failguard.scores.ace_cells`, one packed int64 key per point, keys sorted with
+  ``TopK`` (O(B log B) per chunk index, no B x B comparison), run lengths through
+  ``CumSum`` + ``ScatterElements``, and the entropy terms ``-p log2 p`` read from a table
+  computed in numpy;
+* discrete entropy from logits (float64) or from sampled ids (the same sort / run-length core);
+* windows (``sum`` / ``mean``: an (N, w) buffer of raw scores, oldest first; ``cumulative``: an
+  (N, 1) running total), thresholds read from a (G, L) table at ``min(t, L - 1)`` (the "repeat
+  the last value" rule) and row ``group`` (0 = pooled, then Mondrian groups in sorted order),
+  ratios, and AND (min) / OR (max) fusion.
+
+Graph inputs, N robots at once (N is dynamic):
+
+=================== ====================== =========================================
+name                shape / dtype          when
+=================== ====================== =========================================
+``embeddings``      (N, d) float32         a score reads embeddings
+``action_samples``  (N, B, H, D) float32   ACE
+``action_logits``   (N, K) float32         discrete entropy from logits
+``action_ids``      (N, B) int64           discrete entropy from samples
+``t``               (N,) int64             always: step index since reset
+``group``           (N,) int64             always: threshold row (0 = pooled)
+``state_<name>``    (N, w) float64         per indicator ((N, 1) for cumulative)
+=================== ====================== =========================================
+
+Outputs per indicator: ``score_<name>``, ``windowed_<name>``, ``threshold_<name>``,
+``ratio_<name>`` (N,) float64 and ``new_state_<name>``; then ``fused_ratio`` (N,) float64 and
+``alarm`` (N,) bool; and ``overflow`` (N,) bool, true where an ACE input spread so far that its
+cell keys cannot be packed exactly (the runtime then refuses the step rather than guess).
+
+The calibration facts (alpha, guarantee, rollout counts, thresholds, score names, failguard
+version and schema version) are also written to the model's ``metadata_props`` under the key
+``failguard`` as JSON, which is all :class:`failguard.runtime.OnnxMonitor` needs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .._version import SCHEMA_VERSION, __version__
+from ..exceptions import FailguardError
+
+if TYPE_CHECKING:
+    import onnx
+
+    from ..detector import FailureDetector
+
+__all__ = ["METADATA_KEY", "OPSET", "ExportError", "build_model", "export_onnx"]
+
+#: ONNX opset the graph is written in (``ScatterElements`` with ``reduction="add"`` needs 16+,
+#: ``Reduce*`` with axes as an input 18+).
+OPSET = 18
+#: Key of the JSON metadata in ``metadata_props``.
+METADATA_KEY = "failguard"
+#: Largest packed-key range per ACE axis is ``floor(2 ** (62 / D))`` cells.
+_KEY_BITS = 62
+
+_INT64_MIN = -(2**63)
+_FLOAT = 1  # onnx.TensorProto.FLOAT
+_INT64 = 7
+_BOOL = 9
+_DOUBLE = 11
+
+_FIELD_SPECS: dict[str, tuple[int, str]] = {
+    "embeddings": (_FLOAT, "(N, d)"),
+    "action_samples": (_FLOAT, "(N, B, H, D)"),
+    "action_logits": (_FLOAT, "(N, K)"),
+    "action_ids": (_INT64, "(N, B)"),
+}
+
+
+class ExportError(FailguardError, ValueError):
+    """The detector cannot be exported (a score has no ONNX form, or it is not calibrated)."""
+
+
+class _Builder:
+    """A tiny graph builder: constants become initializers, every op gets a fresh name."""
+
+    def __init__(self) -> None:
+        import onnx
+
+        self._onnx = onnx
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._count = 0
+        self._consts: dict[tuple[str, bytes, tuple[int, ...]], str] = {}
+        self._outputs: list[tuple[str, str]] = []
+        #: static ranks (0 = dynamic) of the tensors whose rank a subgraph needs
+        self.shapes: dict[str, tuple[int, ...]] = {}
+
+    def _name(self, hint: str) -> str:
+        self._count += 1
+        return f"{hint}_{self._count}"
+
+    def const(self, value: Any, dtype: Any, hint: str = "c") -> str:
+        arr = np.ascontiguousarray(np.asarray(value, dtype=dtype))
+        key = (arr.dtype.str, arr.tobytes(), arr.shape)
+        if arr.size <= 64 and key in self._consts:
+            return self._consts[key]
+        name = self._name(hint)
+        self.initializers.append(self._onnx.numpy_helper.from_array(arr, name))
+        if arr.size <= 64:
+            self._consts[key] = name
+        return name
+
+    def f32(self, value: Any) -> str:
+        return self.const(value, np.float32)
+
+    def f64(self, value: Any) -> str:
+        return self.const(value, np.float64)
+
+    def i64(self, value: Any) -> str:
+        return self.const(value, np.int64)
+
+    def op(self, op_type: str, *inputs: str, hint: str | None = None, **attrs: Any) -> str:
+        out = self._name(hint or op_type.lower())
+        self.nodes.append(self._onnx.helper.make_node(op_type, list(inputs), [out], **attrs))
+        return out
+
+    def ops(self, op_type: str, inputs: Sequence[str], n_out: int, **attrs: Any) -> list[str]:
+        outs = [self._name(op_type.lower()) for _ in range(n_out)]
+        self.nodes.append(self._onnx.helper.make_node(op_type, list(inputs), outs, **attrs))
+        return outs
+
+    def name_output(self, src: str, name: str) -> None:
+        """Make graph output ``name`` hold ``src``; applied by :meth:`finish`."""
+        self._outputs.append((src, name))
+
+    def finish(self) -> None:
+        """Rename each output's producer to the output name (Identity only for duplicates)."""
+        renamed: dict[str, str] = {}
+        for src, name in self._outputs:
+            if src in renamed or not any(src in n.output for n in self.nodes):
+                source = renamed.get(src, src)
+                self.nodes.append(self._onnx.helper.make_node("Identity", [source], [name]))
+                continue
+            renamed[src] = name
+        for node in self.nodes:
+            for seq in (node.input, node.output):
+                for i, value in enumerate(seq):
+                    if value in renamed:
+                        seq[i] = renamed[value]
+
+
+# ---------------------------------------------------------------------- score subgraphs
+def _rnd_graph(g: _Builder, score: Any, x: str) -> str:
+    """s = ||f(z) - g(z)||_2 with z = (x - mean) * inv_std; float32, then cast to float64."""
+    from torch import nn
+
+    net = score.network_
+    mean = net.mean.detach().cpu().numpy().astype(np.float32)
+    inv_std = net.inv_std.detach().cpu().numpy().astype(np.float32)
+    z = x
+    if not (np.all(mean == 0) and np.all(inv_std == 1)):  # (x - 0) * 1 == x exactly
+        z = g.op(
+            "Mul",
+            g.op("Sub", x, g.const(mean, np.float32, "rnd_mean")),
+            g.const(inv_std, np.float32, "rnd_inv_std"),
+        )
+
+    def mlp(seq: Any) -> str:
+        linears = [m for m in seq if isinstance(m, nn.Linear)]
+        h = z
+        for i, lin in enumerate(linears):
+            w = lin.weight.detach().cpu().numpy().astype(np.float32)
+            b = lin.bias.detach().cpu().numpy().astype(np.float32)
+            h = g.op("Gemm", h, g.const(w, np.float32, "w"), g.const(b, np.float32, "b"), transB=1)
+            if i < len(linears) - 1:
+                h = g.op("LeakyRelu", h, alpha=0.01)
+        return h
+
+    residual = g.op("Sub", mlp(net.predictor), mlp(net.target))
+    return g.op("Cast", g.op("ReduceL2", residual, g.i64([1]), keepdims=0), to=_DOUBLE)
+
+
+def _entropy_table(b: int) -> NDArray[np.float64]:
+    """-p log2 p for p = c / b, c = 0 … b (0 for c = 0), exactly as numpy computes it."""
+    counts = np.arange(b + 1, dtype=np.float64)
+    p = counts / b
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = -p * np.log2(p)
+    terms[0] = 0.0
+    return np.asarray(terms, dtype=np.float64)
+
+
+def _keys_entropy(g: _Builder, keys: str, b: int, floor_key: int) -> str:
+    """Base-2 entropy along axis 1 of an int64 key tensor (N, b, ...): sort + run lengths.
+
+    ``floor_key`` is smaller than every key (it pads the "previous key" of the first one).
+    The result has the key tensor's shape without axis 1.
+    """
+    ax = g.i64([1])
+    sorted_keys = g.ops("TopK", [keys, g.i64([b])], 2, axis=1, largest=0, sorted=1)[0]
+    if b == 1:
+        return g.op(
+            "ReduceSum",
+            g.op("Cast", g.op("Mul", sorted_keys, g.i64(0)), to=_DOUBLE),
+            ax,
+            keepdims=0,
+        )
+    # previous key along axis 1 (floor_key before the first): a run starts where key > previous
+    prev = g.op("Slice", sorted_keys, g.i64([0]), g.i64([b - 1]), ax)
+    rank = len(g.shapes[keys])
+    pads = [0] * (2 * rank)
+    pads[1] = 1
+    prev = g.op("Pad", prev, g.i64(pads), g.i64(floor_key))
+    starts = g.op("Cast", g.op("Greater", sorted_keys, prev), to=_INT64)
+    run_id = g.op("Sub", g.op("CumSum", starts, g.i64(1)), g.i64(1))
+    zeros = g.op("Mul", starts, g.i64(0))
+    ones = g.op("Add", zeros, g.i64(1))
+    counts = g.op("ScatterElements", zeros, run_id, ones, axis=1, reduction="add")
+    terms = g.op("Gather", g.const(_entropy_table(b), np.float64, "entropy_table"), counts)
+    return g.op("ReduceSum", terms, ax, keepdims=0)
+
+
+def _ace_graph(g: _Builder, score: Any, a: str, shape: tuple[int, ...]) -> tuple[str, str]:
+    """ACE per robot (N,) float64, and an (N,) bool 'cell keys overflowed' flag."""
+    b, _h, d_full = shape
+    pts = a
+    d = d_full
+    if score.dims is not None:
+        pts = g.op("Gather", pts, g.i64(list(score.dims)), axis=3)
+        d = len(score.dims)
+    if score.integrate_dt is not None:
+        pts = g.op("CumSum", g.op("Mul", pts, g.f32(np.float32(score.integrate_dt))), g.i64(2))
+    # the same float32 operations, in the same order, as failguard.scores.ace_cells
+    lo = g.op("ReduceMin", pts, g.i64([1]), keepdims=1)
+    hi = g.op("ReduceMax", pts, g.i64([1]), keepdims=1)
+    origin = g.op("Sub", lo, g.op("Mul", g.f32(np.float32(0.01)), g.op("Sub", hi, lo)))
+    cell = np.asarray(score.cell_, dtype=np.float32)
+    cells = g.op(
+        "Floor", g.op("Div", g.op("Sub", pts, origin), g.const(cell, np.float32, "ace_cell"))
+    )
+    # one int64 key per point: Σ_k cell_k · R^(D-1-k) with R = 2^floor(62 / D) cells per axis
+    bits = _KEY_BITS // d
+    radix = 2**bits
+    top = g.op("ReduceMax", cells, g.i64([1, 2, 3]), keepdims=0)
+    overflow = g.op("Greater", top, g.f32(float(radix - 1)))
+    cells_i = g.op("Cast", cells, to=_INT64)
+    g.shapes[cells_i] = (0, b, 0, d)
+    if d == 1:
+        key = cells_i
+    else:
+        weights = np.array([[radix ** (d - 1 - k)] for k in range(d)], dtype=np.int64)
+        key = g.op("MatMul", cells_i, g.const(weights, np.int64, "ace_radix"))  # (N, B, H, 1)
+    g.shapes[key] = (0, b, 0, 1)
+    ent = _keys_entropy(g, key, b, -1)  # (N, H, 1)
+    return g.op("ReduceMean", ent, g.i64([1, 2]), keepdims=0), overflow
+
+
+def _logits_entropy_graph(g: _Builder, logits: str) -> str:
+    z = g.op("Cast", logits, to=_DOUBLE)
+    z = g.op("Sub", z, g.op("ReduceMax", z, g.i64([1]), keepdims=1))
+    log_norm = g.op("Log", g.op("ReduceSum", g.op("Exp", z), g.i64([1]), keepdims=1))
+    log_p = g.op("Sub", z, log_norm)
+    total = g.op("ReduceSum", g.op("Mul", g.op("Exp", log_p), log_p), g.i64([1]), keepdims=0)
+    return g.op("Div", g.op("Neg", total), g.f64(np.log(2.0)))
+
+
+# ---------------------------------------------------------------------- detector facts
+def _groups(detector: FailureDetector) -> list[str | None]:
+    """Threshold rows: pooled first, then the Mondrian groups in sorted order."""
+    return [None, *sorted(detector.group_calibration_)] if detector.mondrian else [None]
+
+
+def _threshold_table(
+    detector: FailureDetector, name: str, groups: list[str | None]
+) -> NDArray[np.float64]:
+    """(G, L) table; shorter rows are padded with their last value (the same rule)."""
+    rows = []
+    for grp in groups:
+        cal = detector.calibration_ if grp is None else detector.group_calibration_[grp]
+        assert cal is not None
+        rows.append(np.asarray(cal.tables[name], dtype=np.float64).reshape(-1))
+    width = max(r.shape[0] for r in rows)
+    return np.stack([np.concatenate([r, np.full(width - r.shape[0], r[-1])]) for r in rows])
+
+
+def _check_exportable(detector: FailureDetector) -> None:
+    from ..scores import ActionChunkEntropy, DiscreteActionEntropy, RNDScore
+
+    bad = [
+        f"{s.name} ({type(s).__name__})"
+        for s in detector.scores
+        if not getattr(s, "exportable", False)
+        or not isinstance(s, (RNDScore, ActionChunkEntropy, DiscreteActionEntropy))
+    ]
+    if bad:
+        raise ExportError(
+            f"export_onnx: these scores have no ONNX form: {', '.join(bad)}. Exportable scores "
+            "are RNDScore, ActionChunkEntropy and DiscreteActionEntropy; monitor the others "
+            "with failguard.Monitor in Python, or leave them out of the exported detector."
+        )
+    if not detector.is_calibrated:
+        raise ExportError(
+            "export_onnx: the detector is not calibrated. Call 'fit' and then 'calibrate' "
+            "before exporting."
+        )
+
+
+def _metadata(
+    detector: FailureDetector, groups: list[str | None], tables: dict[str, NDArray[np.float64]]
+) -> dict[str, Any]:
+    shapes: dict[str, list[int]] = {}
+    for s in detector.scores:
+        for f, shp in (s.input_shapes_ or {}).items():
+            shapes[f] = list(shp)
+    cal = detector.calibration_
+    assert cal is not None
+    return {
+        "schema": SCHEMA_VERSION,
+        "failguard_version": __version__,
+        "kind": "FailureDetectorMonitor",
+        "names": detector.names,
+        "score_types": {s.name: type(s).__name__ for s in detector.scores},
+        "requires": list(detector.requires),
+        "input_shapes": shapes,
+        "windows": {n: int(w) for n, w in detector.windows.items()},
+        "window_kind": detector.window_kind,
+        "combine": detector.combine,
+        "threshold": detector.threshold,
+        "alpha": detector.alpha,
+        "guarantee": detector.guarantee,
+        "delta": detector.delta,
+        "mode": detector.mode,
+        "mondrian": detector.mondrian,
+        "groups": [g for g in groups if g is not None],
+        "n_fit": detector.n_fit_,
+        "n_calibration": detector.n_calibration_,
+        "n_conformal": cal.n_conformal,
+        "thresholds": {n: t.tolist() for n, t in tables.items()},
+    }
+
+
+# ---------------------------------------------------------------------- build and export
+def build_model(detector: FailureDetector) -> onnx.ModelProto:
+    """The ONNX model of one monitor step of ``detector`` (see the module docstring).
+
+    Parameters
+    ----------
+    detector : FailureDetector
+        A calibrated detector whose scores are all exportable.
+
+    Returns
+    -------
+    onnx.ModelProto
+
+    Raises
+    ------
+    ExportError
+        If a score has no ONNX form or the detector is not calibrated.
+    """
+    import onnx
+    from onnx import helper
+
+    from ..scores import ActionChunkEntropy, DiscreteActionEntropy, RNDScore
+
+    _check_exportable(detector)
+    g = _Builder()
+    shapes: dict[str, tuple[int, ...]] = {}
+    for s in detector.scores:
+        shapes.update(s.input_shapes_ or {})
+    inputs = []
+    for f in detector.requires:
+        elem, _ = _FIELD_SPECS[f]
+        inputs.append(helper.make_tensor_value_info(f, elem, ["N", *shapes[f]]))
+    inputs.append(helper.make_tensor_value_info("t", _INT64, ["N"]))
+    inputs.append(helper.make_tensor_value_info("group", _INT64, ["N"]))
+    width = {
+        n: 1 if detector.window_kind == "cumulative" else int(detector.windows[n])
+        for n in detector.names
+    }
+    for n in detector.names:
+        inputs.append(helper.make_tensor_value_info(f"state_{n}", _DOUBLE, ["N", width[n]]))
+
+    raw: dict[str, str] = {}
+    overflows: list[str] = []
+    for s in detector.scores:
+        if isinstance(s, RNDScore):
+            raw[s.name] = _rnd_graph(g, s, "embeddings")
+        elif isinstance(s, ActionChunkEntropy):
+            value, flag = _ace_graph(g, s, "action_samples", shapes["action_samples"])
+            raw[s.name] = value
+            overflows.append(flag)
+        elif isinstance(s, DiscreteActionEntropy):
+            if s.source == "logits":
+                raw[s.name] = _logits_entropy_graph(g, "action_logits")
+            else:
+                g.shapes["action_ids"] = (0, shapes["action_ids"][0])
+                raw[s.name] = _keys_entropy(g, "action_ids", shapes["action_ids"][0], _INT64_MIN)
+
+    groups = _groups(detector)
+    tables = {n: _threshold_table(detector, n, groups) for n in detector.names}
+    outputs = []
+    ratios: list[str] = []
+    clipped_t: dict[int, str] = {}
+    n_terms: dict[int, str] = {}
+    for n in detector.names:
+        col = g.op("Unsqueeze", raw[n], g.i64([1]))
+        state = f"state_{n}"
+        if detector.window_kind == "cumulative":
+            new_state = g.op("Add", state, col)
+            windowed = g.op("Squeeze", new_state, g.i64([1]))
+        else:
+            w = width[n]
+            if w == 1:
+                new_state = col
+            else:
+                keep = g.op("Slice", state, g.i64([1]), g.i64([w]), g.i64([1]))
+                new_state = g.op("Concat", keep, col, axis=1)
+            windowed = g.op("ReduceSum", new_state, g.i64([1]), keepdims=0)
+            if detector.window_kind == "mean":
+                if w not in n_terms:
+                    count = g.op("Min", g.op("Add", "t", g.i64(1)), g.i64(w))
+                    n_terms[w] = g.op("Cast", count, to=_DOUBLE)
+                windowed = g.op("Div", windowed, n_terms[w])
+        # γ = table[group, min(t, L - 1)]: the last value is repeated past the table's end
+        table = tables[n]
+        length = table.shape[1]
+        if length == 1:
+            idx = "group"
+        else:
+            if length not in clipped_t:
+                clipped_t[length] = g.op("Min", "t", g.i64(length - 1))
+            idx = clipped_t[length]
+            if table.shape[0] > 1:
+                idx = g.op("Add", g.op("Mul", "group", g.i64(length)), idx)
+        gamma = g.op("Gather", g.const(table.reshape(-1), np.float64, f"thresholds_{n}"), idx)
+        ratio = g.op("Div", windowed, gamma)
+        ratios.append(ratio)
+        for label, src in (
+            ("score", raw[n]),
+            ("windowed", windowed),
+            ("threshold", gamma),
+            ("ratio", ratio),
+        ):
+            g.name_output(src, f"{label}_{n}")
+            outputs.append(helper.make_tensor_value_info(f"{label}_{n}", _DOUBLE, ["N"]))
+        g.name_output(new_state, f"new_state_{n}")
+        outputs.append(helper.make_tensor_value_info(f"new_state_{n}", _DOUBLE, ["N", width[n]]))
+    if len(ratios) == 1:
+        fused = ratios[0]
+    else:  # elementwise over indicators: AND = min, OR = max
+        fused = g.op("Min" if detector.combine == "and" else "Max", *ratios)
+    g.name_output(fused, "fused_ratio")
+    g.name_output(g.op("Greater", fused, g.f64(1.0)), "alarm")
+    if overflows:
+        flag = overflows[0]
+        for other in overflows[1:]:
+            flag = g.op("Or", flag, other)
+    else:
+        flag = g.op("Less", "t", g.i64(_INT64_MIN))  # never true; keeps the output present
+    g.name_output(flag, "overflow")
+    g.finish()
+    outputs += [
+        helper.make_tensor_value_info("fused_ratio", _DOUBLE, ["N"]),
+        helper.make_tensor_value_info("alarm", _BOOL, ["N"]),
+        helper.make_tensor_value_info("overflow", _BOOL, ["N"]),
+    ]
+    graph = helper.make_graph(g.nodes, "failguard_monitor_step", inputs, outputs, g.initializers)
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="failguard",
+        producer_version=__version__,
+        doc_string=(
+            "failguard monitor step: scores, causal windows, conformal thresholds and "
+            f"{detector.combine.upper()} fusion for indicators {detector.names}. Higher means "
+            "more likely to fail; alarm = fused_ratio > 1."
+        ),
+    )
+    model.ir_version = min(model.ir_version, 9)
+    meta = _metadata(detector, groups, tables)
+    helper.set_model_props(
+        model,
+        {
+            METADATA_KEY: json.dumps(meta),
+            "failguard.schema_version": str(SCHEMA_VERSION),
+            "failguard.version": __version__,
+            "failguard.names": ",".join(detector.names),
+            "failguard.alpha": repr(detector.alpha),
+            "failguard.guarantee": detector.guarantee,
+        },
+    )
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def export_onnx(detector: FailureDetector, path: str | os.PathLike[str]) -> Path:
+    """Write the whole monitor step of a calibrated detector to ONE ``.onnx`` file.
+
+    The file holds every weight and table (no external data) and its metadata holds the
+    calibration facts; :class:`failguard.runtime.OnnxMonitor` runs it with onnxruntime only.
+
+    Parameters
+    ----------
+    detector : FailureDetector
+        Fitted and calibrated; every score must be exportable (RND, ACE, discrete entropy).
+    path : str or path-like
+        Destination file, conventionally ``monitor.onnx``. Written atomically.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    ExportError
+        If a score cannot be exported (STAC, PCA-kmeans, logpZO, RND-A) or the detector is
+        not calibrated.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from failguard import FailureDetector, RNDScore, ActionChunkEntropy
+    >>> from failguard.synthetic import make_rollouts
+    >>> det = FailureDetector([RNDScore(max_epochs=2), ActionChunkEntropy()], alpha=0.1)
+    >>> det = det.fit(make_rollouts(6, seed=0, length=30), progress=False)
+    >>> det = det.calibrate(make_rollouts(30, seed=1, length=30))
+    >>> out = export_onnx(det, pathlib.Path(tempfile.mkdtemp()) / "monitor.onnx")
+    >>> out.name
+    'monitor.onnx'
+    """
+    from ..logs import _atomic_write_bytes
+
+    model = build_model(detector)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_bytes(out, model.SerializeToString())
+    return out
