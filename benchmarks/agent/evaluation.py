@@ -34,9 +34,16 @@ from failguard import (
     Rollout,
     evaluate,
 )
-from failguard.scores import BaseScore
+from failguard.scores import BaseScore, logits_entropy
 
-__all__ = ["DETECTORS", "CachedScore", "Split", "evaluate_seed", "split_rollouts"]
+__all__ = [
+    "DETECTORS",
+    "ActionCertainty",
+    "CachedScore",
+    "Split",
+    "evaluate_seed",
+    "split_rollouts",
+]
 
 #: detector name -> score names it fuses (AND when more than one)
 DETECTORS: dict[str, tuple[str, ...]] = {
@@ -45,6 +52,9 @@ DETECTORS: dict[str, tuple[str, ...]] = {
     "entropy alone": ("entropy",),
     "empirical entropy (B=32 samples) alone": ("entropy_samples",),
     "RND AND empirical entropy": ("rnd", "entropy_samples"),
+    # post hoc (added after seeing that the policy is *more* certain when it fails)
+    "certainty alone (post hoc)": ("certainty",),
+    "RND AND certainty (post hoc)": ("rnd", "certainty"),
 }
 
 METRICS = (
@@ -56,6 +66,7 @@ METRICS = (
     "twa",
     "detection_time",
     "roc_auc",
+    "lead_time_steps",
 )
 
 
@@ -102,6 +113,32 @@ class CachedScore(BaseScore):
             for r, s in zip(missing, self.inner.score_many(missing), strict=True):
                 self._cache[id(r)] = s
         return [self._cache[id(r)] for r in rollouts]
+
+
+class ActionCertainty(BaseScore):
+    """Certainty of a categorical policy, log2(K) - H(softmax(logits)), in bits (post hoc).
+
+    The mirror image of :class:`failguard.DiscreteActionEntropy`: high when the policy is
+    sure of its action. It is not part of FIPER; the benchmark adds it because a PPO policy
+    trained with an entropy bonus is near-uniform where the action does not matter and
+    decisive while it is crashing, so the entropy points the wrong way on this task.
+
+    Parameters
+    ----------
+    name : str
+        Indicator name.
+    """
+
+    def __init__(self, name: str = "certainty") -> None:
+        super().__init__(name)
+        self.requires = ("action_logits",)
+
+    def _fit(self, rollouts: Sequence[Rollout], progress: bool) -> None:
+        """Nothing to learn."""
+
+    def _score(self, inputs: Mapping[str, NDArray[Any]]) -> NDArray[np.float64]:
+        logits = np.asarray(inputs["action_logits"], dtype=np.float64)
+        return np.maximum(np.log2(logits.shape[1]) - logits_entropy(logits), 0.0)
 
 
 @dataclass
@@ -264,6 +301,7 @@ def evaluate_seed(
         "rnd": RNDScore(seed=seed, **dict(rnd_kwargs or {})),
         "entropy": DiscreteActionEntropy(source="logits"),
         "entropy_samples": DiscreteActionEntropy(source="samples"),
+        "certainty": ActionCertainty(),
     }
     for s in base.values():
         s.fit(split.fit, progress=progress)

@@ -212,6 +212,8 @@ _STYLE = {"constant": "const", "per_step": "step", "band": "band"}
 def _fmt(ms: dict[str, Any]) -> str:
     if ms["mean"] is None:
         return "–"
+    if abs(ms["mean"]) >= 10:
+        return f"{ms['mean']:.0f} ± {ms['std']:.0f}"
     return f"{ms['mean']:.2f} ± {ms['std']:.2f}"
 
 
@@ -232,6 +234,7 @@ def to_markdown(agg: dict[str, Any], settings: Settings, command: str) -> str:
         "balanced_accuracy",
         "twa",
         "detection_time",
+        "lead_time_steps",
         "roc_auc",
     )
     head = (
@@ -241,6 +244,7 @@ def to_markdown(agg: dict[str, Any], settings: Settings, command: str) -> str:
         "balanced acc.",
         "TWA",
         "DT",
+        "lead (steps)",
         "ROC-AUC",
     )
     for alpha, per_det in agg["alpha"].items():
