@@ -1,0 +1,305 @@
+"""ONNX export: parity of OnnxMonitor with the torch Monitor, metadata, and bad inputs."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+import onnx
+
+from failguard import (
+    ActionChunkEntropy,
+    ArtifactError,
+    DiscreteActionEntropy,
+    FailureDetector,
+    RNDScore,
+    RolloutError,
+    STACScore,
+)
+from failguard._version import SCHEMA_VERSION, __version__
+from failguard.exporters import ExportError, export_onnx
+from failguard.runtime import OnnxMonitor
+from failguard.synthetic import make_rollouts
+
+pytestmark = pytest.mark.onnx
+
+TOL = 1e-5
+FIELDS = {
+    "embeddings": "embedding",
+    "action_samples": "action_samples",
+    "action_logits": "action_logits",
+    "action_ids": "action_ids",
+}
+
+
+def _rollouts(seed: int, n_nom: int, n_ood: int, n_fail: int, k: int = 5) -> list:
+    return (
+        make_rollouts(n_nom, seed=seed, length=40, n_discrete=k)
+        + make_rollouts(n_ood, kind="ood_benign", seed=seed + 1, length=40, n_discrete=k)
+        + make_rollouts(n_fail, kind="failure", seed=seed + 2, length=40, n_discrete=k)
+    )
+
+
+def _step_args(det_requires: tuple[str, ...], r, t: int | slice) -> dict:
+    return {FIELDS[f]: getattr(r, f)[t] for f in det_requires}
+
+
+def assert_stream_parity(det, onnx_mon: OnnxMonitor, rollouts, group_of=None) -> dict:
+    """Replay every rollout through Monitor and OnnxMonitor; compare every step."""
+    worst, steps = 0.0, 0
+    for r in rollouts:
+        group = group_of(r) if group_of else None
+        mon = det.monitor(group=group)
+        onnx_mon.reset(group)
+        for t in range(len(r)):
+            args = _step_args(det.requires, r, t)
+            ref, got = mon.step(**args), onnx_mon.step(**args)
+            assert got.step == ref.step == t
+            assert got.alarm == ref.alarm, (r, t, ref, got)
+            assert got.fired == ref.fired
+            for part in ("scores", "windowed", "thresholds", "ratios"):
+                a, b = getattr(ref, part), getattr(got, part)
+                assert a.keys() == b.keys()
+                for k in a:
+                    err = abs(a[k] - b[k]) / max(1.0, abs(a[k]))
+                    worst = max(worst, err)
+                    assert err <= TOL, (part, k, t, a[k], b[k])
+            steps += 1
+    return {"worst": worst, "steps": steps}
+
+
+def assert_batch_parity(det, onnx_mon: OnnxMonitor, rollouts, groups=None) -> None:
+    """step_batch over all rollouts at once against the batch traces of the detector."""
+    traces = [
+        det.score(r, group=None if groups is None else groups[i]) for i, r in enumerate(rollouts)
+    ]
+    onnx_mon.reset_batch(len(rollouts), groups)
+    for t in range(max(len(r) for r in rollouts)):
+        idx = [min(t, len(r) - 1) for r in rollouts]
+        args = {
+            FIELDS[f]: np.stack([getattr(r, f)[i] for r, i in zip(rollouts, idx, strict=True)])
+            for f in det.requires
+        }
+        out = onnx_mon.step_batch(**args)
+        for j, tr in enumerate(traces):
+            if t >= len(tr):
+                continue
+            assert bool(out.alarm[j]) == bool(tr.alarm[t]), (j, t)
+            for n in det.names:
+                assert abs(out.windowed[n][j] - tr.windowed[n][t]) <= TOL * max(
+                    1, tr.windowed[n][t]
+                )
+                assert abs(out.ratios[n][j] - tr.ratios[n][t]) <= TOL * max(1, tr.ratios[n][t])
+
+
+@pytest.fixture(scope="module")
+def exported(detector, tmp_path_factory):
+    path = export_onnx(detector, tmp_path_factory.mktemp("onnx") / "monitor.onnx")
+    return path
+
+
+# ---------------------------------------------------------------------- default config
+def test_default_stream_parity(detector, exported, test_set):
+    mon = OnnxMonitor(exported)
+    res = assert_stream_parity(detector, mon, test_set[::2])
+    assert res["steps"] > 300
+
+
+def test_default_batch_parity(detector, exported, test_set):
+    assert_batch_parity(detector, OnnxMonitor(exported), test_set)
+
+
+def test_one_file_and_metadata(detector, exported):
+    model = onnx.load(str(exported), load_external_data=False)
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    props = {p.key: p.value for p in model.metadata_props}
+    meta = json.loads(props["failguard"])
+    assert meta["schema"] == SCHEMA_VERSION and meta["failguard_version"] == __version__
+    assert meta["names"] == detector.names and meta["alpha"] == detector.alpha
+    assert meta["guarantee"] == "marginal" and meta["n_calibration"] == detector.n_calibration_
+    for n in detector.names:
+        np.testing.assert_array_equal(meta["thresholds"][n][0], detector.thresholds_[n])
+    assert props["failguard.schema_version"] == str(SCHEMA_VERSION)
+    mon = OnnxMonitor(exported)
+    assert mon.names == detector.names and "OnnxMonitor" in repr(mon)
+    np.testing.assert_array_equal(mon.thresholds_for()["rnd"], detector.thresholds_["rnd"])
+
+
+def test_ace_graph_matches_python_at_paper_size(tmp_path):
+    """ACE alone at B=256, H=16: the sort-based graph equals the Python ACE exactly."""
+    rng = np.random.default_rng(0)
+    from failguard import Rollout
+
+    def roll(scale: float, n: int) -> list[Rollout]:
+        return [
+            Rollout(
+                rng.normal(size=(12, 4)),
+                action_samples=(rng.normal(size=(12, 256, 16, 3)) * scale).astype(np.float32),
+                success=True,
+            )
+            for _ in range(n)
+        ]
+
+    ace = ActionChunkEntropy()
+    det = FailureDetector([ace], alpha=0.2).fit(roll(1.0, 2), progress=False)
+    det.calibrate(roll(1.0, 10))
+    mon = OnnxMonitor(export_onnx(det, tmp_path / "ace.onnx"))
+    test = roll(0.3, 1)[0].action_samples
+    mon.reset_batch(12)
+    out = mon.step_batch(action_samples=test)
+    np.testing.assert_allclose(
+        out.scores["ace"], ace.score_steps({"action_samples": test}), atol=1e-12
+    )
+
+
+# ---------------------------------------------------------------------- styles
+STYLE_CASES = [
+    ("constant", "and", "sum"),
+    ("per_step", "or", "mean"),
+    ("band", "and", "cumulative"),
+]
+
+
+def _detector(threshold: str, combine: str, kind: str, scores=None, **kw) -> FailureDetector:
+    scores = scores or [RNDScore(max_epochs=2), ActionChunkEntropy()]
+    return FailureDetector(
+        scores=scores,
+        windows={s.name: w for s, w in zip(scores, (5, 8, 3), strict=False)},
+        window_kind=kind,
+        combine=combine,
+        threshold=threshold,
+        alpha=0.2,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize(("threshold", "combine", "kind"), STYLE_CASES)
+def test_style_parity(threshold, combine, kind, fit_set, cal_set, test_set, tmp_path):
+    det = _detector(threshold, combine, kind).fit(fit_set, progress=False).calibrate(cal_set)
+    mon = OnnxMonitor(export_onnx(det, tmp_path / "m.onnx"))
+    assert_stream_parity(det, mon, test_set[::4])
+    assert_batch_parity(det, mon, test_set)
+
+
+@pytest.mark.parametrize("source", ["logits", "samples"])
+def test_discrete_parity(source, fit_set, cal_set, test_set, tmp_path):
+    scores = [RNDScore(max_epochs=2), DiscreteActionEntropy(source=source)]
+    det = _detector("per_step", "and", "sum", scores=scores)
+    det.fit(fit_set, progress=False).calibrate(cal_set)
+    mon = OnnxMonitor(export_onnx(det, tmp_path / "d.onnx"))
+    assert mon.requires == ("embeddings", "action_logits" if source == "logits" else "action_ids")
+    assert_stream_parity(det, mon, test_set[::4])
+    assert_batch_parity(det, mon, test_set)
+
+
+def test_mondrian_parity(fit_set, tmp_path):
+    cal = _rollouts(11, 30, 30, 0)
+    test = _rollouts(21, 4, 4, 6)
+    det = _detector("per_step", "and", "sum", mondrian=True)
+    det.fit(fit_set, progress=False).calibrate(cal)
+    mon = OnnxMonitor(export_onnx(det, tmp_path / "g.onnx"))
+    assert mon.groups == ["id", "ood"]
+    assert_stream_parity(det, mon, test, group_of=lambda r: r.group)
+    assert_batch_parity(det, mon, test, groups=[r.group for r in test])
+    with pytest.warns(UserWarning, match="pooled"):
+        mon.reset("unknown")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("threshold", "combine", "kind"),
+    list(
+        itertools.product(
+            ("constant", "per_step", "band"), ("and", "or"), ("sum", "mean", "cumulative")
+        )
+    ),
+)
+def test_all_styles_parity(threshold, combine, kind, tmp_path):
+    fit = _rollouts(30, 10, 0, 0)
+    cal = _rollouts(31, 40, 20, 0)
+    test = _rollouts(32, 15, 10, 15)
+    det = _detector(threshold, combine, kind).fit(fit, progress=False).calibrate(cal)
+    mon = OnnxMonitor(export_onnx(det, tmp_path / "m.onnx"))
+    assert_stream_parity(det, mon, test)
+    assert_batch_parity(det, mon, test)
+
+
+# ---------------------------------------------------------------------- errors
+def test_unexportable_score_named(fit_set, cal_set, tmp_path):
+    det = FailureDetector([RNDScore(max_epochs=1), STACScore()], alpha=0.2)
+    det.fit(fit_set[:3], progress=False)
+    with pytest.raises(ExportError, match=r"stac \(STACScore\)"):
+        export_onnx(det, tmp_path / "x.onnx")
+
+
+def test_uncalibrated_refused(fit_set, tmp_path):
+    det = FailureDetector([ActionChunkEntropy()]).fit(fit_set[:2], progress=False)
+    with pytest.raises(ExportError, match="not calibrated"):
+        export_onnx(det, tmp_path / "x.onnx")
+
+
+def test_bad_inputs(exported, test_set):
+    mon = OnnxMonitor(exported)
+    r = test_set[0]
+    e, a = r.embeddings[0], r.action_samples[0]
+    with pytest.raises(RolloutError, match="needs 'action_samples'"):
+        mon.step(embedding=e)
+    with pytest.raises(RolloutError, match="does not read 'action_logits'"):
+        mon.step(embedding=e, action_samples=a, action_logits=r.action_logits[0])
+    with pytest.raises(RolloutError, match=r"fitted on \(32,\)"):
+        mon.step(embedding=e[:5], action_samples=a)
+    with pytest.raises(RolloutError, match="dimensions"):
+        mon.step(embedding=e[None], action_samples=a)
+    with pytest.raises(RolloutError, match="must hold numbers"):
+        mon.step(embedding=np.array(["x"] * 32), action_samples=a)
+    bad = e.copy()
+    bad[3] = np.nan
+    with pytest.raises(RolloutError, match="NaN"):
+        mon.step(embedding=bad, action_samples=a)
+    with pytest.raises(RolloutError, match="reset_batch"):
+        mon.step_batch(embedding=np.stack([e, e]), action_samples=np.stack([a, a]))
+    with pytest.raises(RolloutError, match="disagree"):
+        mon.reset_batch(2)
+        mon.step_batch(embedding=np.stack([e, e]), action_samples=a[None])
+    # nothing above advanced the state
+    mon.reset()
+    assert mon.step(embedding=e, action_samples=a).step == 0
+
+
+def test_ace_overflow_refused(exported, test_set):
+    mon = OnnxMonitor(exported)
+    r = test_set[0]
+    a = r.action_samples[0].copy()
+    a[0] = 1e12  # one sample absurdly far away: more cells per axis than keys can hold
+    with pytest.raises(RolloutError, match="not applied"):
+        mon.step(embedding=r.embeddings[0], action_samples=a)
+    assert mon.t == 0
+
+
+def test_bad_files(exported, tmp_path):
+    with pytest.raises(ArtifactError, match="no such file"):
+        OnnxMonitor(tmp_path / "missing.onnx")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ArtifactError, match="cannot load"):
+        OnnxMonitor(junk)
+    model = onnx.load(str(exported))
+    meta = {p.key: p for p in model.metadata_props}
+    info = json.loads(meta["failguard"].value)
+    info["schema"] = SCHEMA_VERSION + 1
+    meta["failguard"].value = json.dumps(info)
+    future = tmp_path / "future.onnx"
+    onnx.save(model, str(future))
+    with pytest.raises(ArtifactError, match="schema version"):
+        OnnxMonitor(future)
+    del model.metadata_props[:]
+    plain = tmp_path / "plain.onnx"
+    onnx.save(model, str(plain))
+    with pytest.raises(ArtifactError, match="not a failguard monitor"):
+        OnnxMonitor(plain)
