@@ -21,44 +21,26 @@ from failguard.calibration import (
     conformal_quantile,
     conformal_rank,
     extend_table,
+    false_alarm_rate,
     min_calibration_size,
     min_pac_calibration_size,
     pac_quantile,
 )
-from failguard.windows import window_scores
+from failguard.synthetic import make_score_curves
 
 ALPHA = 0.1
 N_SEEDS = 500
 
 
 def curves(rng: np.random.Generator, n: int, lengths: list[int] | None = None) -> list[np.ndarray]:
-    out = []
-    for i in range(n):
-        t_len = int(rng.integers(30, 61)) if lengths is None else lengths[i]
-        t = np.arange(t_len)
-        level = rng.lognormal(0.0, 0.3)
-        mean = level * (1.0 + 0.6 * np.sin(t / 7.0) + 0.01 * t)
-        raw = rng.gamma(4.0, mean / 4.0)
-        out.append(window_scores(raw, 5))
-    return out
-
-
-def alarm_rate(test: list[np.ndarray], tables: dict[str, np.ndarray]) -> float:
-    table = tables["s"]
-    return float(np.mean([np.any(c > extend_table(table, c.shape[0])) for c in test]))
+    return make_score_curves(rng, n, lengths)
 
 
 def realised_far(style: str, mode: str = "corrected", n_cal: int = 40, n_seeds: int = N_SEEDS):
-    fars = []
-    for seed in range(n_seeds):
-        rng = np.random.default_rng(seed)
-        cal, test = curves(rng, n_cal), curves(rng, 100)
-        res = calibrate_thresholds(
-            {"s": cal}, CalibrationSettings(style=style, alpha=ALPHA, mode=mode), rng
-        )
-        fars.append(alarm_rate(test, res.tables))
-    fars_a = np.array(fars)
-    return fars_a.mean(), fars_a.std(ddof=1) / math.sqrt(len(fars_a))
+    est = false_alarm_rate(
+        CalibrationSettings(style=style, alpha=ALPHA, mode=mode), curves, n_cal, 100, n_seeds
+    )
+    return est.far, est.se
 
 
 @pytest.mark.parametrize("style", ["constant", "per_step", "band"])
@@ -153,7 +135,9 @@ def test_joint_calibration_and_or_bonferroni():
     )
     assert joint.levels["a"] == joint.levels["b"]
     assert "fused" in joint.statistics
-    per = calibrate_thresholds({"a": a, "b": b}, CalibrationSettings(alpha=ALPHA, combine="or"), rng)
+    per = calibrate_thresholds(
+        {"a": a, "b": b}, CalibrationSettings(alpha=ALPHA, combine="or"), rng
+    )
     single = calibrate_thresholds({"a": a}, CalibrationSettings(alpha=ALPHA), rng)
     assert per.tables["a"][0] >= single.tables["a"][0]  # OR: each leg at alpha / 2
 

@@ -31,8 +31,11 @@ def replay(det, rollout, group=None):
     verdicts = []
     for t in range(len(rollout)):
         kw = {"embedding": rollout.embeddings[t]}
-        for field, arg in (("action_samples", "action_samples"), ("action_logits", "action_logits"),
-                           ("action_ids", "action_ids")):
+        for field, arg in (
+            ("action_samples", "action_samples"),
+            ("action_logits", "action_logits"),
+            ("action_ids", "action_ids"),
+        ):
             if field in det.requires:
                 kw[arg] = getattr(rollout, field)[t]
         verdicts.append(mon.step(**kw))
@@ -59,8 +62,13 @@ def assert_stream_matches_batch(det, rollouts, exact_raw=False):
 @pytest.mark.parametrize("threshold", ["constant", "per_step", "band"])
 @pytest.mark.parametrize("combine", ["and", "or"])
 def test_streaming_equals_batch(fit_set, cal_set, test_set, window_kind, threshold, combine):
-    det = make_detector(alpha=0.2, window_kind=window_kind, threshold=threshold, combine=combine,
-                        windows={"rnd": 4, "ace": 3})
+    det = make_detector(
+        alpha=0.2,
+        window_kind=window_kind,
+        threshold=threshold,
+        combine=combine,
+        windows={"rnd": 4, "ace": 3},
+    )
     det.fit(fit_set, progress=False).calibrate(cal_set)
     assert_stream_matches_batch(det, test_set[::3])
 
@@ -76,8 +84,12 @@ def test_entropy_and_baseline_scores_stream_exactly(fit_set, cal_set, test_set):
     """Scores without matrix products (entropies, STAC) agree bit for bit."""
     det = make_detector(
         alpha=0.2,
-        scores=[ActionChunkEntropy(), STACScore(exec_horizon=3),
-                DiscreteActionEntropy("logits"), DiscreteActionEntropy("samples")],
+        scores=[
+            ActionChunkEntropy(),
+            STACScore(exec_horizon=3),
+            DiscreteActionEntropy("logits"),
+            DiscreteActionEntropy("samples"),
+        ],
         combine="or",
     )
     det.fit(fit_set, progress=False).calibrate(cal_set)
@@ -95,8 +107,9 @@ def test_learned_baselines_stream(fit_set, cal_set, test_set):
 
 
 def test_mondrian_thresholds_per_group(fit_set):
-    cal = make_rollouts(30, seed=11, length=40) + make_rollouts(30, kind="ood_benign", seed=12,
-                                                                 length=40)
+    cal = make_rollouts(30, seed=11, length=40) + make_rollouts(
+        30, kind="ood_benign", seed=12, length=40
+    )
     det = make_detector(alpha=0.2, mondrian=True).fit(fit_set, progress=False).calibrate(cal)
     assert set(det.group_calibration_) == {"id", "ood"}
     assert not np.array_equal(det.tables_for("id")["rnd"], det.tables_for("ood")["rnd"])
@@ -144,8 +157,11 @@ def test_calibration_set_errors(fit_set, cal_set):
 
 
 def test_parameter_validation_messages():
-    with pytest.raises(ValueError, match=r"The 'alpha' parameter of FailureDetector must be a "
-                                         r"float in the range \(0, 1\)\. Got 1\.5 instead\."):
+    with pytest.raises(
+        ValueError,
+        match=r"The 'alpha' parameter of FailureDetector must be a "
+        r"float in the range \(0, 1\)\. Got 1\.5 instead\.",
+    ):
         FailureDetector(alpha=1.5)
     with pytest.raises(ValueError, match="'combine' parameter"):
         FailureDetector(combine="xor")
@@ -204,9 +220,16 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, fit_set, cal_set, test_set)
 
 
 def test_save_load_every_score_type(tmp_path, fit_set, cal_set):
-    scores = [small_rnd(), ActionChunkEntropy(dims=[0, 1], integrate_dt=0.1),
-              DiscreteActionEntropy(), DiscreteActionEntropy("samples"), STACScore(3),
-              PCAKMeansScore(n_clusters=3), LogpZOScore(epochs=1), RNDActionScore(max_epochs=1)]
+    scores = [
+        small_rnd(),
+        ActionChunkEntropy(dims=[0, 1], integrate_dt=0.1),
+        DiscreteActionEntropy(),
+        DiscreteActionEntropy("samples"),
+        STACScore(3),
+        PCAKMeansScore(n_clusters=3),
+        LogpZOScore(epochs=1),
+        RNDActionScore(max_epochs=1),
+    ]
     det = make_detector(scores=scores, alpha=0.2, combine="or", mondrian=True)
     det.fit(fit_set, progress=False).calibrate(cal_set)
     det.save(tmp_path / "all")

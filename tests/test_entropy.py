@@ -49,7 +49,9 @@ def test_ace_dims_integration_and_cells():
     pts = ace.points(samples)
     span = pts.reshape(-1, 2).max(0) - pts.reshape(-1, 2).min(0)
     np.testing.assert_allclose(ace.cell_, 0.03 * span, rtol=1e-6)
-    np.testing.assert_allclose(ace.score(r), direct_ace(samples, ace.cell_, [0, 2], 0.05), atol=1e-12)
+    np.testing.assert_allclose(
+        ace.score(r), direct_ace(samples, ace.cell_, [0, 2], 0.05), atol=1e-12
+    )
 
 
 def test_ace_zero_range_axis_takes_largest_range():

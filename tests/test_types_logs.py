@@ -65,10 +65,15 @@ def test_field_consistency_and_labels():
 
 
 @given(
-    emb=hnp.arrays(np.float64, st.integers(1, 40),
-                   elements=st.floats(allow_nan=True, allow_infinity=True, width=32)),
+    emb=hnp.arrays(
+        np.float64,
+        st.integers(1, 40),
+        elements=st.floats(allow_nan=True, allow_infinity=True, width=32),
+    ),
 )
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 def test_monitor_step_fuzz(detector, emb):
     """Any embedding either is accepted (right size, finite) or gives a RolloutError."""
     mon = detector.monitor()
@@ -83,7 +88,9 @@ def test_monitor_step_fuzz(detector, emb):
 
 
 @given(shape=hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=33))
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 def test_monitor_action_shape_fuzz(detector, shape):
     mon = detector.monitor()
     if shape == (32, 8, 3):
@@ -100,9 +107,13 @@ def test_recorder_round_trip_and_numbering(tmp_path):
     for k in range(3):
         rec.start(group="id", metadata={"seed": k})
         for _ in range(5):
-            rec.step(embedding=rng.normal(size=4), action_samples=rng.normal(size=(6, 2, 3)),
-                     action_logits=rng.normal(size=3), action_ids=rng.integers(0, 3, size=6),
-                     executed_actions=rng.normal(size=(2, 3)))
+            rec.step(
+                embedding=rng.normal(size=4),
+                action_samples=rng.normal(size=(6, 2, 3)),
+                action_logits=rng.normal(size=3),
+                action_ids=rng.integers(0, 3, size=6),
+                executed_actions=rng.normal(size=(2, 3)),
+            )
         written.append(rec.end(success=k != 1, metadata={"note": "x"}))
     assert [p.name for p in written] == [f"rollout_00000{i}.safetensors" for i in range(3)]
     back = read_rollouts(tmp_path)
@@ -164,11 +175,17 @@ def test_bad_log_files_name_the_file(tmp_path):
     save_file({"embeddings": np.ones((2, 2), dtype=np.float32)}, str(bad))
     with pytest.raises(ArtifactError, match="missing the 'failguard' header"):
         read_rollout(bad)
-    save_file({"embeddings": np.full((2, 2), np.nan, dtype=np.float32)}, str(bad),
-              metadata={"failguard": '{"schema": 1, "success": true}'})
+    save_file(
+        {"embeddings": np.full((2, 2), np.nan, dtype=np.float32)},
+        str(bad),
+        metadata={"failguard": '{"schema": 1, "success": true}'},
+    )
     with pytest.raises(ArtifactError, match="invalid rollout.*NaN"):
         read_rollout(bad)
-    save_file({"embeddings": np.ones((2, 2), dtype=np.float32)}, str(bad),
-              metadata={"failguard": '{"schema": 7}'})
+    save_file(
+        {"embeddings": np.ones((2, 2), dtype=np.float32)},
+        str(bad),
+        metadata={"failguard": '{"schema": 7}'},
+    )
     with pytest.raises(ArtifactError, match="schema version 7"):
         read_rollout(bad)

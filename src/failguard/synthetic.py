@@ -20,7 +20,7 @@ import numpy as np
 
 from .types import Rollout
 
-__all__ = ["make_rollouts"]
+__all__ = ["make_rollouts", "make_score_curves"]
 
 _WORLD_SEED = 20251012
 
@@ -130,4 +130,35 @@ def make_rollouts(
                 **extra,
             )
         )
+    return out
+
+
+def make_score_curves(
+    rng: np.random.Generator,
+    n: int,
+    lengths: list[int] | None = None,
+    window: int = 5,
+) -> list[np.ndarray]:
+    """Windowed score curves of successful rollouts, for statistical checks of calibration.
+
+    Raw scores are gamma-distributed around a mean that varies in time (a slow sine plus a
+    trend) and by rollout (a log-normal level), so steps within a rollout are neither
+    independent nor identically distributed, as with real scores. Lengths are 30-60 steps
+    unless given. Curves are moving sums over ``window`` steps.
+
+    Examples
+    --------
+    >>> cs = make_score_curves(np.random.default_rng(0), 3)
+    >>> len(cs), all(30 <= len(c) <= 60 for c in cs)
+    (3, True)
+    """
+    from .windows import window_scores
+
+    out = []
+    for i in range(n):
+        t_len = int(rng.integers(30, 61)) if lengths is None else int(lengths[i])
+        t = np.arange(t_len)
+        level = rng.lognormal(0.0, 0.3)
+        mean = level * (1.0 + 0.6 * np.sin(t / 7.0) + 0.01 * t)
+        out.append(window_scores(rng.gamma(4.0, mean / 4.0), window))
     return out

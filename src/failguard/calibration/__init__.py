@@ -5,6 +5,7 @@ them here.
 """
 
 from .calibrator import CalibrationResult, CalibrationSettings, calibrate_thresholds
+from .checks import FalseAlarmEstimate, false_alarm_rate
 from .conformal import (
     THRESHOLD_STYLES,
     Profile,
@@ -26,6 +27,7 @@ __all__ = [
     "CalibrationPlan",
     "CalibrationResult",
     "CalibrationSettings",
+    "FalseAlarmEstimate",
     "Profile",
     "band_profile",
     "calibrate_thresholds",
@@ -35,6 +37,7 @@ __all__ = [
     "constant_profile",
     "episode_statistics",
     "extend_table",
+    "false_alarm_rate",
     "min_calibration_size",
     "min_pac_calibration_size",
     "pac_quantile",

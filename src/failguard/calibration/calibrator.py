@@ -213,11 +213,12 @@ def calibrate_thresholds(
             if settings.needs_profile_split(len(names))
             else ""
         )
+        hint = " or use threshold='constant'" if settings.style != "constant" else ""
         raise CalibrationError(
             f"alpha={settings.alpha:g}"
             + (f", delta={settings.delta:g}" if settings.guarantee == "pac" else "")
             + f" needs at least {needed} successful calibration rollouts{extra}; got {n}. "
-            "Record more successful rollouts, raise alpha, or use threshold='constant'. "
+            f"Record more successful rollouts, raise alpha{hint}. "
             "failguard.calibration.plan() tells the numbers."
         )
     order = rng.permutation(n)

@@ -55,9 +55,9 @@ def empirical_entropy(keys: NDArray[np.int64]) -> NDArray[np.float64]:
     s = np.sort(keys, axis=1)
     starts = np.ones((g, b), dtype=bool)
     starts[:, 1:] = s[:, 1:] != s[:, :-1]
-    run_id = np.cumsum(starts.ravel()) - 1
-    counts = np.bincount(run_id).astype(np.float64)
-    row_of_run = np.nonzero(starts.ravel())[0] // b
+    first = np.flatnonzero(starts)  # flat index where each run of equal keys begins
+    counts = np.diff(first, append=g * b).astype(np.float64)
+    row_of_run = first // b
     p = counts / b
     return np.asarray(np.bincount(row_of_run, weights=-p * np.log2(p), minlength=g), np.float64)
 

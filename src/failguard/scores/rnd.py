@@ -291,7 +291,7 @@ class RNDScore(BaseScore):
                 )
             self.history_["train"].append(total / x_train.shape[0])
             self.history_["val"].append(val)
-            bar.set_postfix(val=f"{val:.4f}")
+            bar.set_postfix(val=f"{val:.4f}", refresh=False)
             if val < best_val - 1e-7:
                 best_val, best_state, stale = val, copy.deepcopy(net.state_dict()), 0
                 self.best_epoch_ = epoch
