@@ -231,7 +231,7 @@ def conformal_p_values(
     Examples
     --------
     >>> conformal_p_values(np.array([0.5, 2.0, 9.0]), np.array([1.0, 2.0, 3.0]))
-    array([1.  , 0.5 , 0.25])
+    array([1.  , 0.75, 0.25])
     """
     s = np.sort(np.asarray(calibration_statistics, dtype=np.float64))
     n_ge = s.shape[0] - np.searchsorted(s, running_max, side="left")

@@ -75,7 +75,7 @@ def logits_entropy(logits: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
     log_norm = np.log(np.exp(z).sum(axis=1, keepdims=True))
     log_p = z - log_norm
     p = np.exp(log_p)
-    return np.asarray(-(p * log_p).sum(axis=1) / np.log(2.0), dtype=np.float64)
+    return np.asarray(np.abs((p * log_p).sum(axis=1)) / np.log(2.0), dtype=np.float64)
 
 
 def ace_cells(points: NDArray[np.float32], cell: NDArray[np.float32]) -> NDArray[np.int64]:
