@@ -221,9 +221,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     ok = [r for r in rollouts if r.success]
     if not ok:
         raise CliError(f"{args.logs}: no successful rollouts; fit needs successful ones.")
-    if len(ok) < len(rollouts):
-        print(f"fit: using the {len(ok)} successful of {len(rollouts)} rollouts.", file=sys.stderr)
     scores = _make_scores(args.scores, ok[0], args.epochs)
+    if len(ok) < len(rollouts):
+        print(f"using the {len(ok)} successful of {len(rollouts)} rollouts (failures skipped)")
     det = FailureDetector(
         scores=scores,
         windows=args.window,
