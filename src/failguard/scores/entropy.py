@@ -96,22 +96,24 @@ def ace_cells(points: NDArray[np.float32], cell: NDArray[np.float32]) -> NDArray
     return np.floor((points - origin) / cell).astype(np.int64)
 
 
-def _pack_cells(cells: NDArray[np.int64]) -> NDArray[np.int64]:
-    """One int64 key per point (same key iff same cell), shape (..., D) -> (...)."""
-    d = cells.shape[-1]
+def _pack_cells(cells: NDArray[np.int64], axis: int = -1) -> NDArray[np.int64]:
+    """One int64 key per point (same key iff same cell), removing the cell-index ``axis``."""
+    cells = np.moveaxis(cells, axis, 0)  # (D, ...): each cells[k] is a contiguous block
+    d = cells.shape[0]
     if d == 1:
-        return cells[..., 0]
+        return np.asarray(cells[0])
     top = int(cells.max()) + 1
     bits = max(1, int(np.ceil(np.log2(top + 1))))
     if bits * d <= 62:
-        key = np.zeros(cells.shape[:-1], dtype=np.int64)
-        for k in range(d):
-            key = (key << bits) | cells[..., k]
+        key = cells[0].copy()
+        for k in range(1, d):
+            key <<= bits
+            key |= cells[k]
         return key
-    # Too many cells to pack: number the distinct rows exactly instead.
-    flat = cells.reshape(-1, d)
+    # Too many cells to pack: number the distinct points exactly instead.
+    flat = cells.reshape(d, -1).T
     _, inverse = np.unique(flat, axis=0, return_inverse=True)
-    return inverse.reshape(cells.shape[:-1]).astype(np.int64)
+    return inverse.reshape(cells.shape[1:]).astype(np.int64)
 
 
 @register_score
@@ -207,9 +209,15 @@ class ActionChunkEntropy(BaseScore):
         assert self.cell_ is not None
         pts = self.points(inputs["action_samples"])
         t, b, h, _ = pts.shape
-        keys = _pack_cells(ace_cells(pts, self.cell_))  # (T, B, H)
-        rows = np.moveaxis(keys, 1, 2).reshape(t * h, b)
-        return empirical_entropy(rows).reshape(t, h).mean(axis=1)
+        # Same float32 operations as ace_cells, in a (D, T, H, B) layout where every
+        # reduction and every per-axis slice is contiguous.
+        p = np.ascontiguousarray(pts.transpose(3, 0, 2, 1))
+        lo = p.min(axis=-1, keepdims=True)
+        hi = p.max(axis=-1, keepdims=True)
+        origin = lo - ORIGIN_MARGIN * (hi - lo)
+        cells = np.floor((p - origin) / self.cell_[:, None, None, None]).astype(np.int64)
+        keys = _pack_cells(cells, axis=0)  # (T, H, B)
+        return empirical_entropy(keys.reshape(t * h, b)).reshape(t, h).mean(axis=1)
 
     def _params(self) -> dict[str, Any]:
         return {
