@@ -6,10 +6,10 @@ and its floating-point order is chosen here to match the Python scores:
 * RND: standardisation buffers, target and predictor MLPs (``Gemm`` + ``LeakyRelu``) and the
   L2 norm of the residual, in float32 like torch;
 * ACE: grid cells in float32 with the same operation order as
-  :func:`failguard.scores.ace_cells`, one packed int64 key per point, keys sorted with
-  ``TopK`` (O(B log B) per chunk index, no B x B comparison), run lengths through
-  ``CumSum`` + ``ScatterElements``, and the entropy terms ``-p log2 p`` read from a table
-  computed in numpy;
+  :func:`failguard.scores.ace_cells`, one packed key per point (an exact integer in
+  float64), keys sorted with ``TopK`` (O(B log B) per chunk index, no B x B comparison),
+  run lengths through ``CumSum`` + ``ScatterElements``, and the entropy terms
+  ``-p log2 p`` read from a table computed in numpy;
 * discrete entropy from logits (float64) or from sampled ids (the same sort / run-length core);
 * windows (``sum`` / ``mean``: an (N, w) buffer of raw scores, oldest first; ``cumulative``: an
   (N, 1) running total), thresholds read from a (G, L) table at ``min(t, L - 1)`` (the "repeat
@@ -66,8 +66,8 @@ __all__ = ["METADATA_KEY", "OPSET", "ExportError", "build_model", "export_onnx"]
 OPSET = 18
 #: Key of the JSON metadata in ``metadata_props``.
 METADATA_KEY = "failguard"
-#: Largest packed-key range per ACE axis is ``floor(2 ** (62 / D))`` cells.
-_KEY_BITS = 62
+#: ACE keys are exact float64 integers: at most ``2 ** floor(53 / D)`` cells per axis.
+_KEY_BITS = 53
 
 _INT64_MIN = -(2**63)
 _FLOAT = 1  # onnx.TensorProto.FLOAT
@@ -99,8 +99,8 @@ class _Builder:
         self._count = 0
         self._consts: dict[tuple[str, bytes, tuple[int, ...]], str] = {}
         self._outputs: list[tuple[str, str]] = []
-        #: static ranks (0 = dynamic) of the tensors whose rank a subgraph needs
-        self.shapes: dict[str, tuple[int, ...]] = {}
+        #: ranks of the tensors whose rank a subgraph needs
+        self.ranks: dict[str, int] = {}
 
     def _name(self, hint: str) -> str:
         self._count += 1
@@ -197,31 +197,26 @@ def _entropy_table(b: int) -> NDArray[np.float64]:
     return np.asarray(terms, dtype=np.float64)
 
 
-def _keys_entropy(g: _Builder, keys: str, b: int, floor_key: int) -> str:
-    """Base-2 entropy along axis 1 of an int64 key tensor (N, b, ...): sort + run lengths.
+def _keys_entropy(g: _Builder, keys: str, b: int) -> str:
+    """Base-2 entropy along axis 1 of a float64 tensor of integer-valued keys (N, b, ...).
 
-    ``floor_key`` is smaller than every key (it pads the "previous key" of the first one).
-    The result has the key tensor's shape without axis 1.
+    Keys are sorted with ``TopK`` (float keys sort twice as fast as int64 ones in
+    onnxruntime); a run of equal keys is one outcome. The result drops axis 1.
     """
     ax = g.i64([1])
     sorted_keys = g.ops("TopK", [keys, g.i64([b])], 2, axis=1, largest=0, sorted=1)[0]
     if b == 1:
-        return g.op(
-            "ReduceSum",
-            g.op("Cast", g.op("Mul", sorted_keys, g.i64(0)), to=_DOUBLE),
-            ax,
-            keepdims=0,
-        )
-    # previous key along axis 1 (floor_key before the first): a run starts where key > previous
+        return g.op("ReduceSum", g.op("Sub", sorted_keys, sorted_keys), ax, keepdims=0)
+    # run id of each sorted key = number of increases before it (0-based): the first key is
+    # compared with +inf, so it never counts as an increase
     prev = g.op("Slice", sorted_keys, g.i64([0]), g.i64([b - 1]), ax)
-    rank = len(g.shapes[keys])
-    pads = [0] * (2 * rank)
+    pads = [0] * (2 * g.ranks[keys])
     pads[1] = 1
-    prev = g.op("Pad", prev, g.i64(pads), g.i64(floor_key))
-    starts = g.op("Cast", g.op("Greater", sorted_keys, prev), to=_INT64)
-    run_id = g.op("Sub", g.op("CumSum", starts, g.i64(1)), g.i64(1))
-    zeros = g.op("Mul", starts, g.i64(0))
-    ones = g.op("Add", zeros, g.i64(1))
+    prev = g.op("Pad", prev, g.i64(pads), g.f64(np.inf))
+    increase = g.op("Greater", sorted_keys, prev)
+    run_id = g.op("CumSum", g.op("Cast", increase, to=_INT64), g.i64(1))
+    zeros = g.op("Sub", run_id, run_id)
+    ones = g.op("Cast", g.op("Equal", run_id, run_id), to=_INT64)
     counts = g.op("ScatterElements", zeros, run_id, ones, axis=1, reduction="add")
     terms = g.op("Gather", g.const(_entropy_table(b), np.float64, "entropy_table"), counts)
     return g.op("ReduceSum", terms, ax, keepdims=0)
@@ -229,7 +224,7 @@ def _keys_entropy(g: _Builder, keys: str, b: int, floor_key: int) -> str:
 
 def _ace_graph(g: _Builder, score: Any, a: str, shape: tuple[int, ...]) -> tuple[str, str]:
     """ACE per robot (N,) float64, and an (N,) bool 'cell keys overflowed' flag."""
-    b, _h, d_full = shape
+    b, h, d_full = shape
     pts = a
     d = d_full
     if score.dims is not None:
@@ -241,24 +236,25 @@ def _ace_graph(g: _Builder, score: Any, a: str, shape: tuple[int, ...]) -> tuple
     lo = g.op("ReduceMin", pts, g.i64([1]), keepdims=1)
     hi = g.op("ReduceMax", pts, g.i64([1]), keepdims=1)
     origin = g.op("Sub", lo, g.op("Mul", g.f32(np.float32(0.01)), g.op("Sub", hi, lo)))
-    cell = np.asarray(score.cell_, dtype=np.float32)
+    # the cell size tiled to (B, H, D): onnxruntime divides far faster without a short
+    # innermost broadcast, and the quotient is the same IEEE division
+    cell = np.broadcast_to(np.asarray(score.cell_, dtype=np.float32), (b, h, d))
     cells = g.op(
         "Floor", g.op("Div", g.op("Sub", pts, origin), g.const(cell, np.float32, "ace_cell"))
     )
-    # one int64 key per point: Σ_k cell_k · R^(D-1-k) with R = 2^floor(62 / D) cells per axis
-    bits = _KEY_BITS // d
-    radix = 2**bits
+    # one key per point, Σ_k cell_k · R^(D-1-k) with R = 2^floor(53 / D) cells per axis,
+    # exact in float64; a step that needs more cells per axis is flagged, never guessed
+    radix = 2 ** (_KEY_BITS // d)
     top = g.op("ReduceMax", cells, g.i64([1, 2, 3]), keepdims=0)
     overflow = g.op("Greater", top, g.f32(float(radix - 1)))
-    cells_i = g.op("Cast", cells, to=_INT64)
-    g.shapes[cells_i] = (0, b, 0, d)
+    cells_d = g.op("Cast", cells, to=_DOUBLE)
     if d == 1:
-        key = cells_i
+        key = cells_d
     else:
-        weights = np.array([[radix ** (d - 1 - k)] for k in range(d)], dtype=np.int64)
-        key = g.op("MatMul", cells_i, g.const(weights, np.int64, "ace_radix"))  # (N, B, H, 1)
-    g.shapes[key] = (0, b, 0, 1)
-    ent = _keys_entropy(g, key, b, -1)  # (N, H, 1)
+        weights = np.array([[float(radix) ** (d - 1 - k)] for k in range(d)], dtype=np.float64)
+        key = g.op("MatMul", cells_d, g.const(weights, np.float64, "ace_radix"))  # (N, B, H, 1)
+    g.ranks[key] = 4
+    ent = _keys_entropy(g, key, b)  # (N, H, 1)
     return g.op("ReduceMean", ent, g.i64([1, 2]), keepdims=0), overflow
 
 
@@ -400,8 +396,9 @@ def build_model(detector: FailureDetector) -> onnx.ModelProto:
             if s.source == "logits":
                 raw[s.name] = _logits_entropy_graph(g, "action_logits")
             else:
-                g.shapes["action_ids"] = (0, shapes["action_ids"][0])
-                raw[s.name] = _keys_entropy(g, "action_ids", shapes["action_ids"][0], _INT64_MIN)
+                ids = g.op("Cast", "action_ids", to=_DOUBLE)  # exact for |id| < 2**53
+                g.ranks[ids] = 2
+                raw[s.name] = _keys_entropy(g, ids, shapes["action_ids"][0])
 
     groups = _groups(detector)
     tables = {n: _threshold_table(detector, n, groups) for n in detector.names}

@@ -34,7 +34,7 @@ _ARGS = {
     "action_logits": "action_logits",
     "action_ids": "action_ids",
 }
-_INT64_MIN = np.iinfo(np.int64).min
+_ID_LIMIT = 2**53  # ids are compared as exact float64 integers inside the graph
 
 
 @dataclass(frozen=True)
@@ -284,8 +284,11 @@ class OnnxMonitor:
                     f"{where}: '{arg}' has {'per-robot ' if batched else ''}shape {shown}, but "
                     f"the detector was fitted on {expected}."
                 )
-            if kind == "int" and arr.min() == _INT64_MIN:
-                raise RolloutError(f"{where}: '{arg}' holds the reserved id {_INT64_MIN}.")
+            if kind == "int" and np.abs(arr).max() >= _ID_LIMIT:
+                raise RolloutError(
+                    f"{where}: '{arg}' holds ids of magnitude 2**53 or more; the exported "
+                    "entropy counts ids exactly only below that. Map ids to small integers."
+                )
             if n_rows is not None and arr.shape[0] != n_rows:
                 raise RolloutError(
                     f"{where}: inputs disagree on the number of robots "

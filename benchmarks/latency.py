@@ -1,0 +1,336 @@
+"""Latency of one monitor step: ONNX Runtime (exported graph) against torch eager (Monitor.step).
+
+Measures, on this machine's CPU:
+
+* per-step p50 / p99 at N=1 robot with one intra-op thread, and throughput at N=64 robots,
+  for (a) the default detector (small RND + ACE, d=32, B=32, H=8, D=3) and (b) the paper
+  size (``RNDScore.paper()``, about 34 M parameters, d=256, B=256, H=16, D=3);
+* (c) ACE alone at B=32 and B=256: the sort-based ONNX graph and the numpy ACE;
+* a flow-matching-like policy forward of the same size (10 denoising steps of a 3x256 MLP on
+  B chunks, torch eager, one thread), to express the monitor's cost as a fraction of the
+  policy's own inference time.
+
+RND is fitted with ``max_epochs=1`` on small data: latency does not depend on training.
+Medians and ratios come from one run; the machine may be shared, so treat p99 with care.
+
+Usage::
+
+    python benchmarks/latency.py            # full run, writes benchmarks/results/latency.json
+    python benchmarks/latency.py --quick    # fewer repetitions, no paper size (smoke test)
+    python benchmarks/latency.py --markdown # also rewrite the section in docs/BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from failguard import ActionChunkEntropy, FailureDetector, RNDScore
+from failguard.exporters import export_onnx
+from failguard.runtime import OnnxMonitor
+from failguard.synthetic import make_rollouts
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "latency.json"
+DOC = ROOT / "docs" / "BENCHMARKS.md"
+SECTION = "## Latency (ONNX Runtime vs torch)"
+
+
+def timed(fn: Callable[[], Any], repeats: int, warmup: int = 50) -> dict[str, float]:
+    """p50 / p99 / mean of ``fn()`` in microseconds."""
+    for _ in range(warmup):
+        fn()
+    ts = np.empty(repeats)
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts[i] = time.perf_counter() - t0
+    us = ts * 1e6
+    return {
+        "p50_us": float(np.percentile(us, 50)),
+        "p99_us": float(np.percentile(us, 99)),
+        "mean_us": float(us.mean()),
+        "repeats": repeats,
+    }
+
+
+def build(kind: str, seed: int = 0) -> tuple[FailureDetector, list[Any], dict[str, int]]:
+    """A calibrated detector of size ``kind`` and a few test rollouts."""
+    if kind == "default":
+        size = {"d": 32, "B": 32, "H": 8, "D": 3}
+        rnd = RNDScore(max_epochs=1)
+    else:
+        size = {"d": 256, "B": 256, "H": 16, "D": 3}
+        rnd = RNDScore.paper(max_epochs=1, batch_size=64)
+    kw = {
+        "embedding_dim": size["d"],
+        "n_samples": size["B"],
+        "horizon": size["H"],
+        "action_dim": size["D"],
+        "length": 20,
+    }
+    det = FailureDetector([rnd, ActionChunkEntropy()], alpha=0.2)
+    det.fit(make_rollouts(4, seed=seed, **kw), progress=False)
+    det.calibrate(make_rollouts(12, seed=seed + 1, **kw))
+    test = make_rollouts(2, kind="failure", seed=seed + 2, **kw)
+    return det, test, size
+
+
+def session(path: Path, threads: int | None) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    if threads is not None:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def feed_for(det: FailureDetector, rollouts: list[Any], n: int, t: int) -> dict[str, np.ndarray]:
+    rows = [rollouts[i % len(rollouts)] for i in range(n)]
+    feed: dict[str, np.ndarray] = {
+        f: np.ascontiguousarray(np.stack([getattr(r, f)[t] for r in rows])) for f in det.requires
+    }
+    feed["t"] = np.full(n, t, dtype=np.int64)
+    feed["group"] = np.zeros(n, dtype=np.int64)
+    for name in det.names:
+        w = 1 if det.window_kind == "cumulative" else det.windows[name]
+        feed[f"state_{name}"] = np.zeros((n, w))
+    return feed
+
+
+def policy_forward(b: int, h: int, d_act: int, d_obs: int, steps: int = 10) -> Callable[[], Any]:
+    """A flow-matching-like policy: ``steps`` Euler steps of a 3x256 MLP velocity field."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(h * d_act + d_obs + 1, 256),
+        torch.nn.GELU(),
+        torch.nn.Linear(256, 256),
+        torch.nn.GELU(),
+        torch.nn.Linear(256, 256),
+        torch.nn.GELU(),
+        torch.nn.Linear(256, h * d_act),
+    ).eval()
+    obs = torch.randn(1, d_obs).expand(b, d_obs)
+
+    def run() -> torch.Tensor:
+        with torch.inference_mode():
+            x = torch.randn(b, h * d_act)
+            for k in range(steps):
+                tt = torch.full((b, 1), k / steps)
+                x = x + net(torch.cat([x, obs, tt], dim=1)) / steps
+        return x
+
+    return run
+
+
+def bench_detector(kind: str, repeats: int, tmp: Path) -> dict[str, Any]:
+    det, test, size = build(kind)
+    path = export_onnx(det, tmp / f"{kind}.onnx")
+    r = test[-1]
+    t_mid = len(r) // 2
+    out: dict[str, Any] = {"size": size, "onnx_bytes": path.stat().st_size}
+    if kind != "default":
+        out["rnd_parameters"] = det.scores[0].n_parameters  # type: ignore[attr-defined]
+
+    sess = session(path, 1)
+    feed1 = feed_for(det, test, 1, t_mid)
+    out["ort_session_run_n1"] = timed(lambda: sess.run(None, feed1), repeats)
+
+    mon = OnnxMonitor(path, intra_op_threads=1)
+    args = {"embedding": r.embeddings[t_mid], "action_samples": r.action_samples[t_mid]}
+    out["ort_monitor_step_n1"] = timed(lambda: mon.step(**args), repeats)
+
+    torch_mon = det.monitor()
+    torch_reps = max(50, repeats // 10) if kind != "default" else repeats
+    out["torch_monitor_step_n1"] = timed(lambda: torch_mon.step(**args), torch_reps, warmup=10)
+
+    # throughput at N=64: one batched graph call vs the torch scores on 64 rows at once
+    n = 64
+    feed64 = feed_for(det, test, n, t_mid)
+    sess_all = session(path, None)
+    reps64 = max(20, repeats // 20)
+    ort64 = timed(lambda: sess_all.run(None, feed64), reps64, warmup=5)
+    ort64_1 = timed(lambda: sess.run(None, feed64), reps64, warmup=5)
+    inputs64 = {f: feed64[f] for f in det.requires}
+    t64 = timed(lambda: [s.score_steps(inputs64) for s in det.scores], reps64, warmup=5)
+    out["n64"] = {
+        "ort_all_threads": {**ort64, "robot_steps_per_s": n / (ort64["p50_us"] * 1e-6)},
+        "ort_1_thread": {**ort64_1, "robot_steps_per_s": n / (ort64_1["p50_us"] * 1e-6)},
+        "torch_scores_only": {**t64, "robot_steps_per_s": n / (t64["p50_us"] * 1e-6)},
+    }
+    policy = policy_forward(size["B"], size["H"], size["D"], size["d"])
+    out["policy_forward"] = timed(policy, max(30, repeats // 20), warmup=5)
+    p50 = out["ort_monitor_step_n1"]["p50_us"]
+    out["ratios"] = {
+        "torch_over_ort_monitor_step": out["torch_monitor_step_n1"]["p50_us"] / p50,
+        "torch_over_ort_session_run": out["torch_monitor_step_n1"]["p50_us"]
+        / out["ort_session_run_n1"]["p50_us"],
+        "ort_step_over_policy_forward": p50 / out["policy_forward"]["p50_us"],
+        "torch_step_over_policy_forward": out["torch_monitor_step_n1"]["p50_us"]
+        / out["policy_forward"]["p50_us"],
+    }
+    return out
+
+
+def bench_ace(b: int, repeats: int, tmp: Path) -> dict[str, Any]:
+    h, d = (8, 3) if b <= 32 else (16, 3)
+    kw = {"embedding_dim": 8, "n_samples": b, "horizon": h, "action_dim": d, "length": 20}
+    ace = ActionChunkEntropy()
+    det = FailureDetector([ace], alpha=0.2).fit(make_rollouts(2, seed=0, **kw), progress=False)
+    det.calibrate(make_rollouts(10, seed=1, **kw))
+    path = export_onnx(det, tmp / f"ace{b}.onnx")
+    r = make_rollouts(1, kind="failure", seed=2, **kw)[0]
+    sess = session(path, 1)
+    feed = feed_for(det, [r], 1, 5)
+    inputs = {"action_samples": r.action_samples[5:6]}
+    return {
+        "size": {"B": b, "H": h, "D": d},
+        "ort_session_run_n1": timed(lambda: sess.run(None, feed), repeats),
+        "numpy_score_steps_n1": timed(lambda: ace.score_steps(inputs), repeats),
+    }
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def table(res: dict[str, Any]) -> str:
+    def f(x: float) -> str:
+        return f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
+
+    lines = [
+        "| config | ORT graph p50 / p99 (µs) | ORT `OnnxMonitor.step` p50 / p99 (µs) "
+        "| torch `Monitor.step` p50 / p99 (µs) | torch / ORT | N=64 ORT (robot-steps/s) "
+        "| N=64 torch scores only (robot-steps/s) | policy forward p50 (µs) "
+        "| ORT step / policy |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for kind in ("default", "paper"):
+        if kind not in res:
+            continue
+        r = res[kind]
+        s = r["size"]
+        label = f"{kind} (d={s['d']}, B={s['B']}, H={s['H']}, D={s['D']})"
+        lines.append(
+            f"| {label} | {f(r['ort_session_run_n1']['p50_us'])} / "
+            f"{f(r['ort_session_run_n1']['p99_us'])} | {f(r['ort_monitor_step_n1']['p50_us'])} / "
+            f"{f(r['ort_monitor_step_n1']['p99_us'])} | {f(r['torch_monitor_step_n1']['p50_us'])}"
+            f" / {f(r['torch_monitor_step_n1']['p99_us'])} | "
+            f"{r['ratios']['torch_over_ort_monitor_step']:.1f}x | "
+            f"{r['n64']['ort_all_threads']['robot_steps_per_s']:,.0f} | "
+            f"{r['n64']['torch_scores_only']['robot_steps_per_s']:,.0f} | "
+            f"{f(r['policy_forward']['p50_us'])} | "
+            f"{100 * r['ratios']['ort_step_over_policy_forward']:.1f} % |"
+        )
+    lines += [
+        "",
+        "| ACE alone | ORT graph p50 / p99 (µs) | numpy ACE p50 / p99 (µs) |",
+        "|---|---|---|",
+    ]
+    for key in ("ace_b32", "ace_b256"):
+        if key in res:
+            a = res[key]
+            s = a["size"]
+            lines.append(
+                f"| B={s['B']}, H={s['H']}, D={s['D']} | "
+                f"{f(a['ort_session_run_n1']['p50_us'])} / "
+                f"{f(a['ort_session_run_n1']['p99_us'])} | "
+                f"{f(a['numpy_score_steps_n1']['p50_us'])} / "
+                f"{f(a['numpy_score_steps_n1']['p99_us'])} |"
+            )
+    return "\n".join(lines)
+
+
+def write_section(res: dict[str, Any], command: str) -> None:
+    m = res["machine"]
+    body = "\n".join(
+        [
+            SECTION,
+            "",
+            f"Command: `{command}` — {res['date']}, {m['cpu']} ({m['logical_cpus']} logical "
+            f"CPUs, shared with other jobs), onnxruntime {m['onnxruntime']}, torch {m['torch']}. "
+            "N=1 figures use one intra-op thread; N=64 ORT uses onnxruntime's default threads. "
+            "Raw numbers: `benchmarks/results/latency.json`.",
+            "",
+            table(res),
+            "",
+            "*ORT graph* is `InferenceSession.run` on the exported monitor step; "
+            "*OnnxMonitor.step* adds input checks, state keeping and the `Verdict`. "
+            "*torch / ORT* is `Monitor.step` over `OnnxMonitor.step`, both from the same run. "
+            "*Policy forward* is 10 Euler steps of a 3x256 MLP on B chunks of the same size "
+            "(torch eager, one thread). RND was fitted for one epoch (latency only).",
+            "",
+        ]
+    )
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
+    if SECTION in text:
+        start = text.index(SECTION)
+        nxt = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + body + (text[nxt + 1 :] if nxt != -1 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + body
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few repetitions, no paper size")
+    parser.add_argument("--repeats", type=int, default=3000)
+    parser.add_argument("--no-paper", action="store_true")
+    parser.add_argument("--markdown", action="store_true", help="update docs/BENCHMARKS.md")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    repeats = 200 if args.quick else args.repeats
+    res: dict[str, Any] = {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        res["default"] = bench_detector("default", repeats, Path(tmp))
+        print(json.dumps(res["default"]["ratios"]), file=sys.stderr)
+        res["ace_b32"] = bench_ace(32, repeats, Path(tmp))
+        res["ace_b256"] = bench_ace(256, repeats, Path(tmp))
+        if not (args.quick or args.no_paper):
+            res["paper"] = bench_detector("paper", max(300, repeats // 5), Path(tmp))
+    print(table(res))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2))
+    if args.markdown:
+        write_section(res, "python benchmarks/latency.py --markdown")
+    return res
+
+
+if __name__ == "__main__":
+    main()
