@@ -173,6 +173,20 @@ def test_parameter_validation_messages():
         FailureDetector(windows=0)
 
 
+def test_errors_name_the_rollout_file(tmp_path, detector, fit_set, cal_set):
+    from failguard import read_rollouts, write_rollout
+
+    for i, r in enumerate(cal_set[:12]):
+        write_rollout(r, tmp_path / f"ok_{i:02d}")
+    write_rollout(make_rollouts(1, kind="failure", seed=3, length=40)[0], tmp_path / "z_bad")
+    logs = read_rollouts(tmp_path)
+    with pytest.raises(CalibrationError, match=r"rollout 12 \(.*z_bad.safetensors\) .*failed"):
+        detector.calibrate(logs)
+    odd = make_rollouts(1, seed=3, length=20, embedding_dim=16)[0]
+    with pytest.raises(RolloutError, match=r"rollout 2 group 'id': rnd: 'embeddings' has per-step"):
+        detector.traces([*cal_set[:2], odd])
+
+
 def test_mismatched_rollouts_are_rejected(detector):
     wrong_d = make_rollouts(1, seed=3, length=20, embedding_dim=16)[0]
     with pytest.raises(RolloutError, match=r"per-step shape \(16,\).*fitted on \(32,\)"):

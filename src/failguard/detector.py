@@ -255,9 +255,8 @@ class FailureDetector:
             if not isinstance(r, Rollout):
                 raise TypeError(f"{phase}: item {i} is a {type(r).__name__}, not a Rollout.")
             if r.success is False:
-                where = f" (group {r.group!r})" if r.group else ""
                 raise CalibrationError(
-                    f"{phase}: rollout {i}{where} failed (success=False). {phase} uses "
+                    f"{phase}: {r.describe(i)} failed (success=False). {phase} uses "
                     "successful rollouts only; drop failed ones before calling it."
                 )
             if r.success is None:
@@ -311,10 +310,15 @@ class FailureDetector:
         """
         self._require_fitted()
         rollouts = self._check_nominal(rollouts, "calibrate")
-        reused = [i for i, r in enumerate(rollouts) if _fingerprint(r) in self._fit_fingerprints]
+        reused = [
+            r.describe(i)
+            for i, r in enumerate(rollouts)
+            if _fingerprint(r) in self._fit_fingerprints
+        ]
         if reused:
             raise CalibrationError(
-                f"calibrate: rollout(s) {reused[:5]} were also used to fit the scores. In-sample "
+                f"calibrate: {', '.join(reused[:3])}{' and more' if len(reused) > 3 else ''} "
+                "were also used to fit the scores. In-sample "
                 "scores are too small and void the guarantee; calibrate on other successful "
                 "rollouts."
             )

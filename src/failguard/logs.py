@@ -118,6 +118,7 @@ def read_rollout(path: str | os.PathLike[str]) -> Rollout:
             success=info.get("success"),
             group=info.get("group"),
             metadata=info.get("metadata") or {},
+            source=str(p),
         )
     except RolloutError as err:
         raise ArtifactError(f"{p}: invalid rollout: {err}") from err
@@ -244,8 +245,9 @@ class Recorder:
         if not self._steps:
             raise RolloutError("Recorder.end: the rollout has no steps; nothing to write.")
         meta = {**self._metadata, **dict(metadata or {})}
+        arrays: dict[str, Any] = {k: np.stack(v) for k, v in self._steps.items()}
         rollout = Rollout(
-            **{k: np.stack(v) for k, v in self._steps.items()},
+            **arrays,
             success=success,
             group=self._group,
             metadata=meta,

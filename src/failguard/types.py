@@ -133,6 +133,9 @@ class Rollout:
         for Mondrian (per-group) calibration.
     metadata : dict
         JSON-serialisable extra information (seed, task, ...).
+    source : str or None
+        Where the rollout was read from (set by :func:`~failguard.read_rollout`; not saved).
+        Error messages name it.
 
     Raises
     ------
@@ -161,6 +164,7 @@ class Rollout:
     success: bool | None = None
     group: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    source: str | None = None
 
     def __post_init__(self) -> None:
         lengths: dict[str, int] = {}
@@ -191,6 +195,15 @@ class Rollout:
 
     def __len__(self) -> int:
         return int(self.embeddings.shape[0])
+
+    def describe(self, index: int | None = None) -> str:
+        """A short name for messages: index, source file and group, where known."""
+        parts = [] if index is None else [f"rollout {index}"]
+        if self.source:
+            parts.append(f"({self.source})")
+        if self.group is not None:
+            parts.append(f"group {self.group!r}")
+        return " ".join(parts) or "rollout"
 
     @property
     def embedding_dim(self) -> int:

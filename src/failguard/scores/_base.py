@@ -89,7 +89,7 @@ class BaseScore:
             missing = [f for f in self.requires if getattr(r, f) is None]
             if missing:
                 raise RolloutError(
-                    f"{type(self).__name__} reads {missing}, but rollout {i} has none. "
+                    f"{type(self).__name__} reads {missing}, but {r.describe(i)} has none. "
                     "Record those fields, or drop this score."
                 )
         shapes = {f: tuple(getattr(rollouts[0], f).shape[1:]) for f in self.requires}
@@ -97,7 +97,7 @@ class BaseScore:
             for f in self.requires:
                 if tuple(getattr(r, f).shape[1:]) != shapes[f]:
                     raise RolloutError(
-                        f"{type(self).__name__}.fit: rollout {i} has {f} of per-step shape "
+                        f"{type(self).__name__}.fit: {r.describe(i)} has {f} of per-step shape "
                         f"{tuple(getattr(r, f).shape[1:])}, rollout 0 has {shapes[f]}."
                     )
         self._fit(rollouts, progress)
@@ -112,14 +112,18 @@ class BaseScore:
         """Per-step scores of several rollouts, computed in one batch where possible."""
         if not rollouts:
             return []
+        self._check_fitted()
+        for i, r in enumerate(rollouts):  # name the offending rollout before batching
+            try:
+                self._check_inputs(self._inputs_of(r))
+            except RolloutError as err:
+                raise RolloutError(f"{r.describe(i)}: {err}") from None
         if self.context:
             return [self.score(r) for r in rollouts]
         lengths = [len(r) for r in rollouts]
         joined = {
             f: np.concatenate([getattr(r, f) for r in rollouts], axis=0) for f in self.requires
         }
-        for r in rollouts:
-            self._inputs_of(r)  # validates each rollout with its own index in the message
         flat = self.score_steps(joined)
         return np.split(flat, np.cumsum(lengths)[:-1])
 
@@ -130,6 +134,11 @@ class BaseScore:
         at t uses rows t-context … t only.
         """
         self._check_fitted()
+        self._check_inputs(inputs)
+        out = np.asarray(self._score(inputs), dtype=np.float64)
+        return out
+
+    def _check_inputs(self, inputs: Mapping[str, NDArray[Any]]) -> None:
         assert self.input_shapes_ is not None
         for f in self.requires:
             if f not in inputs or inputs[f] is None:
@@ -140,8 +149,6 @@ class BaseScore:
                     f"{self.name}: '{f}' has per-step shape {got}, but this score was fitted "
                     f"on {self.input_shapes_[f]}."
                 )
-        out = np.asarray(self._score(inputs), dtype=np.float64)
-        return out
 
     # ------------------------------------------------------------------ persistence
     def get_config(self) -> dict[str, Any]:
