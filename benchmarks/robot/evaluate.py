@@ -1,0 +1,281 @@
+"""Evaluation protocol: rollout-disjoint splits, per-method settings chosen on validation, test.
+
+For every task and split seed:
+
+1. ID rollouts are shuffled; the first ``n_fit`` ID *successes* fit the scores (RND
+   training, ACE cell sizes, ...), the next ``n_cal`` ID successes calibrate the thresholds.
+   Every remaining rollout (ID successes and failures, all OOD rollouts) goes half to
+   validation and half to test, stratified by group.
+2. Each method's window sizes and threshold style are chosen by TWA on validation (ties:
+   balanced accuracy, then smaller windows). Nothing is tuned on test.
+3. The chosen detector is evaluated on test with :func:`failguard.evaluate` (overall,
+   per group, α sweep).
+
+Scores are fitted once per (task, seed) and shared by the methods that use them; a
+:class:`CachedScore` wrapper keeps their per-rollout scores so the window/threshold grid
+does not rescore.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from tqdm import tqdm
+
+from failguard import (
+    ActionChunkEntropy,
+    CalibrationError,
+    FailureDetector,
+    RNDScore,
+    Rollout,
+    evaluate,
+)
+from failguard.scores import LogpZOScore, PCAKMeansScore, RNDActionScore, STACScore
+from failguard.scores._base import BaseScore
+
+__all__ = ["METHODS", "CachedScore", "MethodSpec", "evaluate_task", "make_scores", "split_rollouts"]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One detector variant: which scores, how they are fused, which calibration mode."""
+
+    scores: tuple[str, ...]
+    combine: str = "and"
+    mode: str = "corrected"
+    label: str = ""
+
+
+METHODS: dict[str, MethodSpec] = {
+    "fiper": MethodSpec(("rnd", "ace"), "and", "corrected", "FIPER (RND-OE AND ACE)"),
+    "or": MethodSpec(("rnd", "ace"), "or", "corrected", "RND-OE OR ACE"),
+    "rnd_oe": MethodSpec(("rnd",), label="RND-OE alone"),
+    "ace": MethodSpec(("ace",), label="ACE alone"),
+    "stac": MethodSpec(("stac",), label="STAC"),
+    "pca_kmeans": MethodSpec(("pca_kmeans",), label="PCA-kmeans"),
+    "logpzo": MethodSpec(("logpzo",), label="logpZO"),
+    "rnd_a": MethodSpec(("rnd_a",), label="RND-A"),
+    "fiper_reference": MethodSpec(("rnd", "ace"), "and", "reference",
+                                  "FIPER, reference calibration"),
+}
+
+
+class CachedScore(BaseScore):
+    """A fitted score whose per-rollout results are memoised (keyed by rollout identity).
+
+    ``fit`` is a no-op apart from the input checks: the wrapped score is already fitted on
+    the fitting split. This lets many :class:`~failguard.FailureDetector` configurations share
+    one fitted score and its scores.
+
+    Parameters
+    ----------
+    inner : BaseScore
+        A fitted score.
+    """
+
+    def __init__(self, inner: BaseScore) -> None:
+        super().__init__(inner.name)
+        self.inner = inner
+        self.requires = inner.requires
+        self._cache: dict[int, NDArray[np.float64]] = {}
+        self._keep: list[Rollout] = []  # keep rollouts alive so their ids stay unique
+
+    @property
+    def context(self) -> int:  # type: ignore[override]
+        """History the wrapped score reads."""
+        return self.inner.context
+
+    def _fit(self, rollouts: Sequence[Rollout], progress: bool) -> None:
+        if not self.inner.is_fitted:
+            raise RuntimeError("CachedScore wraps fitted scores only.")
+
+    def _score(self, inputs: Mapping[str, NDArray[Any]]) -> NDArray[np.float64]:
+        return self.inner.score_steps(inputs)
+
+    def score(self, rollout: Rollout) -> NDArray[np.float64]:
+        """Per-step scores (memoised)."""
+        key = id(rollout)
+        if key not in self._cache:
+            self._cache[key] = self.inner.score(rollout)
+            self._keep.append(rollout)
+        return self._cache[key]
+
+    def score_many(self, rollouts: Sequence[Rollout]) -> list[NDArray[np.float64]]:
+        """Per-step scores of several rollouts (memoised, missing ones batched)."""
+        missing = [r for r in rollouts if id(r) not in self._cache]
+        if missing:
+            for r, s in zip(missing, self.inner.score_many(missing), strict=True):
+                self._cache[id(r)] = s
+                self._keep.append(r)
+        return [self._cache[id(r)] for r in rollouts]
+
+
+def make_scores(names: Sequence[str], seed: int, exec_horizon: int) -> dict[str, BaseScore]:
+    """Unfitted scores by name, seeded with the split seed."""
+    factories = {
+        "rnd": lambda: RNDScore(seed=seed),
+        # end-effector xyz deltas integrated along the chunk (the reference's choice)
+        "ace": lambda: ActionChunkEntropy(dims=[0, 1, 2], integrate_dt=1.0),
+        "stac": lambda: STACScore(exec_horizon=exec_horizon),
+        "pca_kmeans": lambda: PCAKMeansScore(seed=seed),
+        "logpzo": lambda: LogpZOScore(seed=seed),
+        "rnd_a": lambda: RNDActionScore(seed=seed),
+    }
+    return {n: factories[n]() for n in names}
+
+
+def split_rollouts(
+    rollouts: Sequence[Rollout], seed: int, n_fit: int, n_cal: int
+) -> dict[str, list[Rollout]]:
+    """Rollout-disjoint fit / cal / val / test split (see module docstring)."""
+    rng = np.random.default_rng(seed)
+    ids = [r for r in rollouts if r.group == "id"]
+    order = rng.permutation(len(ids))
+    id_succ = [ids[i] for i in order if ids[i].success]
+    id_fail = [ids[i] for i in order if not ids[i].success]
+    if len(id_succ) < n_fit + n_cal + 2:
+        raise RuntimeError(
+            f"only {len(id_succ)} ID successes; need {n_fit + n_cal + 2} for fit/cal/val/test"
+        )
+    out: dict[str, list[Rollout]] = {
+        "fit": id_succ[:n_fit],
+        "cal": id_succ[n_fit : n_fit + n_cal],
+        "val": [],
+        "test": [],
+    }
+    rest: dict[str, list[Rollout]] = {"id-success": id_succ[n_fit + n_cal :], "id-fail": id_fail}
+    for g in sorted({r.group for r in rollouts if r.group != "id"}, key=str):
+        members = [r for r in rollouts if r.group == g]
+        rest[str(g)] = [members[i] for i in rng.permutation(len(members))]
+    for members in rest.values():
+        half = len(members) // 2
+        out["val"] += members[:half]
+        out["test"] += members[half:]
+    return out
+
+
+def _detector(
+    method: MethodSpec,
+    cached: Mapping[str, CachedScore],
+    windows: Mapping[str, int],
+    threshold: str,
+    alpha: float,
+    fit: Sequence[Rollout],
+    cal: Sequence[Rollout],
+) -> FailureDetector:
+    det = FailureDetector(
+        scores=[cached[n] for n in method.scores],
+        windows=dict(windows),
+        combine=method.combine,
+        threshold=threshold,
+        alpha=alpha,
+        mode=method.mode,
+    )
+    return det.fit(fit, progress=False).calibrate(cal)
+
+
+def _key(m: Mapping[str, Any]) -> tuple[float, float]:
+    twa = m.get("twa")
+    bal = m.get("balanced_accuracy")
+    return (
+        -1.0 if twa is None or math.isnan(twa) else float(twa),
+        -1.0 if bal is None or math.isnan(bal) else float(bal),
+    )
+
+
+def evaluate_task(
+    rollouts: Sequence[Rollout],
+    seed: int,
+    n_fit: int,
+    n_cal: int,
+    alphas: Sequence[float],
+    sweep_alphas: Sequence[float],
+    window_grid: Sequence[int],
+    threshold_styles: Sequence[str],
+    methods: Sequence[str],
+    exec_horizon: int,
+    desc: str = "",
+) -> dict[str, Any]:
+    """Fit, select on validation and test every method for one task and one split seed.
+
+    Returns
+    -------
+    dict
+        ``{"split": sizes, "methods": {method: {str(alpha): result}}}`` where a result has the
+        chosen ``windows`` and ``threshold``, the validation metrics, and the test report
+        (``failguard.EvaluationReport.to_dict()``).
+    """
+    torch.manual_seed(seed)
+    splits = split_rollouts(rollouts, seed, n_fit, n_cal)
+    t_max = max(len(r) for r in rollouts)
+    needed = sorted({n for m in methods for n in METHODS[m].scores})
+    raw_scores = make_scores(needed, seed, exec_horizon)
+    cached: dict[str, CachedScore] = {}
+    for name in needed:
+        cached[name] = CachedScore(raw_scores[name].fit(splits["fit"], progress=False))
+    result: dict[str, Any] = {
+        "split": {k: len(v) for k, v in splits.items()},
+        "t_max": t_max,
+        "methods": {},
+    }
+    for method_name in methods:
+        method = METHODS[method_name]
+        per_alpha: dict[str, Any] = {}
+        for alpha in alphas:
+            best: tuple[tuple[float, float], dict[str, int], str, dict[str, Any]] | None = None
+            grids = [window_grid] * len(method.scores)
+            configs = list(itertools.product(threshold_styles, itertools.product(*grids)))
+            for style, ws in tqdm(configs, desc=f"{desc} {method_name} a={alpha}",
+                                  mininterval=10.0, leave=False):
+                windows = dict(zip(method.scores, ws, strict=True))
+                try:
+                    det = _detector(method, cached, windows, style, alpha,
+                                    splits["fit"], splits["cal"])
+                except CalibrationError:
+                    continue
+                val = evaluate(det, splits["val"], t_max=t_max).overall
+                key = (*_key(val), -sum(ws))
+                if best is None or key > (*best[0], -sum(best[1].values())):
+                    best = (_key(val), windows, style, val)
+            if best is None:
+                per_alpha[str(alpha)] = {"error": "no configuration could be calibrated"}
+                continue
+            _, windows, style, val = best
+            det = _detector(method, cached, windows, style, alpha, splits["fit"], splits["cal"])
+            report = evaluate(det, splits["test"], alphas=sweep_alphas, t_max=t_max)
+            per_alpha[str(alpha)] = {
+                "windows": windows,
+                "threshold": style,
+                "validation": {k: v for k, v in val.items() if isinstance(v, (int, float))},
+                "test": report.to_dict(),
+            }
+        result["methods"][method_name] = per_alpha
+    return result
+
+
+def chosen_detector(
+    rollouts: Sequence[Rollout],
+    seed: int,
+    n_fit: int,
+    n_cal: int,
+    method_name: str,
+    windows: Mapping[str, int],
+    threshold: str,
+    alpha: float,
+    exec_horizon: int,
+) -> tuple[FailureDetector, dict[str, list[Rollout]]]:
+    """Rebuild one chosen detector (for plots) and return it with its splits."""
+    torch.manual_seed(seed)
+    splits = split_rollouts(rollouts, seed, n_fit, n_cal)
+    method = METHODS[method_name]
+    scores = make_scores(method.scores, seed, exec_horizon)
+    cached = {n: CachedScore(s.fit(splits["fit"], progress=False)) for n, s in scores.items()}
+    det = _detector(method, cached, windows, threshold, alpha, splits["fit"], splits["cal"])
+    return det, splits

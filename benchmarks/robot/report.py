@@ -1,0 +1,298 @@
+"""Aggregate per-(task, seed) results into tables, JSON and plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["summarise", "write_outputs"]
+
+METRICS = ("twa", "balanced_accuracy", "tpr", "tnr", "detection_time", "lead_time_steps",
+           "roc_auc", "far_id")
+
+
+def _num(x: Any) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, float | None]:
+    arr = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
+    if arr.size == 0:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=0)), "n": int(arr.size)}
+
+
+def _test_metrics(res: dict[str, Any]) -> dict[str, float]:
+    test = res["test"]
+    m = {k: _num(test["overall"].get(k)) for k in METRICS if k != "far_id"}
+    sid = test["per_group"].get("success/id")
+    m["far_id"] = _num(sid["alarm_rate"]) if sid else float("nan")
+    return m
+
+
+def _group_rates(res: dict[str, Any]) -> dict[str, float]:
+    """Alarm rate per (outcome × ID/OOD) and per (outcome × condition)."""
+    out: dict[str, float] = {}
+    pooled: dict[str, list[float]] = {}
+    for key, g in res["test"]["per_group"].items():
+        outcome, group = key.split("/", 1)
+        out[key] = _num(g["alarm_rate"])
+        coarse = f"{outcome}/{'ID' if group == 'id' else 'OOD'}"
+        pooled.setdefault(coarse, [0.0, 0.0])
+        pooled[coarse][0] += g["alarm_rate"] * g["n"]
+        pooled[coarse][1] += g["n"]
+    for coarse, (alarms, n) in pooled.items():
+        out[coarse] = alarms / n if n else float("nan")
+    return out
+
+
+def summarise(cfg: Any, results: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Mean ± std over split seeds of the task-averaged test metrics, per method and α."""
+    summary: dict[str, Any] = {"config": {k: v for k, v in vars(cfg).items() if k != "extra"}}
+    outcomes: dict[str, Any] = {}
+    for label in ("b32", "b256"):
+        for task_dir in sorted((out / "rollouts" / label).glob("*")):
+            for cond_dir in sorted(task_dir.glob("*")):
+                done = cond_dir / "_done.json"
+                if done.is_file():
+                    outcomes.setdefault(label, {}).setdefault(task_dir.name, {})[
+                        cond_dir.name] = json.loads(done.read_text())
+    summary["rollout_outcomes"] = outcomes
+    for label, by_task in results.items():
+        tasks = sorted(by_task)
+        seeds = sorted({s for t in tasks for s in by_task[t]})
+        methods = list(next(iter(by_task[tasks[0]].values()))["methods"])
+        block: dict[str, Any] = {"tasks": tasks, "seeds": seeds, "methods": {}}
+        for method in methods:
+            mblock: dict[str, Any] = {}
+            alphas = list(by_task[tasks[0]][seeds[0]]["methods"][method])
+            for alpha in alphas:
+                per_seed: dict[str, list[float]] = {k: [] for k in METRICS}
+                per_task: dict[str, dict[str, list[float]]] = {}
+                groups: dict[str, list[float]] = {}
+                chosen: dict[str, list[Any]] = {}
+                for seed in seeds:
+                    task_vals: dict[str, list[float]] = {k: [] for k in METRICS}
+                    for task in tasks:
+                        res = by_task[task][seed]["methods"][method][alpha]
+                        if "test" not in res:
+                            continue
+                        m = _test_metrics(res)
+                        for k in METRICS:
+                            task_vals[k].append(m[k])
+                            per_task.setdefault(task, {}).setdefault(k, []).append(m[k])
+                        for g, v in _group_rates(res).items():
+                            groups.setdefault(g, []).append(v)
+                        chosen.setdefault(task, []).append(
+                            {"seed": seed, "windows": res["windows"],
+                             "threshold": res["threshold"]})
+                    for k in METRICS:
+                        vals = [v for v in task_vals[k] if not math.isnan(v)]
+                        per_seed[k].append(float(np.mean(vals)) if vals else float("nan"))
+                sweep = _sweep(by_task, tasks, seeds, method, alpha)
+                mblock[alpha] = {
+                    "overall": {k: _mean_std(v) for k, v in per_seed.items()},
+                    "per_task": {t: {k: _mean_std(v) for k, v in d.items()}
+                                 for t, d in per_task.items()},
+                    "per_group_alarm_rate": {g: _mean_std(v) for g, v in sorted(groups.items())},
+                    "chosen": chosen,
+                    "sweep": sweep,
+                }
+            block["methods"][method] = mblock
+        summary[label] = block
+    return summary
+
+
+def _sweep(by_task: dict[str, Any], tasks: list[str], seeds: list[int], method: str,
+           alpha: str) -> list[dict[str, Any]]:
+    rows: dict[float, dict[str, list[float]]] = {}
+    for seed in seeds:
+        for task in tasks:
+            res = by_task[task][seed]["methods"][method][alpha]
+            for entry in res.get("test", {}).get("sweep", []):
+                if "error" in entry:
+                    continue
+                row = rows.setdefault(float(entry["alpha"]), {})
+                for k in ("tpr", "tnr", "detection_time", "twa", "balanced_accuracy"):
+                    row.setdefault(k, []).append(_num(entry.get(k)))
+    return [{"alpha": a, **{k: _mean_std(v) for k, v in row.items()}}
+            for a, row in sorted(rows.items())]
+
+
+def _fmt(d: dict[str, Any] | None, digits: int = 2) -> str:
+    if not d or d.get("mean") is None:
+        return "–"
+    return f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f}"
+
+
+def markdown_table(summary: dict[str, Any], label: str, alpha: str) -> str:
+    """Markdown results table of one sample size at one α."""
+    from evaluate import METHODS
+
+    block = summary[label]
+    lines = [
+        "| method | TWA | balanced acc | TPR | TNR | DT | lead (steps) | FAR on ID successes |"
+        " ROC-AUC |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, mblock in block["methods"].items():
+        o = mblock[alpha]["overall"]
+        lines.append(
+            f"| {METHODS[method].label or method} | {_fmt(o['twa'])} | "
+            f"{_fmt(o['balanced_accuracy'])} | {_fmt(o['tpr'])} | {_fmt(o['tnr'])} | "
+            f"{_fmt(o['detection_time'])} | {_fmt(o['lead_time_steps'], 1)} | "
+            f"{_fmt(o['far_id'])} | {_fmt(o['roc_auc'])} |"
+        )
+    return "\n".join(lines)
+
+
+def group_table(summary: dict[str, Any], label: str, alpha: str,
+                methods: Sequence[str] = ("fiper", "or", "rnd_oe", "ace")) -> str:
+    """Alarm rate per (outcome × group) for a few methods."""
+    from evaluate import METHODS
+
+    block = summary[label]["methods"]
+    groups = sorted({g for m in methods if m in block
+                     for g in block[m][alpha]["per_group_alarm_rate"]})
+    lines = ["| method | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)]
+    for m in methods:
+        if m not in block:
+            continue
+        rates = block[m][alpha]["per_group_alarm_rate"]
+        lines.append(f"| {METHODS[m].label} | "
+                     + " | ".join(_fmt(rates.get(g)) for g in groups) + " |")
+    return "\n".join(lines)
+
+
+def outcome_table(summary: dict[str, Any], label: str = "b32") -> str:
+    """Successes / rollouts per task and condition."""
+    outcomes = summary["rollout_outcomes"].get(label, {})
+    conds = sorted({c for t in outcomes.values() for c in t}, key=lambda c: (c != "id", c))
+    lines = ["| task | " + " | ".join(conds) + " |", "|---|" + "---|" * len(conds)]
+    for task, by_cond in outcomes.items():
+        cells = [f"{by_cond[c]['successes']}/{by_cond[c]['rollouts']}" if c in by_cond else "–"
+                 for c in conds]
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_sweep(summary: dict[str, Any], path: Path, label: str = "b32") -> None:
+    """TPR, TNR and detection time against α (mean ± std over seeds of task averages)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from evaluate import METHODS
+
+    block = summary[label]["methods"]
+    first_alpha = next(iter(next(iter(block.values()))))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for method in ("fiper", "or", "rnd_oe", "ace", "fiper_reference"):
+        if method not in block:
+            continue
+        sweep = block[method][first_alpha]["sweep"]
+        if not sweep:
+            continue
+        a = [row["alpha"] for row in sweep]
+        for ax, key in zip(axes, ("tpr", "tnr", "detection_time"), strict=True):
+            mean = np.array([_num(row[key]["mean"]) for row in sweep])
+            std = np.array([_num(row[key]["std"]) for row in sweep])
+            ax.plot(a, mean, marker="o", label=METHODS[method].label)
+            ax.fill_between(a, mean - std, mean + std, alpha=0.15)
+    axes[1].plot([0.05, 0.3], [0.95, 0.7], "k--", lw=1, label="1 - α")
+    for ax, title in zip(axes, ("TPR", "TNR (successes)", "detection time (lower = earlier)"),
+                         strict=True):
+        ax.set_xlabel("α")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"MetaWorld, settings chosen on validation at α={first_alpha}; "
+                 "thresholds recalibrated per α")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_traces(cfg: Any, summary: dict[str, Any], out: Path, path: Path) -> None:
+    """Windowed FIPER scores, thresholds and alarms for a test success and a test failure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from evaluate import chosen_detector
+    from policy import PolicyConfig
+    from run import load_task_rollouts
+
+    task = cfg.tasks[0]
+    seed = cfg.seeds[0]
+    alpha = str(cfg.alphas[0])
+    chosen = summary["b32"]["methods"]["fiper"][alpha]["chosen"][task][0]
+    rollouts = load_task_rollouts(out, "b32", task)
+    det, splits = chosen_detector(
+        rollouts, seed, cfg.n_fit, cfg.n_cal, "fiper", chosen["windows"], chosen["threshold"],
+        float(alpha), PolicyConfig().exec_horizon,
+    )
+    test = splits["test"]
+    traces = det.traces(test)
+    pick = []
+    succ = [i for i, t in enumerate(traces) if t.success and not t.predicted_failure]
+    fail = [i for i, t in enumerate(traces) if not t.success and t.predicted_failure]
+    fail = fail or [i for i, t in enumerate(traces) if not t.success]
+    if succ:
+        pick.append(succ[0])
+    if fail:
+        pick.append(max(fail, key=lambda i: len(traces[i])))
+    fig, axes = plt.subplots(2, max(len(pick), 1), figsize=(11, 5.5), squeeze=False)
+    names = {"rnd": "RND-OE", "ace": "ACE"}
+    for col, i in enumerate(pick):
+        tr, r = traces[i], test[i]
+        for row, name in enumerate(("rnd", "ace")):
+            ax = axes[row, col]
+            t = np.arange(len(tr))
+            ax.plot(t, tr.windowed[name], label=f"windowed {names[name]}")
+            ax.plot(t, tr.thresholds[name], "k--", label="threshold")
+            if tr.first_alarm is not None:
+                ax.axvline(tr.first_alarm, color="red", lw=1.5, label="FIPER alarm")
+            ax.set_xlabel("policy step")
+            if row == 0:
+                outcome = "success" if tr.success else "failure"
+                ax.set_title(f"{task}, {r.group}, {outcome}")
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+    fig.suptitle(f"FIPER (w={chosen['windows']}, {chosen['threshold']} threshold, α={alpha})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(cfg: Any, summary: dict[str, Any], results: dict[str, Any], out: Path,
+                  docs_img: Path | None) -> None:
+    """summary.json, table.md and plots (also into ``docs_img`` when given)."""
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    parts = ["## Rollout outcomes (successes / rollouts), B = 32", outcome_table(summary)]
+    for label in ("b32", "b256"):
+        if label not in summary:
+            continue
+        for alpha in summary[label]["methods"]["fiper"]:
+            parts += [f"## {label}, α = {alpha} (test; mean ± std over split seeds)",
+                      markdown_table(summary, label, alpha),
+                      f"### alarm rate per group, {label}, α = {alpha}",
+                      group_table(summary, label, alpha)]
+    text = "\n\n".join(parts) + "\n"
+    (out / "table.md").write_text(text)
+    print(text)
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    plot_sweep(summary, plots / "robot_alpha_sweep.png")
+    plot_traces(cfg, summary, out, plots / "robot_traces.png")
+    if docs_img is not None:
+        import shutil
+
+        docs_img.mkdir(parents=True, exist_ok=True)
+        for name in ("robot_alpha_sweep.png", "robot_traces.png"):
+            shutil.copy(plots / name, docs_img / name)
