@@ -62,6 +62,10 @@ def test_field_consistency_and_labels():
     r = Rollout(np.zeros((3, 2)), success=np.bool_(True), group="id")
     assert r.success is True and r.embeddings.dtype == np.float32
     assert not r.embeddings.flags.writeable
+    mine = np.zeros((3, 2), dtype=np.float32)
+    r = Rollout(mine)
+    mine[0, 0] = 5.0  # the caller's array stays writable and the rollout keeps its own copy
+    assert r.embeddings[0, 0] == 0.0
 
 
 @given(

@@ -102,8 +102,10 @@ def as_step_array(name: str, value: ArrayLike, ndim: int, kind: str, where: str)
             f"{where}: '{name}' contains NaN or inf (first at index {tuple(int(i) for i in bad)}). "
             "Drop or repair the step before scoring; failguard never guesses a value."
         )
+    if arr.dtype == np.float32:
+        return arr
     with np.errstate(over="ignore"):
-        out = arr.astype(np.float32, copy=False)
+        out = arr.astype(np.float32)
     if not np.all(np.isfinite(out)):
         raise RolloutError(f"{where}: '{name}' overflows float32 (values beyond ±3.4e38).")
     return out
@@ -175,6 +177,8 @@ class Rollout:
                     raise RolloutError("Rollout: 'embeddings' is required (shape (T, d)).")
                 continue
             arr = as_step_array(name, value, ndim, kind, "Rollout")
+            if np.may_share_memory(arr, value):
+                arr = arr.copy()  # own the data: later changes to the caller's array don't leak in
             arr.setflags(write=False)
             object.__setattr__(self, name, arr)
             lengths[name] = arr.shape[0]

@@ -114,7 +114,7 @@ class WindowState:
         if self.kind == "cumulative":
             self._total = self._total + float(score)
             return self._total
-        self._buffer = np.roll(self._buffer, -1, axis=1)
+        self._buffer[0, :-1] = self._buffer[0, 1:]
         self._buffer[0, -1] = float(score)
         n_terms = np.array([min(self._t, self.size)], dtype=np.float64)
         return float(_reduce(self._buffer, n_terms, self.kind)[0])
