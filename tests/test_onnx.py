@@ -196,6 +196,15 @@ def test_discrete_parity(source, fit_set, cal_set, test_set, tmp_path):
     assert mon.requires == ("embeddings", "action_logits" if source == "logits" else "action_ids")
     assert_stream_parity(det, mon, test_set[::4])
     assert_batch_parity(det, mon, test_set)
+    if source == "samples":
+        r = test_set[0]
+        mon.reset()
+        ids = r.action_ids[0].copy()
+        with pytest.raises(RolloutError, match="integer"):
+            mon.step(embedding=r.embeddings[0], action_ids=ids.astype(float))
+        ids[0] = np.iinfo(np.int64).min
+        with pytest.raises(RolloutError, match="2\\*\\*53"):
+            mon.step(embedding=r.embeddings[0], action_ids=ids)
 
 
 def test_mondrian_parity(fit_set, tmp_path):

@@ -34,6 +34,7 @@ _ARGS = {
     "action_logits": "action_logits",
     "action_ids": "action_ids",
 }
+_PARTS = ("score", "windowed", "threshold", "ratio")
 _ID_LIMIT = 2**53  # ids are compared as exact float64 integers inside the graph
 
 
@@ -273,18 +274,27 @@ class OnnxMonitor:
                 continue
             if value is None:
                 raise RolloutError(f"{where}: this monitor needs '{arg}', which was not given.")
-            ndim, kind, _ = _FIELDS[field]
-            arr = as_step_array(field, value, ndim if batched else ndim - 1, kind, where)
-            if not batched:
-                arr = arr[None]
+            ndim, kind, dtype = _FIELDS[field]
             expected = self._shapes[field]
+            if (
+                not batched
+                and type(value) is np.ndarray
+                and value.dtype == dtype
+                and value.shape == expected
+                and (kind == "int" or np.isfinite(value).all())
+            ):  # fast path for the common case: already the right array
+                arr = value[None]
+            else:
+                arr = as_step_array(field, value, ndim if batched else ndim - 1, kind, where)
+                if not batched:
+                    arr = arr[None]
             if tuple(arr.shape[1:]) != expected:
                 shown = tuple(arr.shape[1:])
                 raise RolloutError(
                     f"{where}: '{arg}' has {'per-robot ' if batched else ''}shape {shown}, but "
                     f"the detector was fitted on {expected}."
                 )
-            if kind == "int" and np.abs(arr).max() >= _ID_LIMIT:
+            if kind == "int" and (arr.max() >= _ID_LIMIT or arr.min() <= -_ID_LIMIT):
                 raise RolloutError(
                     f"{where}: '{arg}' holds ids of magnitude 2**53 or more; the exported "
                     "entropy counts ids exactly only below that. Map ids to small integers."
@@ -363,16 +373,19 @@ class OnnxMonitor:
             where,
         )
         out = self._run(feed, where)
-        ratios = {n: float(out[f"ratio_{n}"][0]) for n in self.names}
-        fused = float(out["fused_ratio"][0])
+        parts: dict[str, dict[str, float]] = {p: {} for p in _PARTS}
+        for n in self.names:
+            for p in _PARTS:
+                parts[p][n] = out[f"{p}_{n}"].item()
+        ratios = parts["ratio"]
         verdict = Verdict(
             step=int(self._t[0]),
-            scores={n: float(out[f"score_{n}"][0]) for n in self.names},
-            windowed={n: float(out[f"windowed_{n}"][0]) for n in self.names},
-            thresholds={n: float(out[f"threshold_{n}"][0]) for n in self.names},
+            scores=parts["score"],
+            windowed=parts["windowed"],
+            thresholds=parts["threshold"],
             ratios=ratios,
-            fused_ratio=fused,
-            alarm=bool(out["alarm"][0]),
+            fused_ratio=out["fused_ratio"].item(),
+            alarm=bool(out["alarm"].item()),
             fired=tuple(k for k, r in ratios.items() if r > 1.0),
         )
         self._t = self._t + 1
