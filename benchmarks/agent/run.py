@@ -331,6 +331,41 @@ def plot(agg: dict[str, Any], out: Path) -> Path | None:
     return path
 
 
+def plot_entropy_profile(rdir: Path, out: Path) -> Path | None:
+    """Mean action entropy over normalised time: successes vs failures (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    from failguard import iter_rollouts
+    from failguard.scores import logits_entropy
+
+    grid = np.linspace(0.0, 1.0, 50)
+    curves: dict[str, list[np.ndarray]] = {}
+    for r in iter_rollouts(rdir):
+        assert r.action_logits is not None
+        h = logits_entropy(r.action_logits)
+        key = f"{'success' if r.success else 'fail'}, {'ID' if r.group == 'id' else 'OOD'}"
+        curves.setdefault(key, []).append(np.interp(grid, np.linspace(0, 1, len(h)), h))
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for key in sorted(curves):
+        c = np.stack(curves[key])
+        ax.plot(grid, c.mean(0), label=f"{key} (n={len(c)})")
+        ax.fill_between(grid, *np.percentile(c, [25, 75], axis=0), alpha=0.15)
+    ax.set_xlabel("normalised time in rollout")
+    ax.set_ylabel("action entropy (bits, max 2)")
+    ax.set_title("LunarLander PPO: action entropy over time")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "entropy_profile.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -368,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     md = to_markdown(agg, settings, command)
     (out / "results.md").write_text(md)
     plot(agg, out)
+    first = out / f"seed{settings.seeds[0]}" / "rollouts"
+    if first.is_dir():
+        plot_entropy_profile(first, out)
     print(md)
     _log(f"done in {agg['seconds']} s; results in {out}")
     return 0
