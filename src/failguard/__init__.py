@@ -60,13 +60,24 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+#: Subpackages and modules reachable as attributes (``failguard.scores``) without an import.
+_SUBMODULES = frozenset(
+    {
+        "calibration", "cli", "detector", "exporters", "health", "integrations", "logs",
+        "metrics", "monitor", "plots", "report", "runtime", "scores", "synthetic", "windows",
+    }
+)  # fmt: skip
 
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)
         globals()[name] = value
         return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'failguard' has no attribute {name!r}")
 
 
