@@ -18,8 +18,13 @@ def test_robot_benchmark_tiny(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     out = tmp_path / "robot"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "robot" / "run.py"), "--tiny", "--out",
-         str(out)],
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "robot" / "run.py"),
+            "--tiny",
+            "--out",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         timeout=900,

@@ -94,9 +94,7 @@ def load_demos(path: Path) -> list[tuple[NDArray[np.float32], NDArray[np.float32
 
     data = load_file(str(path))
     bounds = np.concatenate([[0], np.cumsum(data["lengths"])])
-    return [
-        (data["obs"][a:b], data["actions"][a:b]) for a, b in itertools.pairwise(bounds)
-    ]
+    return [(data["obs"][a:b], data["actions"][a:b]) for a, b in itertools.pairwise(bounds)]
 
 
 def record_rollouts(
@@ -132,8 +130,13 @@ def record_rollouts(
         raw = reset_episode(env, task, spec)
         recorder.start(
             group=condition,
-            metadata={"task": task_key, "seed": int(seed), "condition": condition,
-                      "n_samples": n_samples, **spec.info},
+            metadata={
+                "task": task_key,
+                "seed": int(seed),
+                "condition": condition,
+                "n_samples": n_samples,
+                **spec.info,
+            },
         )
         t = 0
         success = False

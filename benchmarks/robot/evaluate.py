@@ -62,8 +62,9 @@ METHODS: dict[str, MethodSpec] = {
     "pca_kmeans": MethodSpec(("pca_kmeans",), label="PCA-kmeans"),
     "logpzo": MethodSpec(("logpzo",), label="logpZO"),
     "rnd_a": MethodSpec(("rnd_a",), label="RND-A"),
-    "fiper_reference": MethodSpec(("rnd", "ace"), "and", "reference",
-                                  "FIPER, reference calibration"),
+    "fiper_reference": MethodSpec(
+        ("rnd", "ace"), "and", "reference", "FIPER, reference calibration"
+    ),
 }
 
 
@@ -232,12 +233,14 @@ def evaluate_task(
             best: tuple[tuple[float, float], dict[str, int], str, dict[str, Any]] | None = None
             grids = [window_grid] * len(method.scores)
             configs = list(itertools.product(threshold_styles, itertools.product(*grids)))
-            for style, ws in tqdm(configs, desc=f"{desc} {method_name} a={alpha}",
-                                  mininterval=10.0, leave=False):
+            for style, ws in tqdm(
+                configs, desc=f"{desc} {method_name} a={alpha}", mininterval=10.0, leave=False
+            ):
                 windows = dict(zip(method.scores, ws, strict=True))
                 try:
-                    det = _detector(method, cached, windows, style, alpha,
-                                    splits["fit"], splits["cal"])
+                    det = _detector(
+                        method, cached, windows, style, alpha, splits["fit"], splits["cal"]
+                    )
                 except CalibrationError:
                     continue
                 val = evaluate(det, splits["val"], t_max=t_max).overall

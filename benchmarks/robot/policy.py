@@ -57,15 +57,20 @@ class FlowPolicy(nn.Module):
         self.config = config
         c = config
         self.encoder = nn.Sequential(
-            nn.Linear(c.obs_dim, c.hidden), nn.Mish(),
-            nn.Linear(c.hidden, c.hidden), nn.Mish(),
+            nn.Linear(c.obs_dim, c.hidden),
+            nn.Mish(),
+            nn.Linear(c.hidden, c.hidden),
+            nn.Mish(),
             nn.Linear(c.hidden, c.embed_dim),
         )
         flat = c.horizon * c.act_dim
         self.head = nn.Sequential(
-            nn.Linear(flat + c.embed_dim + c.time_features, c.hidden), nn.Mish(),
-            nn.Linear(c.hidden, c.hidden), nn.Mish(),
-            nn.Linear(c.hidden, c.hidden), nn.Mish(),
+            nn.Linear(flat + c.embed_dim + c.time_features, c.hidden),
+            nn.Mish(),
+            nn.Linear(c.hidden, c.hidden),
+            nn.Mish(),
+            nn.Linear(c.hidden, c.hidden),
+            nn.Mish(),
             nn.Linear(c.hidden, flat),
         )
         self.register_buffer("obs_mean", torch.zeros(c.obs_dim))

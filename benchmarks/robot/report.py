@@ -12,8 +12,16 @@ import numpy as np
 
 __all__ = ["summarise", "write_outputs"]
 
-METRICS = ("twa", "balanced_accuracy", "tpr", "tnr", "detection_time", "lead_time_steps",
-           "roc_auc", "far_id")
+METRICS = (
+    "twa",
+    "balanced_accuracy",
+    "tpr",
+    "tnr",
+    "detection_time",
+    "lead_time_steps",
+    "roc_auc",
+    "far_id",
+)
 
 
 def _num(x: Any) -> float:
@@ -60,8 +68,9 @@ def summarise(cfg: Any, results: dict[str, Any], out: Path) -> dict[str, Any]:
             for cond_dir in sorted(task_dir.glob("*")):
                 done = cond_dir / "_done.json"
                 if done.is_file():
-                    outcomes.setdefault(label, {}).setdefault(task_dir.name, {})[
-                        cond_dir.name] = json.loads(done.read_text())
+                    outcomes.setdefault(label, {}).setdefault(task_dir.name, {})[cond_dir.name] = (
+                        json.loads(done.read_text())
+                    )
     summary["rollout_outcomes"] = outcomes
     for label, by_task in results.items():
         tasks = sorted(by_task)
@@ -89,16 +98,17 @@ def summarise(cfg: Any, results: dict[str, Any], out: Path) -> dict[str, Any]:
                         for g, v in _group_rates(res).items():
                             groups.setdefault(g, []).append(v)
                         chosen.setdefault(task, []).append(
-                            {"seed": seed, "windows": res["windows"],
-                             "threshold": res["threshold"]})
+                            {"seed": seed, "windows": res["windows"], "threshold": res["threshold"]}
+                        )
                     for k in METRICS:
                         vals = [v for v in task_vals[k] if not math.isnan(v)]
                         per_seed[k].append(float(np.mean(vals)) if vals else float("nan"))
                 sweep = _sweep(by_task, tasks, seeds, method, alpha)
                 mblock[alpha] = {
                     "overall": {k: _mean_std(v) for k, v in per_seed.items()},
-                    "per_task": {t: {k: _mean_std(v) for k, v in d.items()}
-                                 for t, d in per_task.items()},
+                    "per_task": {
+                        t: {k: _mean_std(v) for k, v in d.items()} for t, d in per_task.items()
+                    },
                     "per_group_alarm_rate": {g: _mean_std(v) for g, v in sorted(groups.items())},
                     "chosen": chosen,
                     "sweep": sweep,
@@ -108,8 +118,9 @@ def summarise(cfg: Any, results: dict[str, Any], out: Path) -> dict[str, Any]:
     return summary
 
 
-def _sweep(by_task: dict[str, Any], tasks: list[str], seeds: list[int], method: str,
-           alpha: str) -> list[dict[str, Any]]:
+def _sweep(
+    by_task: dict[str, Any], tasks: list[str], seeds: list[int], method: str, alpha: str
+) -> list[dict[str, Any]]:
     rows: dict[float, dict[str, list[float]]] = {}
     for seed in seeds:
         for task in tasks:
@@ -120,8 +131,9 @@ def _sweep(by_task: dict[str, Any], tasks: list[str], seeds: list[int], method: 
                 row = rows.setdefault(float(entry["alpha"]), {})
                 for k in ("tpr", "tnr", "detection_time", "twa", "balanced_accuracy"):
                     row.setdefault(k, []).append(_num(entry.get(k)))
-    return [{"alpha": a, **{k: _mean_std(v) for k, v in row.items()}}
-            for a, row in sorted(rows.items())]
+    return [
+        {"alpha": a, **{k: _mean_std(v) for k, v in row.items()}} for a, row in sorted(rows.items())
+    ]
 
 
 def _fmt(d: dict[str, Any] | None, digits: int = 2) -> str:
@@ -151,21 +163,34 @@ def markdown_table(summary: dict[str, Any], label: str, alpha: str) -> str:
     return "\n".join(lines)
 
 
-def group_table(summary: dict[str, Any], label: str, alpha: str,
-                methods: Sequence[str] = ("fiper", "or", "rnd_oe", "ace")) -> str:
-    """Alarm rate per (outcome × group) for a few methods."""
+def group_table(
+    summary: dict[str, Any],
+    label: str,
+    alpha: str,
+    methods: Sequence[str] = ("fiper", "or", "rnd_oe", "ace", "fiper_reference"),
+    detail: bool = False,
+) -> str:
+    """Alarm rate per (outcome × ID/OOD), or per (outcome × condition) with ``detail``."""
     from evaluate import METHODS
 
     block = summary[label]["methods"]
-    groups = sorted({g for m in methods if m in block
-                     for g in block[m][alpha]["per_group_alarm_rate"]})
+    present = {g for m in methods if m in block for g in block[m][alpha]["per_group_alarm_rate"]}
+    coarse = ("success/ID", "success/OOD", "fail/ID", "fail/OOD")
+    if detail:
+        groups = sorted(
+            (g for g in present if g not in coarse),
+            key=lambda g: (g.startswith("fail"), g.split("/")[1] != "id", g),
+        )
+    else:
+        groups = [g for g in coarse if g in present]
     lines = ["| method | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)]
     for m in methods:
         if m not in block:
             continue
         rates = block[m][alpha]["per_group_alarm_rate"]
-        lines.append(f"| {METHODS[m].label} | "
-                     + " | ".join(_fmt(rates.get(g)) for g in groups) + " |")
+        lines.append(
+            f"| {METHODS[m].label} | " + " | ".join(_fmt(rates.get(g)) for g in groups) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -175,8 +200,10 @@ def outcome_table(summary: dict[str, Any], label: str = "b32") -> str:
     conds = sorted({c for t in outcomes.values() for c in t}, key=lambda c: (c != "id", c))
     lines = ["| task | " + " | ".join(conds) + " |", "|---|" + "---|" * len(conds)]
     for task, by_cond in outcomes.items():
-        cells = [f"{by_cond[c]['successes']}/{by_cond[c]['rollouts']}" if c in by_cond else "–"
-                 for c in conds]
+        cells = [
+            f"{by_cond[c]['successes']}/{by_cond[c]['rollouts']}" if c in by_cond else "–"
+            for c in conds
+        ]
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -205,14 +232,17 @@ def plot_sweep(summary: dict[str, Any], path: Path, label: str = "b32") -> None:
             ax.plot(a, mean, marker="o", label=METHODS[method].label)
             ax.fill_between(a, mean - std, mean + std, alpha=0.15)
     axes[1].plot([0.05, 0.3], [0.95, 0.7], "k--", lw=1, label="1 - α")
-    for ax, title in zip(axes, ("TPR", "TNR (successes)", "detection time (lower = earlier)"),
-                         strict=True):
+    for ax, title in zip(
+        axes, ("TPR", "TNR (successes)", "detection time (lower = earlier)"), strict=True
+    ):
         ax.set_xlabel("α")
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7)
-    fig.suptitle(f"MetaWorld, settings chosen on validation at α={first_alpha}; "
-                 "thresholds recalibrated per α")
+    fig.suptitle(
+        f"MetaWorld, settings chosen on validation at α={first_alpha}; "
+        "thresholds recalibrated per α"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -234,8 +264,15 @@ def plot_traces(cfg: Any, summary: dict[str, Any], out: Path, path: Path) -> Non
     chosen = summary["b32"]["methods"]["fiper"][alpha]["chosen"][task][0]
     rollouts = load_task_rollouts(out, "b32", task)
     det, splits = chosen_detector(
-        rollouts, seed, cfg.n_fit, cfg.n_cal, "fiper", chosen["windows"], chosen["threshold"],
-        float(alpha), PolicyConfig().exec_horizon,
+        rollouts,
+        seed,
+        cfg.n_fit,
+        cfg.n_cal,
+        "fiper",
+        chosen["windows"],
+        chosen["threshold"],
+        float(alpha),
+        PolicyConfig().exec_horizon,
     )
     test = splits["test"]
     traces = det.traces(test)
@@ -270,8 +307,9 @@ def plot_traces(cfg: Any, summary: dict[str, Any], out: Path, path: Path) -> Non
     plt.close(fig)
 
 
-def write_outputs(cfg: Any, summary: dict[str, Any], results: dict[str, Any], out: Path,
-                  docs_img: Path | None) -> None:
+def write_outputs(
+    cfg: Any, summary: dict[str, Any], results: dict[str, Any], out: Path, docs_img: Path | None
+) -> None:
     """summary.json, table.md and plots (also into ``docs_img`` when given)."""
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     parts = ["## Rollout outcomes (successes / rollouts), B = 32", outcome_table(summary)]
@@ -279,10 +317,14 @@ def write_outputs(cfg: Any, summary: dict[str, Any], results: dict[str, Any], ou
         if label not in summary:
             continue
         for alpha in summary[label]["methods"]["fiper"]:
-            parts += [f"## {label}, α = {alpha} (test; mean ± std over split seeds)",
-                      markdown_table(summary, label, alpha),
-                      f"### alarm rate per group, {label}, α = {alpha}",
-                      group_table(summary, label, alpha)]
+            parts += [
+                f"## {label}, α = {alpha} (test; mean ± std over split seeds)",
+                markdown_table(summary, label, alpha),
+                f"### alarm rate per group, {label}, α = {alpha}",
+                group_table(summary, label, alpha),
+                f"### alarm rate per condition, {label}, α = {alpha}",
+                group_table(summary, label, alpha, detail=True),
+            ]
     text = "\n\n".join(parts) + "\n"
     (out / "table.md").write_text(text)
     print(text)

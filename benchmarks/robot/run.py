@@ -49,7 +49,14 @@ class Config:
     window_grid: tuple[int, ...] = (1, 3, 5, 10, 15, 20)
     threshold_styles: tuple[str, ...] = ("constant", "per_step", "band")
     methods: tuple[str, ...] = (
-        "fiper", "or", "rnd_oe", "ace", "stac", "pca_kmeans", "logpzo", "rnd_a",
+        "fiper",
+        "or",
+        "rnd_oe",
+        "ace",
+        "stac",
+        "pca_kmeans",
+        "logpzo",
+        "rnd_a",
         "fiper_reference",
     )
     b256_methods: tuple[str, ...] = ("fiper", "or", "rnd_oe", "ace", "fiper_reference")
@@ -113,8 +120,10 @@ def stage_rollouts(cfg: Config, out: Path, log: dict[str, Any]) -> None:
     from policy import load_policy
     from tasks import CONDITIONS, TASKS
 
-    plans = [("b32", 32, cfg.tasks, cfg.n_id, cfg.n_ood),
-             ("b256", 256, cfg.b256_tasks, cfg.b256_id, cfg.b256_ood)]
+    plans = [
+        ("b32", 32, cfg.tasks, cfg.n_id, cfg.n_ood),
+        ("b256", 256, cfg.b256_tasks, cfg.b256_id, cfg.b256_ood),
+    ]
     for label, n_samples, tasks, n_id, n_ood in plans:
         for key in tasks:
             policy = load_policy(out / "policies" / f"{key}.safetensors")
@@ -127,8 +136,9 @@ def stage_rollouts(cfg: Config, out: Path, log: dict[str, Any]) -> None:
                 # B=256 rollouts use other episode seeds than the B=32 ones
                 start = 0 if label == "b32" else 500_000
                 t0 = time.time()
-                info = record_rollouts(key, TASKS[key], policy, cond,
-                                       range(start, start + n), n_samples, directory)
+                info = record_rollouts(
+                    key, TASKS[key], policy, cond, range(start, start + n), n_samples, directory
+                )
                 info["seconds"] = time.time() - t0
                 _mark_done(directory, info)
                 per_task = log.setdefault("rollouts", {}).setdefault(label, {})
@@ -154,8 +164,10 @@ def stage_evaluate(cfg: Config, out: Path) -> dict[str, Any]:
 
     exec_horizon = PolicyConfig().exec_horizon
     results: dict[str, Any] = {}
-    plans = [("b32", cfg.tasks, cfg.n_fit, cfg.n_cal, cfg.methods),
-             ("b256", cfg.b256_tasks, cfg.b256_fit, cfg.b256_cal, cfg.b256_methods)]
+    plans = [
+        ("b32", cfg.tasks, cfg.n_fit, cfg.n_cal, cfg.methods),
+        ("b256", cfg.b256_tasks, cfg.b256_fit, cfg.b256_cal, cfg.b256_methods),
+    ]
     for label, tasks, n_fit, n_cal, methods in plans:
         for key in tasks:
             rollouts = None
@@ -166,8 +178,16 @@ def stage_evaluate(cfg: Config, out: Path) -> dict[str, Any]:
                         rollouts = load_task_rollouts(out, label, key)
                     t0 = time.time()
                     res = evaluate_task(
-                        rollouts, seed, n_fit, n_cal, cfg.alphas, cfg.sweep_alphas,
-                        cfg.window_grid, cfg.threshold_styles, methods, exec_horizon,
+                        rollouts,
+                        seed,
+                        n_fit,
+                        n_cal,
+                        cfg.alphas,
+                        cfg.sweep_alphas,
+                        cfg.window_grid,
+                        cfg.threshold_styles,
+                        methods,
+                        exec_horizon,
                         desc=f"{label} {key} s{seed}",
                     )
                     res["seconds"] = time.time() - t0

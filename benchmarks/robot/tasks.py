@@ -135,8 +135,9 @@ def sample_episode(task: TaskSpec, env: Any, condition: str, seed: int) -> Episo
     """
     if condition not in (*CONDITIONS, "demo"):
         raise ValueError(f"unknown condition {condition!r}; expected one of {CONDITIONS}")
-    rng = np.random.default_rng([seed, CONDITIONS.index(condition) if condition in CONDITIONS
-                                 else 99])
+    rng = np.random.default_rng(
+        [seed, CONDITIONS.index(condition) if condition in CONDITIONS else 99]
+    )
     low = np.asarray(env._random_reset_space.low, dtype=np.float64)
     high = np.asarray(env._random_reset_space.high, dtype=np.float64)
     rand_vec = rng.uniform(low, high)
@@ -160,8 +161,11 @@ def sample_episode(task: TaskSpec, env: Any, condition: str, seed: int) -> Episo
             spec.friction_scale = float(np.exp(rng.uniform(np.log(0.05), np.log(0.6))))
         else:
             spec.damping_scale = float(np.exp(rng.uniform(np.log(5.0), np.log(60.0))))
-        info.update(mass_scale=spec.mass_scale, friction_scale=spec.friction_scale,
-                    damping_scale=spec.damping_scale)
+        info.update(
+            mass_scale=spec.mass_scale,
+            friction_scale=spec.friction_scale,
+            damping_scale=spec.damping_scale,
+        )
     elif condition == "ood-push":
         spec.push_step = int(rng.integers(25, 70))
         angle = rng.uniform(0, 2 * np.pi)
