@@ -204,6 +204,53 @@ def bench_ace(b: int, repeats: int, tmp: Path) -> dict[str, Any]:
     }
 
 
+def bench_cuda(repeats: int) -> dict[str, Any]:
+    """Paper-size RND and the policy forward in torch eager on CUDA (no CUDA build of
+    onnxruntime is available here, so the exported graph itself is not timed on the GPU).
+
+    Includes the host-to-device copy of the embedding and a synchronisation per step.
+    """
+    from failguard.scores.rnd import PAPER_OUTPUT, PAPER_PREDICTOR, PAPER_TARGET, RNDNetwork
+
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    out: dict[str, Any] = {"gpu": torch.cuda.get_device_name(0)}
+    for d in (32, 256):
+        net = RNDNetwork(d, PAPER_TARGET, PAPER_PREDICTOR, PAPER_OUTPUT).to(dev).eval()
+        for n in (1, 64):
+            x = np.random.default_rng(0).normal(size=(n, d)).astype(np.float32)
+
+            def step(x: np.ndarray = x, net: RNDNetwork = net) -> float:
+                with torch.inference_mode():
+                    s = net(torch.from_numpy(x).to(dev, non_blocking=False))
+                    return float(s[0].item())  # .item() synchronises
+
+            out[f"rnd_paper_d{d}_n{n}"] = timed(step, repeats, warmup=20)
+    for b, h in ((32, 8), (256, 16)):
+        torch.manual_seed(0)
+        mlp = torch.nn.Sequential(
+            torch.nn.Linear(h * 3 + 256 + 1, 256),
+            torch.nn.GELU(),
+            torch.nn.Linear(256, 256),
+            torch.nn.GELU(),
+            torch.nn.Linear(256, 256),
+            torch.nn.GELU(),
+            torch.nn.Linear(256, h * 3),
+        ).to(dev)
+        obs = torch.randn(1, 256, device=dev).expand(b, 256)
+
+        def run(b: int = b, h: int = h, mlp: torch.nn.Module = mlp, obs: Any = obs) -> float:
+            with torch.inference_mode():
+                x = torch.randn(b, h * 3, device=dev)
+                for k in range(10):
+                    tt = torch.full((b, 1), k / 10, device=dev)
+                    x = x + mlp(torch.cat([x, obs, tt], dim=1)) / 10
+                return float(x[0, 0].item())
+
+        out[f"policy_forward_b{b}"] = timed(run, max(100, repeats // 5), warmup=10)
+    return out
+
+
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or ""
     try:
@@ -292,6 +339,34 @@ def write_section(res: dict[str, Any], command: str) -> None:
             "",
         ]
     )
+    gpu_file = RESULTS.parent / "latency_h100.json"
+    if gpu_file.exists():
+        g = json.loads(gpu_file.read_text())
+        gm, cu = g["machine"], g.get("cuda", {})
+        body += "\n".join(
+            [
+                "",
+                f"The same command with `--cuda` on the GPU machine ({cu.get('gpu', 'GPU')}, "
+                f"{gm['cpu']}, {gm['logical_cpus']} logical CPUs; onnxruntime {gm['onnxruntime']},"
+                f" torch {gm['torch']}), {g['date']} (`benchmarks/results/latency_h100.json`). "
+                "CPU rows first:",
+                "",
+                table(g),
+                "",
+                "No CUDA build of onnxruntime is installed there (and its wheel is too large to "
+                "carry), so the exported graph was not timed on the GPU. torch eager on CUDA, "
+                "per step including the host-to-device copy and a synchronisation:",
+                "",
+                "| what | p50 (µs) | p99 (µs) |",
+                "|---|---|---|",
+            ]
+            + [
+                f"| {k} | {v['p50_us']:,.0f} | {v['p99_us']:,.0f} |"
+                for k, v in cu.items()
+                if isinstance(v, dict)
+            ]
+            + [""]
+        )
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
     if SECTION in text:
         start = text.index(SECTION)
@@ -310,7 +385,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-paper", action="store_true")
     parser.add_argument("--markdown", action="store_true", help="update docs/BENCHMARKS.md")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--cuda", action="store_true", help="also time paper RND on CUDA")
+    parser.add_argument(
+        "--markdown-only", action="store_true", help="rewrite the docs from the saved JSON"
+    )
     args = parser.parse_args(argv)
+    if args.markdown_only:
+        saved = json.loads(args.out.read_text())
+        write_section(saved, "python benchmarks/latency.py --markdown")
+        return saved
     torch.set_num_threads(1)
     repeats = 200 if args.quick else args.repeats
     res: dict[str, Any] = {
@@ -324,6 +407,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         res["ace_b256"] = bench_ace(256, repeats, Path(tmp))
         if not (args.quick or args.no_paper):
             res["paper"] = bench_detector("paper", max(300, repeats // 5), Path(tmp))
+        if args.cuda and torch.cuda.is_available():
+            res["cuda"] = bench_cuda(max(200, repeats // 5))
+            print(json.dumps(res["cuda"], indent=1), file=sys.stderr)
     print(table(res))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2))

@@ -187,6 +187,12 @@ def _rnd_graph(g: _Builder, score: Any, x: str) -> str:
     return g.op("Cast", g.op("ReduceL2", residual, g.i64([1]), keepdims=0), to=_DOUBLE)
 
 
+def _int64_tensor(value: int) -> Any:
+    from onnx import helper
+
+    return helper.make_tensor("value", _INT64, [1], [value])
+
+
 def _entropy_table(b: int) -> NDArray[np.float64]:
     """-p log2 p for p = c / b, c = 0 … b (0 for c = 0), exactly as numpy computes it."""
     counts = np.arange(b + 1, dtype=np.float64)
@@ -215,8 +221,9 @@ def _keys_entropy(g: _Builder, keys: str, b: int) -> str:
     prev = g.op("Pad", prev, g.i64(pads), g.f64(np.inf))
     increase = g.op("Greater", sorted_keys, prev)
     run_id = g.op("CumSum", g.op("Cast", increase, to=_INT64), g.i64(1))
-    zeros = g.op("Sub", run_id, run_id)
-    ones = g.op("Cast", g.op("Equal", run_id, run_id), to=_INT64)
+    shape = g.op("Shape", run_id)
+    zeros = g.op("ConstantOfShape", shape, value=_int64_tensor(0))
+    ones = g.op("ConstantOfShape", shape, value=_int64_tensor(1))
     counts = g.op("ScatterElements", zeros, run_id, ones, axis=1, reduction="add")
     terms = g.op("Gather", g.const(_entropy_table(b), np.float64, "entropy_table"), counts)
     return g.op("ReduceSum", terms, ax, keepdims=0)
