@@ -25,7 +25,7 @@ from torch import nn
 
 from ..types import Rollout
 from ._base import BaseScore, register_score
-from .rnd import RNDScore
+from .rnd import RNDScore, torch_threads
 
 __all__ = ["LogpZOScore", "PCAKMeansScore", "RNDActionScore", "STACScore", "mmd_rbf"]
 
@@ -237,7 +237,7 @@ class LogpZOScore(BaseScore):
         from tqdm.auto import tqdm
 
         x = torch.from_numpy(np.concatenate([r.embeddings for r in rollouts]).astype(np.float32))
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), torch_threads(1):
             torch.manual_seed(self.seed)
             net = _VelocityNet(x.shape[1], self.hidden)
             std = x.std(dim=0)

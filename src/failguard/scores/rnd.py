@@ -12,7 +12,8 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,18 @@ log = logging.getLogger(__name__)
 PAPER_TARGET = (1024, 2048, 4096)
 PAPER_PREDICTOR = (1024, 2048, 4096, 2048, 1024)
 PAPER_OUTPUT = 512
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run a block with ``n`` torch intra-op threads (None: unchanged), then restore."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _mlp(d_in: int, hidden: Sequence[int], d_out: int) -> nn.Sequential:
@@ -125,8 +138,10 @@ class RNDScore(BaseScore):
     val_fraction : float, default=0.2
         Fraction of the fitting rollouts (whole rollouts) held out for early stopping.
     seed : int, default=0
-    field : str, default="embeddings"
-        The :class:`~failguard.Rollout` field to read.
+    train_threads : int or None, default=1
+        torch intra-op threads while training (restored afterwards). Small MLPs train
+        fastest on one thread, and many times slower with two on a busy machine; None keeps
+        torch's setting.
     name : str, default="rnd"
 
     Examples
@@ -157,6 +172,7 @@ class RNDScore(BaseScore):
         val_fraction: float = 0.2,
         min_lr_ratio: float = 0.01,
         seed: int = 0,
+        train_threads: int | None = 1,
         name: str = "rnd",
     ) -> None:
         super().__init__(name)
@@ -190,6 +206,7 @@ class RNDScore(BaseScore):
         self.val_fraction = float(val_fraction)
         self.min_lr_ratio = float(min_lr_ratio)
         self.seed = int(seed)
+        self.train_threads = None if train_threads is None else int(train_threads)
         self.network_: RNDNetwork | None = None
         self.history_: dict[str, list[float]] = {"train": [], "val": []}
         self.best_epoch_: int = -1
@@ -214,6 +231,7 @@ class RNDScore(BaseScore):
             "max_epochs": 250,
             "patience": 7,
             "min_lr_ratio": 1e-2,
+            "train_threads": None,
         }
         params.update(overrides)
         return cls(**params)
@@ -240,6 +258,14 @@ class RNDScore(BaseScore):
         )
         if not val_idx:
             log.warning("RNDScore: fewer than 2 rollouts; early stopping uses the training loss.")
+        with torch_threads(self.train_threads):
+            net = self._fit_network(x_train, x_val, progress, tqdm)
+        net.eval()
+        self.network_ = net
+
+    def _fit_network(
+        self, x_train: NDArray[np.float32], x_val: NDArray[np.float32], progress: bool, tqdm: Any
+    ) -> RNDNetwork:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             net = RNDNetwork(
@@ -252,8 +278,7 @@ class RNDScore(BaseScore):
                 net.mean.copy_(torch.from_numpy(mean.astype(np.float32)))
                 net.inv_std.copy_(torch.from_numpy((1.0 / std).astype(np.float32)))
             self._train(net, torch.from_numpy(x_train), torch.from_numpy(x_val), progress, tqdm)
-        net.eval()
-        self.network_ = net
+        return net
 
     def _train(
         self, net: RNDNetwork, x_train: torch.Tensor, x_val: torch.Tensor, progress: bool, tqdm: Any
@@ -330,6 +355,7 @@ class RNDScore(BaseScore):
             "val_fraction": self.val_fraction,
             "min_lr_ratio": self.min_lr_ratio,
             "seed": self.seed,
+            "train_threads": self.train_threads,
         }
 
     def _fitted(self) -> dict[str, Any]:
