@@ -312,3 +312,20 @@ def test_bad_files(exported, tmp_path):
     onnx.save(model, str(plain))
     with pytest.raises(ArtifactError, match="not a failguard monitor"):
         OnnxMonitor(plain)
+
+
+@pytest.mark.bench
+def test_latency_benchmark_quick(tmp_path):
+    """benchmarks/latency.py end to end at tiny size (keeps the script from rotting)."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "latency.py"
+    spec = importlib.util.spec_from_file_location("latency_bench", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    res = module.main(["--quick", "--repeats", "50", "--out", str(tmp_path / "lat.json")])
+    assert (tmp_path / "lat.json").exists()
+    assert res["default"]["ort_monitor_step_n1"]["p50_us"] > 0
+    assert "| default" in module.table(res)
