@@ -38,6 +38,12 @@ cell keys cannot be packed exactly (the runtime then refuses the step rather tha
 The calibration facts (alpha, guarantee, rollout counts, thresholds, score names, failguard
 version and schema version) are also written to the model's ``metadata_props`` under the key
 ``failguard`` as JSON, which is all :class:`failguard.runtime.OnnxMonitor` needs.
+
+Numerical agreement with :class:`failguard.Monitor`: ACE cells, discrete-entropy keys, the
+entropy terms, thresholds and the window buffers are the same numbers; RND's float32 matrix
+products round differently from torch's (about 1e-7 relative), and float64 sums (over H,
+over a window) may be added in another order (about 1e-16 relative). Scores therefore agree
+to well within 1e-5, and alarms agree unless a ratio lies within such a rounding error of 1.
 """
 
 from __future__ import annotations
@@ -366,6 +372,12 @@ def build_model(detector: FailureDetector) -> onnx.ModelProto:
     ------
     ExportError
         If a score has no ONNX form or the detector is not calibrated.
+
+    Examples
+    --------
+    >>> model = build_model(detector)  # doctest: +SKIP
+    >>> [i.name for i in model.graph.input]  # doctest: +SKIP
+    ['embeddings', 'action_samples', 't', 'group', 'state_rnd', 'state_ace']
     """
     import onnx
     from onnx import helper
