@@ -318,6 +318,34 @@ def table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def goals(res: dict[str, Any]) -> str:
+    """One sentence per latency goal, measured against this run."""
+    d = res["default"]
+    out = [
+        f"Goals, this run: default ORT graph p50 {d['ort_session_run_n1']['p50_us']:.1f} µs "
+        f"(`OnnxMonitor.step` {d['ort_monitor_step_n1']['p50_us']:.1f} µs) against a goal of "
+        f"30 µs; ORT {d['ratios']['torch_over_ort_monitor_step']:.1f}x faster than torch eager; "
+        f"{100 * d['ratios']['ort_step_over_policy_forward']:.1f} % of the policy's own "
+        "inference time."
+    ]
+    if "paper" in res:
+        p = res["paper"]
+        out.append(
+            f" Paper size: {p['ort_session_run_n1']['p50_us'] / 1000:.1f} ms against a goal "
+            "of 200 µs, missed: its RND reads about 136 MB of float32 weights per step, which "
+            "keeps one CPU core memory-bound far above the goal (ORT is still "
+            f"{p['ratios']['torch_over_ort_monitor_step']:.1f}x faster than torch there)."
+        )
+    if "ace_b256" in res:
+        a = res["ace_b256"]
+        out.append(
+            f" ACE at B=256 in the graph takes {a['ort_session_run_n1']['p50_us']:.0f} µs "
+            f"against numpy's {a['numpy_score_steps_n1']['p50_us']:.0f} µs: both sort "
+            "(O(B log B)), but numpy's sort is vectorised and onnxruntime's TopK is not."
+        )
+    return "".join(out)
+
+
 def write_section(res: dict[str, Any], command: str) -> None:
     m = res["machine"]
     body = "\n".join(
@@ -330,6 +358,8 @@ def write_section(res: dict[str, Any], command: str) -> None:
             "Raw numbers: `benchmarks/results/latency.json`.",
             "",
             table(res),
+            "",
+            goals(res),
             "",
             "*ORT graph* is `InferenceSession.run` on the exported monitor step; "
             "*OnnxMonitor.step* adds input checks, state keeping and the `Verdict`. "
