@@ -32,8 +32,11 @@ name                shape / dtype          when
 
 Outputs per indicator: ``score_<name>``, ``windowed_<name>``, ``threshold_<name>``,
 ``ratio_<name>`` (N,) float64 and ``new_state_<name>``; then ``fused_ratio`` (N,) float64 and
-``alarm`` (N,) bool; and ``overflow`` (N,) bool, true where an ACE input spread so far that its
-cell keys cannot be packed exactly (the runtime then refuses the step rather than guess).
+``alarm`` (N,) bool; ``overflow`` (N,) bool, true where an ACE input spread so far that its
+cell keys cannot be packed exactly (the runtime then refuses the step rather than guess); and
+``report`` ((4k + 1) N,) float64, the same per-step floats in one tensor (score, windowed,
+threshold, ratio of each of the k indicators, then the fused ratio, each block N long), which
+is what the runtime fetches.
 
 The calibration facts (alpha, guarantee, rollout counts, thresholds, score names, failguard
 version and schema version) are also written to the model's ``metadata_props`` under the key
@@ -424,6 +427,9 @@ def build_model(detector: FailureDetector) -> onnx.ModelProto:
     outputs = []
     ratios: list[str] = []
     clipped_t: dict[int, str] = {}
+    windowed_of: dict[str, str] = {}
+    gamma_of: dict[str, str] = {}
+    ratio_of: dict[str, str] = {}
     n_terms: dict[int, str] = {}
     for n in detector.names:
         col = g.op("Unsqueeze", raw[n], g.i64([1]))
@@ -458,6 +464,7 @@ def build_model(detector: FailureDetector) -> onnx.ModelProto:
         gamma = g.op("Gather", g.const(table.reshape(-1), np.float64, f"thresholds_{n}"), idx)
         ratio = g.op("Div", windowed, gamma)
         ratios.append(ratio)
+        windowed_of[n], gamma_of[n], ratio_of[n] = windowed, gamma, ratio
         for label, src in (
             ("score", raw[n]),
             ("windowed", windowed),
@@ -481,11 +488,18 @@ def build_model(detector: FailureDetector) -> onnx.ModelProto:
     else:
         flag = g.op("Less", "t", g.i64(_INT64_MIN))  # never true; keeps the output present
     g.name_output(flag, "overflow")
+    # every per-step float in one output, [score, windowed, threshold, ratio] per indicator and
+    # then the fused ratio, each block N long: one output to fetch instead of 4k + 1
+    report = [
+        src for n in detector.names for src in (raw[n], windowed_of[n], gamma_of[n], ratio_of[n])
+    ]
+    g.name_output(g.op("Concat", *report, fused, axis=0), "report")
     g.finish()
     outputs += [
         helper.make_tensor_value_info("fused_ratio", _DOUBLE, ["N"]),
         helper.make_tensor_value_info("alarm", _BOOL, ["N"]),
         helper.make_tensor_value_info("overflow", _BOOL, ["N"]),
+        helper.make_tensor_value_info("report", _DOUBLE, ["R"]),
     ]
     graph = helper.make_graph(g.nodes, "failguard_monitor_step", inputs, outputs, g.initializers)
     model = helper.make_model(

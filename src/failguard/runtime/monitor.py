@@ -34,7 +34,6 @@ _ARGS = {
     "action_logits": "action_logits",
     "action_ids": "action_ids",
 }
-_PARTS = ("score", "windowed", "threshold", "ratio")
 _ID_LIMIT = 2**53  # ids are compared as exact float64 integers inside the graph
 
 
@@ -185,6 +184,11 @@ class OnnxMonitor:
                 f"{sorted(expected)}; the file is corrupt or was edited."
             )
         self._outputs = [o.name for o in self.session.get_outputs()]
+        # fetch only what a step needs: the packed report, the alarm, the flag and the state
+        self._fetch = ["report", "alarm", "overflow", *(f"new_state_{n}" for n in self.names)]
+        missing = [o for o in self._fetch if o not in self._outputs]
+        if missing:
+            raise ArtifactError(f"{self.path}: the graph lacks outputs {missing}.")
         self.reset_batch(1, _warn=False)  # Mondrian users pick their group with reset(group)
 
     # ------------------------------------------------------------------ state
@@ -318,22 +322,22 @@ class OnnxMonitor:
             feed[f"state_{n}"] = self._state[n]
         return feed
 
-    def _run(self, feed: dict[str, Any], where: str) -> dict[str, NDArray[Any]]:
+    def _run(self, feed: dict[str, Any], where: str) -> tuple[NDArray[np.float64], NDArray[Any]]:
+        """Run one step; return the report as a (4k + 1, N) array and the alarms (N,)."""
         try:
-            values = self.session.run(self._outputs, feed)
+            report, alarm, overflow, *states = self.session.run(self._fetch, feed)
         except Exception as err:  # onnxruntime raises its own exception types
             raise RolloutError(f"{where}: onnxruntime rejected the step ({err}).") from err
-        out = dict(zip(self._outputs, values, strict=True))
-        if out["overflow"].any():
-            bad = np.flatnonzero(out["overflow"]).tolist()
+        if overflow.any():
+            bad = np.flatnonzero(overflow).tolist()
             raise RolloutError(
                 f"{where}: the action samples of robot(s) {bad} spread over more grid cells per "
                 "axis than the exported ACE can count exactly; the step was not applied. Check "
                 "the action scale (the cell size was fitted on the calibration actions)."
             )
-        for n in self.names:
-            self._state[n] = out[f"new_state_{n}"]
-        return out
+        for n, state in zip(self.names, states, strict=True):
+            self._state[n] = state
+        return report.reshape(-1, self._n), alarm
 
     # ------------------------------------------------------------------ steps
     def step(
@@ -372,20 +376,21 @@ class OnnxMonitor:
             False,
             where,
         )
-        out = self._run(feed, where)
-        parts: dict[str, dict[str, float]] = {p: {} for p in _PARTS}
-        for n in self.names:
-            for p in _PARTS:
-                parts[p][n] = out[f"{p}_{n}"].item()
-        ratios = parts["ratio"]
+        report, alarm = self._run(feed, where)
+        values = report[:, 0].tolist()
+        parts: list[dict[str, float]] = [{}, {}, {}, {}]
+        for i, n in enumerate(self.names):
+            for j in range(4):
+                parts[j][n] = values[4 * i + j]
+        ratios = parts[3]
         verdict = Verdict(
             step=int(self._t[0]),
-            scores=parts["score"],
-            windowed=parts["windowed"],
-            thresholds=parts["threshold"],
+            scores=parts[0],
+            windowed=parts[1],
+            thresholds=parts[2],
             ratios=ratios,
-            fused_ratio=out["fused_ratio"].item(),
-            alarm=bool(out["alarm"].item()),
+            fused_ratio=values[-1],
+            alarm=bool(alarm[0]),
             fired=tuple(k for k, r in ratios.items() if r > 1.0),
         )
         self._t = self._t + 1
@@ -424,15 +429,16 @@ class OnnxMonitor:
             True,
             where,
         )
-        out = self._run(feed, where)
+        report, alarm = self._run(feed, where)
+        names = self.names
         result = BatchVerdict(
             step=self._t.copy(),
-            scores={n: out[f"score_{n}"] for n in self.names},
-            windowed={n: out[f"windowed_{n}"] for n in self.names},
-            thresholds={n: out[f"threshold_{n}"] for n in self.names},
-            ratios={n: out[f"ratio_{n}"] for n in self.names},
-            fused_ratio=out["fused_ratio"],
-            alarm=out["alarm"].astype(bool),
+            scores={n: report[4 * i] for i, n in enumerate(names)},
+            windowed={n: report[4 * i + 1] for i, n in enumerate(names)},
+            thresholds={n: report[4 * i + 2] for i, n in enumerate(names)},
+            ratios={n: report[4 * i + 3] for i, n in enumerate(names)},
+            fused_ratio=report[-1],
+            alarm=alarm.astype(bool),
         )
         self._t = self._t + 1
         return result
