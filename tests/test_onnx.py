@@ -329,3 +329,26 @@ def test_latency_benchmark_quick(tmp_path):
     assert (tmp_path / "lat.json").exists()
     assert res["default"]["ort_monitor_step_n1"]["p50_us"] > 0
     assert "| default" in module.table(res)
+
+
+def test_named_outputs_match_report(detector, exported, test_set):
+    """The per-indicator outputs and the packed 'report' the runtime reads are the same."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    rs = test_set[:3]
+    feed = {
+        "embeddings": np.stack([r.embeddings[5] for r in rs]),
+        "action_samples": np.stack([r.action_samples[5] for r in rs]),
+        "t": np.full(3, 5, dtype=np.int64),
+        "group": np.zeros(3, dtype=np.int64),
+        **{f"state_{n}": np.full((3, detector.windows[n]), 0.5) for n in detector.names},
+    }
+    names = [o.name for o in sess.get_outputs()]
+    out = dict(zip(names, sess.run(None, feed), strict=True))
+    report = out["report"].reshape(-1, 3)
+    for i, n in enumerate(detector.names):
+        for j, part in enumerate(("score", "windowed", "threshold", "ratio")):
+            np.testing.assert_array_equal(report[4 * i + j], out[f"{part}_{n}"])
+    np.testing.assert_array_equal(report[-1], out["fused_ratio"])
+    np.testing.assert_array_equal(out["alarm"], out["fused_ratio"] > 1)
