@@ -382,7 +382,8 @@ def write_section(res: dict[str, Any], command: str) -> None:
                 f"The same command with `--cuda` on the GPU machine ({cu.get('gpu', 'GPU')}, "
                 f"{gm['cpu']}, {gm['logical_cpus']} logical CPUs; onnxruntime {gm['onnxruntime']},"
                 f" torch {gm['torch']}), {g['date']} (`benchmarks/results/latency_h100.json`). "
-                "CPU rows first:",
+                "That host is virtualised and its timings moved by up to 1.7x between two runs "
+                "minutes apart, so compare only ratios within one run. CPU rows first:",
                 "",
                 table(g),
                 "",
