@@ -352,3 +352,19 @@ def test_named_outputs_match_report(detector, exported, test_set):
             np.testing.assert_array_equal(report[4 * i + j], out[f"{part}_{n}"])
     np.testing.assert_array_equal(report[-1], out["fused_ratio"])
     np.testing.assert_array_equal(out["alarm"], out["fused_ratio"] > 1)
+
+
+@pytest.mark.parametrize(
+    "ace_kw", [{"dims": [0, 2], "integrate_dt": 0.1}, {"dims": [1]}, {"cell_factor": 0.2}]
+)
+def test_ace_options_parity(ace_kw, fit_set, cal_set, test_set, tmp_path):
+    """ACE with chosen dims (including D=1), velocity integration and another cell size."""
+    det = _detector("constant", "or", "sum", scores=[ActionChunkEntropy(**ace_kw)])
+    det.fit(fit_set, progress=False).calibrate(cal_set)
+    mon = OnnxMonitor(export_onnx(det, tmp_path / "a.onnx"))
+    assert mon.requires == ("action_samples",)
+    assert_batch_parity(det, mon, test_set)
+    for r in test_set[::6]:
+        mon.reset_batch(len(r))
+        out = mon.step_batch(action_samples=r.action_samples)
+        np.testing.assert_allclose(out.scores["ace"], det.raw_scores(r)["ace"], rtol=0, atol=1e-12)
