@@ -368,3 +368,31 @@ def test_ace_options_parity(ace_kw, fit_set, cal_set, test_set, tmp_path):
         mon.reset_batch(len(r))
         out = mon.step_batch(action_samples=r.action_samples)
         np.testing.assert_allclose(out.scores["ace"], det.raw_scores(r)["ace"], rtol=0, atol=1e-12)
+
+
+def test_reset_one_robot_of_a_batch(exported, test_set):
+    """reset_robot restarts one robot's window and step counter, leaving the others alone."""
+    mon = OnnxMonitor(exported)
+    rs = test_set[:3]
+    mon.reset_batch(3)
+
+    def step(t: int):
+        return mon.step_batch(
+            embedding=np.stack([r.embeddings[t] for r in rs]),
+            action_samples=np.stack([r.action_samples[t] for r in rs]),
+        )
+
+    for t in range(6):
+        before = step(t)
+    mon.reset_robot(1)
+    after = step(6)
+    assert after.step.tolist() == [6, 0, 6]
+    single = OnnxMonitor(exported)
+    first = single.step(embedding=rs[1].embeddings[6], action_samples=rs[1].action_samples[6])
+    got = after.verdict(1)
+    assert got.step == first.step == 0 and got.alarm == first.alarm
+    for name in first.scores:
+        assert got.windowed[name] == pytest.approx(first.windowed[name], rel=1e-6)
+    assert after.windowed["rnd"][0] > before.scores["rnd"][0]
+    with pytest.raises(IndexError):
+        mon.reset_robot(3)

@@ -51,6 +51,17 @@ class BatchVerdict:
         Min (AND) or max (OR) of the ratios.
     alarm : ndarray of bool
         ``fused_ratio > 1``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> bv = BatchVerdict(step=np.array([4, 9]), scores={"rnd": np.array([0.1, 0.9])},
+    ...                   windowed={"rnd": np.array([0.5, 3.0])},
+    ...                   thresholds={"rnd": np.array([2.0, 2.0])},
+    ...                   ratios={"rnd": np.array([0.25, 1.5])},
+    ...                   fused_ratio=np.array([0.25, 1.5]), alarm=np.array([False, True]))
+    >>> len(bv), bv.verdict(1).fired
+    (2, ('rnd',))
     """
 
     step: NDArray[np.int64]
