@@ -16,6 +16,8 @@ samples B action chunks around a smooth mean. Three kinds:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .types import Rollout
@@ -110,7 +112,7 @@ def make_rollouts(
             * mode_dir[mode_id][:, :, None, :]
         )
         samples = base + noise + split
-        extra: dict[str, np.ndarray] = {}
+        extra: dict[str, Any] = {}
         if n_discrete > 0:
             temp = 0.3 + 3.0 * modes
             logits = (emb @ logit_proj)[:, :n_discrete] * 3.0 / temp[:, None]
