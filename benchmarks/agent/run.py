@@ -15,8 +15,8 @@ Then ``results.json`` and ``results.md`` aggregate all seeds (mean ± std).
 
 Usage::
 
-    python benchmarks/agent/run.py                 # full run (3 seeds), about 20 min on 2 cores
-    python benchmarks/agent/run.py --tiny --out /tmp/agent   # CI smoke run, under 3 min
+    python benchmarks/agent/run.py              # full run, 3 seeds: ~25 min on a busy 2-core VM
+    python benchmarks/agent/run.py --tiny --out /tmp/agent   # CI smoke run, about 15 s
 
 ``--tiny`` trains PPO for two updates only (to exercise the trainer) and records rollouts
 with the reference policy shipped in ``benchmarks/agent/reference_policy/`` (seed 0 of the
