@@ -51,6 +51,7 @@ class MethodSpec:
     combine: str = "and"
     mode: str = "corrected"
     label: str = ""
+    calibration: str = "auto"
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -64,6 +65,9 @@ METHODS: dict[str, MethodSpec] = {
     "rnd_a": MethodSpec(("rnd_a",), label="RND-A"),
     "fiper_reference": MethodSpec(
         ("rnd", "ace"), "and", "reference", "FIPER, reference calibration"
+    ),
+    "fiper_joint": MethodSpec(
+        ("rnd", "ace"), "and", "corrected", "FIPER, joint calibration", "joint"
     ),
 }
 
@@ -178,6 +182,7 @@ def _detector(
         threshold=threshold,
         alpha=alpha,
         mode=method.mode,
+        calibration=method.calibration,
     )
     return det.fit(fit, progress=False).calibrate(cal)
 

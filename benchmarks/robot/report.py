@@ -121,18 +121,29 @@ def summarise(cfg: Any, results: dict[str, Any], out: Path) -> dict[str, Any]:
 def _sweep(
     by_task: dict[str, Any], tasks: list[str], seeds: list[int], method: str, alpha: str
 ) -> list[dict[str, Any]]:
-    rows: dict[float, dict[str, list[float]]] = {}
+    """α sweep: per seed the mean over tasks, then mean ± std over seeds (as the tables)."""
+    keys = ("tpr", "tnr", "detection_time", "twa", "balanced_accuracy")
+    per_seed: dict[float, dict[str, list[float]]] = {}
     for seed in seeds:
+        rows: dict[float, dict[str, list[float]]] = {}
         for task in tasks:
             res = by_task[task][seed]["methods"][method][alpha]
             for entry in res.get("test", {}).get("sweep", []):
                 if "error" in entry:
                     continue
                 row = rows.setdefault(float(entry["alpha"]), {})
-                for k in ("tpr", "tnr", "detection_time", "twa", "balanced_accuracy"):
+                for k in keys:
                     row.setdefault(k, []).append(_num(entry.get(k)))
+        for a, row in rows.items():
+            if len(row["tpr"]) < len(tasks):
+                continue  # some task could not be calibrated at this α: leave the point out
+            agg = per_seed.setdefault(a, {})
+            for k in keys:
+                vals = [v for v in row[k] if not math.isnan(v)]
+                agg.setdefault(k, []).append(float(np.mean(vals)) if vals else float("nan"))
     return [
-        {"alpha": a, **{k: _mean_std(v) for k, v in row.items()}} for a, row in sorted(rows.items())
+        {"alpha": a, **{k: _mean_std(v) for k, v in row.items()}}
+        for a, row in sorted(per_seed.items())
     ]
 
 
@@ -167,7 +178,7 @@ def group_table(
     summary: dict[str, Any],
     label: str,
     alpha: str,
-    methods: Sequence[str] = ("fiper", "or", "rnd_oe", "ace", "fiper_reference"),
+    methods: Sequence[str] = ("fiper", "fiper_joint", "or", "rnd_oe", "ace", "fiper_reference"),
     detail: bool = False,
 ) -> str:
     """Alarm rate per (outcome × ID/OOD), or per (outcome × condition) with ``detail``."""
@@ -219,7 +230,7 @@ def plot_sweep(summary: dict[str, Any], path: Path, label: str = "b32") -> None:
     block = summary[label]["methods"]
     first_alpha = next(iter(next(iter(block.values()))))
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for method in ("fiper", "or", "rnd_oe", "ace", "fiper_reference"):
+    for method in ("fiper", "fiper_joint", "or", "rnd_oe", "ace", "fiper_reference"):
         if method not in block:
             continue
         sweep = block[method][first_alpha]["sweep"]
@@ -231,7 +242,7 @@ def plot_sweep(summary: dict[str, Any], path: Path, label: str = "b32") -> None:
             std = np.array([_num(row[key]["std"]) for row in sweep])
             ax.plot(a, mean, marker="o", label=METHODS[method].label)
             ax.fill_between(a, mean - std, mean + std, alpha=0.15)
-    axes[1].plot([0.05, 0.3], [0.95, 0.7], "k--", lw=1, label="1 - α")
+    axes[1].plot([0.05, 0.3], [0.95, 0.7], "k--", lw=1, label="1 - α (bound on ID successes)")
     for ax, title in zip(
         axes, ("TPR", "TNR (successes)", "detection time (lower = earlier)"), strict=True
     ):
@@ -278,12 +289,14 @@ def plot_traces(cfg: Any, summary: dict[str, Any], out: Path, path: Path) -> Non
     traces = det.traces(test)
     pick = []
     succ = [i for i, t in enumerate(traces) if t.success and not t.predicted_failure]
+    succ = [i for i in succ if traces[i].group == "id"] or succ
     fail = [i for i, t in enumerate(traces) if not t.success and t.predicted_failure]
+    fail = [i for i in fail if traces[i].group != "id"] or fail
     fail = fail or [i for i, t in enumerate(traces) if not t.success]
     if succ:
         pick.append(succ[0])
     if fail:
-        pick.append(max(fail, key=lambda i: len(traces[i])))
+        pick.append(fail[0])
     fig, axes = plt.subplots(2, max(len(pick), 1), figsize=(11, 5.5), squeeze=False)
     names = {"rnd": "RND-OE", "ace": "ACE"}
     for col, i in enumerate(pick):

@@ -58,8 +58,16 @@ class Config:
         "logpzo",
         "rnd_a",
         "fiper_reference",
+        "fiper_joint",
     )
-    b256_methods: tuple[str, ...] = ("fiper", "or", "rnd_oe", "ace", "fiper_reference")
+    b256_methods: tuple[str, ...] = (
+        "fiper",
+        "or",
+        "rnd_oe",
+        "ace",
+        "fiper_reference",
+        "fiper_joint",
+    )
     policy_seed: int = 0
     #: more in-distribution rollouts for tasks whose policy often fails in distribution, so
     #: that held-out ID successes remain after the fit and calibration splits
