@@ -288,6 +288,39 @@ def test_p_values_fall_on_failures(detector, test_set):
         assert v[-1] <= detector.alpha
 
 
+def test_with_params_shares_scores_and_recalibrates(detector, cal_set, test_set):
+    band = detector.with_params(threshold="band", windows={"rnd": 4, "ace": 6}, combine="or")
+    assert band.scores is not detector.scores and band.scores[0] is detector.scores[0]
+    assert band.is_calibrated and band.n_calibration_ == detector.n_calibration_
+    fresh = make_detector(scores=detector.scores, alpha=0.1, threshold="band",
+                          windows={"rnd": 4, "ace": 6}, combine="or")
+    fresh._fitted = True  # same fitted scores, calibrated the ordinary way
+    fresh.calibrate(cal_set)
+    for name in detector.names:
+        np.testing.assert_array_equal(band.thresholds_[name], fresh.thresholds_[name])
+    raw = detector.raw_scores_many(test_set)
+    via_raw = band.traces(test_set, raw=raw)
+    direct = band.traces(test_set)
+    for a, b in zip(via_raw, direct, strict=True):
+        np.testing.assert_array_equal(a.alarm, b.alarm)
+    with pytest.raises(ValueError, match="keeps the fitted scores"):
+        detector.with_params(scores=[])
+    with pytest.raises(TypeError, match="unknown parameter"):
+        detector.with_params(window=3)
+    with pytest.raises(ValueError, match="raw must hold"):
+        band.traces(test_set[:2], raw=raw)
+
+
+def test_evaluate_far_on_in_distribution_successes(detector, test_set):
+    from failguard import evaluate
+
+    rep = evaluate(detector, test_set)
+    ids = [t for t, r in zip(detector.traces(test_set), test_set, strict=True)
+           if r.success and r.group == "id"]
+    assert rep.overall["far_id"] == np.mean([t.predicted_failure for t in ids])
+    assert np.isnan(evaluate(detector, test_set, id_groups=["nope"]).overall["far_id"])
+
+
 def test_with_alpha_recalibrates_without_refitting(detector):
     loose = detector.with_alpha(0.3)
     assert loose.scores[0] is detector.scores[0]

@@ -11,7 +11,6 @@ The phases are explicit and their order is enforced (as in MAPIE v1):
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -190,7 +189,7 @@ class FailureDetector:
         self._fit_fingerprints: set[str] = set()
         self.calibration_: CalibrationResult | None = None
         self.group_calibration_: dict[str, CalibrationResult] = {}
-        self._calibration_curves: dict[str, list[NDArray[np.float64]]] | None = None
+        self._calibration_raw: dict[str, list[NDArray[np.float64]]] | None = None
         self._calibration_groups: list[str | None] = []
         self.n_fit_ = 0
         self.n_calibration_ = 0
@@ -322,18 +321,27 @@ class FailureDetector:
                 "scores are too small and void the guarantee; calibrate on other successful "
                 "rollouts."
             )
-        curves = self._windowed_many(rollouts, progress)
-        self._calibration_curves = curves
+        self._calibration_raw = self.raw_scores_many(rollouts, progress)
         self._calibration_groups = [r.group for r in rollouts]
-        self._calibrate_from_curves()
+        self._calibrate_from_raw()
         self.n_calibration_ = len(rollouts)
         return self
 
-    def _calibrate_from_curves(self) -> None:
-        assert self._calibration_curves is not None
+    @property
+    def can_recalibrate(self) -> bool:
+        """Whether this detector keeps its calibration rollouts' raw scores (calibrated in this
+        session, not loaded), so that :meth:`with_params` can recalibrate without rescoring."""
+        return self._calibration_raw is not None
+
+    def _calibrate_from_raw(self) -> None:
+        assert self._calibration_raw is not None
+        curves = {
+            name: [window_scores(x, self.windows[name], self.window_kind) for x in raw]  # type: ignore[arg-type]
+            for name, raw in self._calibration_raw.items()
+        }
         settings = self.settings
         rng = np.random.default_rng(self.random_state)
-        self.calibration_ = calibrate_thresholds(self._calibration_curves, settings, rng)
+        self.calibration_ = calibrate_thresholds(curves, settings, rng)
         self.group_calibration_ = {}
         if self.mondrian:
             groups = sorted({g for g in self._calibration_groups if g is not None})
@@ -343,27 +351,67 @@ class FailureDetector:
                 )
             for g in groups:
                 idx = [i for i, gi in enumerate(self._calibration_groups) if gi == g]
-                sub = {k: [v[i] for i in idx] for k, v in self._calibration_curves.items()}
+                sub = {k: [v[i] for i in idx] for k, v in curves.items()}
                 try:
                     self.group_calibration_[g] = calibrate_thresholds(sub, settings, rng)
                 except CalibrationError as err:
                     raise CalibrationError(f"group {g!r}: {err}") from err
 
+    def with_params(self, **params: Any) -> FailureDetector:
+        """A copy with other parameters that shares this detector's fitted scores.
+
+        Nothing is refitted. If this detector was calibrated in this session, the copy is
+        recalibrated on the same rollouts from their cached raw scores (nothing is rescored);
+        otherwise call :meth:`calibrate` on it. This is how to compare windows, threshold
+        styles, fusion rules or alphas on a validation set cheaply.
+
+        Parameters
+        ----------
+        **params
+            Any constructor parameter except ``scores``.
+
+        Examples
+        --------
+        >>> from failguard.synthetic import make_rollouts
+        >>> det = FailureDetector(alpha=0.1).fit(make_rollouts(8, seed=0), progress=False)
+        >>> det = det.calibrate(make_rollouts(40, seed=1))
+        >>> band = det.with_params(threshold="band", windows=5)
+        >>> band.scores[0] is det.scores[0], band.is_calibrated
+        (True, True)
+        """
+        if "scores" in params:
+            raise ValueError(
+                "with_params keeps the fitted scores; build a new FailureDetector to change them."
+            )
+        unknown = set(params) - set(self.get_params())
+        if unknown:
+            raise TypeError(
+                f"with_params got unknown parameter(s) {sorted(unknown)}; "
+                f"known: {sorted(self.get_params())}."
+            )
+        other = FailureDetector(scores=self.scores, **{**self.get_params(), **params})
+        other._fitted = self._fitted
+        other._fit_fingerprints = set(self._fit_fingerprints)
+        other.n_fit_ = self.n_fit_
+        if self._calibration_raw is not None:
+            other._calibration_raw = self._calibration_raw
+            other._calibration_groups = list(self._calibration_groups)
+            other.n_calibration_ = self.n_calibration_
+            other._calibrate_from_raw()
+        return other
+
     def with_alpha(self, alpha: float) -> FailureDetector:
-        """A copy calibrated at another alpha on the same calibration rollouts (no rescoring).
+        """A copy recalibrated at another alpha on the same calibration rollouts (no rescoring).
 
         Available right after :meth:`calibrate` in the same session.
         """
         self._require_calibrated()
-        if self._calibration_curves is None:
+        if not self.can_recalibrate:
             raise NotFittedError(
-                "with_alpha needs the calibration curves, which a loaded detector does not "
-                "keep; call calibrate(rollouts) again."
+                "with_alpha needs the calibration rollouts' scores, which a loaded detector does "
+                "not keep; call calibrate(rollouts) again."
             )
-        other = copy.copy(self)
-        other.alpha = float(alpha)
-        other._calibrate_from_curves()
-        return other
+        return self.with_params(alpha=alpha)
 
     # ------------------------------------------------------------------ scoring
     def raw_scores(self, rollout: Rollout) -> dict[str, NDArray[np.float64]]:
@@ -371,19 +419,19 @@ class FailureDetector:
         self._require_fitted()
         return {s.name: s.score(rollout) for s in self.scores}
 
-    def _windowed_many(
+    def raw_scores_many(
         self, rollouts: Sequence[Rollout], progress: bool = False
     ) -> dict[str, list[NDArray[np.float64]]]:
+        """Raw per-step scores of many rollouts, by indicator name (batched networks).
+
+        Pass the result to :meth:`traces` (``raw=``) to evaluate several configurations made
+        with :meth:`with_params` without rescoring.
+        """
+        self._require_fitted()
         from tqdm.auto import tqdm
 
-        out: dict[str, list[NDArray[np.float64]]] = {}
-        for s in tqdm(self.scores, desc="scoring", disable=not progress, leave=False):
-            raw = s.score_many(rollouts)
-            out[s.name] = [
-                window_scores(x, self.windows[s.name], self.window_kind)  # type: ignore[arg-type]
-                for x in raw
-            ]
-        return out
+        bar = tqdm(self.scores, desc="scoring", disable=not progress, leave=False)
+        return {s.name: s.score_many(rollouts) for s in bar}
 
     def tables_for(self, group: str | None = None) -> dict[str, NDArray[np.float64]]:
         """Threshold tables to use for a rollout of ``group`` (Mondrian aware)."""
@@ -426,14 +474,31 @@ class FailureDetector:
             self.raw_scores(rollout), rollout, group if group is not None else rollout.group
         )
 
-    def traces(self, rollouts: Sequence[Rollout], progress: bool = False) -> list[Trace]:
-        """:meth:`score` for many rollouts, batching the score networks."""
-        self._require_calibrated()
-        from tqdm.auto import tqdm
+    def traces(
+        self,
+        rollouts: Sequence[Rollout],
+        progress: bool = False,
+        raw: Mapping[str, Sequence[NDArray[np.float64]]] | None = None,
+    ) -> list[Trace]:
+        """:meth:`score` for many rollouts, batching the score networks.
 
-        raw: dict[str, list[NDArray[np.float64]]] = {}
-        for s in tqdm(self.scores, desc="scoring", disable=not progress, leave=False):
-            raw[s.name] = s.score_many(rollouts)
+        Parameters
+        ----------
+        rollouts : sequence of Rollout
+        progress : bool, default=False
+        raw : mapping, optional
+            Raw scores from :meth:`raw_scores_many` on the same rollouts (by this detector or
+            one that shares its scores through :meth:`with_params`); skips rescoring.
+        """
+        self._require_calibrated()
+        rollouts = list(rollouts)
+        if raw is None:
+            raw = self.raw_scores_many(rollouts, progress)
+        elif set(raw) != set(self.names) or any(len(v) != len(rollouts) for v in raw.values()):
+            raise ValueError(
+                f"raw must hold {len(rollouts)} score arrays for each of {self.names}; "
+                "compute it with raw_scores_many(rollouts)."
+            )
         return [
             self._trace({k: v[i] for k, v in raw.items()}, r, r.group)
             for i, r in enumerate(rollouts)

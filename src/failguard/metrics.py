@@ -12,11 +12,12 @@ Everything overall and per (outcome × group).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .types import Rollout, Trace
 
@@ -30,7 +31,11 @@ def _nan_to_none(x: float) -> float | None:
     return None if (isinstance(x, float) and math.isnan(x)) else x
 
 
-def metrics_from_traces(traces: Sequence[Trace], t_max: int | None = None) -> dict[str, Any]:
+def metrics_from_traces(
+    traces: Sequence[Trace],
+    t_max: int | None = None,
+    id_groups: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """Metrics of a set of traces whose ``success`` is known.
 
     Parameters
@@ -38,6 +43,10 @@ def metrics_from_traces(traces: Sequence[Trace], t_max: int | None = None) -> di
     traces : sequence of Trace
     t_max : int, optional
         Length used to normalise detection times; default the longest trace.
+    id_groups : sequence of str, optional
+        Groups that are in distribution. Adds ``far_id``: the alarm rate on successes of
+        those groups, the rate that the conformal guarantee bounds. (``far`` counts every
+        success, benign out-of-distribution ones included.)
 
     Examples
     --------
@@ -67,6 +76,8 @@ def metrics_from_traces(traces: Sequence[Trace], t_max: int | None = None) -> di
     else:
         twa = bal = math.nan
     leads = [len(t) - 1 - t.first_alarm for t in detected]  # type: ignore[operator]
+    id_succs = [t for t in succs if id_groups is not None and t.group in id_groups]
+    far_id = sum(t.predicted_failure for t in id_succs) / len(id_succs) if id_succs else math.nan
     auc = math.nan
     if fails and succs:
         from sklearn.metrics import roc_auc_score
@@ -80,6 +91,7 @@ def metrics_from_traces(traces: Sequence[Trace], t_max: int | None = None) -> di
         "tpr": tpr,
         "tnr": tnr,
         "far": 1.0 - tnr if succs else math.nan,
+        "far_id": far_id,
         "balanced_accuracy": bal,
         "detection_time": dt,
         "twa": twa,
@@ -171,6 +183,8 @@ def evaluate(
     alphas: Sequence[float] | None = None,
     t_max: int | None = None,
     progress: bool = False,
+    id_groups: Sequence[str] | None = ("id",),
+    raw: Mapping[str, Sequence[NDArray[np.float64]]] | None = None,
 ) -> EvaluationReport:
     """Evaluate a calibrated detector on labelled rollouts (not used to fit or calibrate).
 
@@ -184,6 +198,11 @@ def evaluate(
         Also recalibrate at each α (same calibration rollouts, no rescoring) and report.
     t_max : int, optional
         Normaliser of detection times (default: longest rollout given).
+    progress : bool, default=False
+    id_groups : sequence of str, default=("id",)
+        In-distribution groups; ``overall["far_id"]`` is the alarm rate on their successes.
+    raw : mapping, optional
+        Raw scores of ``rollouts`` from :meth:`FailureDetector.raw_scores_many`.
 
     Examples
     --------
@@ -197,13 +216,15 @@ def evaluate(
     True
     """
     rollouts = list(rollouts)
-    traces = detector.traces(rollouts, progress=progress)
+    if raw is None:
+        raw = detector.raw_scores_many(rollouts, progress)
+    traces = detector.traces(rollouts, raw=raw)
     t_max = t_max or max(len(r) for r in rollouts)
     report = EvaluationReport(
-        metrics_from_traces(traces, t_max), _per_group(traces, t_max), detector.alpha
+        metrics_from_traces(traces, t_max, id_groups), _per_group(traces, t_max), detector.alpha
     )
     if alphas:
-        report.sweep = alpha_sweep(detector, rollouts, alphas, t_max)
+        report.sweep = alpha_sweep(detector, rollouts, alphas, t_max, id_groups, raw)
     return report
 
 
@@ -212,16 +233,20 @@ def alpha_sweep(
     rollouts: Sequence[Rollout],
     alphas: Sequence[float],
     t_max: int | None = None,
+    id_groups: Sequence[str] | None = ("id",),
+    raw: Mapping[str, Sequence[NDArray[np.float64]]] | None = None,
 ) -> list[dict[str, Any]]:
     """Overall metrics at each α, recalibrating on the detector's calibration rollouts.
 
-    Raw scores are computed once; only thresholds change.
+    Raw scores are computed once; only thresholds change. An α that the calibration set
+    cannot support gives ``{"alpha": a, "error": message}``.
     """
-    from .calibration.calibrator import CalibrationError
+    from .exceptions import CalibrationError
 
     rollouts = list(rollouts)
     t_max = t_max or max(len(r) for r in rollouts)
-    base = detector.traces(rollouts)
+    if raw is None:
+        raw = detector.raw_scores_many(rollouts)
     out = []
     for a in alphas:
         try:
@@ -229,8 +254,6 @@ def alpha_sweep(
         except CalibrationError as err:
             out.append({"alpha": a, "error": str(err)})
             continue
-        traces = [
-            other._trace(dict(t.scores), r, r.group) for t, r in zip(base, rollouts, strict=True)
-        ]
-        out.append({"alpha": a, **metrics_from_traces(traces, t_max)})
+        traces = other.traces(rollouts, raw=raw)
+        out.append({"alpha": a, **metrics_from_traces(traces, t_max, id_groups)})
     return out

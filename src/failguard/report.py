@@ -148,7 +148,7 @@ def build_report(
     report = evaluate(detector, rollouts)
     sweep_note = ""
     if alphas:
-        if getattr(detector, "_calibration_curves", None) is not None:
+        if detector.can_recalibrate:
             report.sweep = alpha_sweep(detector, rollouts, alphas)
         else:
             sweep_note = (

@@ -247,6 +247,15 @@ class DiscreteActionEntropy(BaseScore):
     name : str, optional
         Default ``"entropy"`` for logits and ``"entropy_samples"`` for samples.
 
+    Notes
+    -----
+    Entropy signals failure when the agent's uncertainty means "I don't know what to do":
+    imitation policies, or an LLM choosing among tools. An RL policy trained with an entropy
+    bonus can be the opposite, near-uniform when the action hardly matters and decisive when
+    in trouble; on the LunarLander benchmark (docs/BENCHMARKS.md) its entropy is *lower*
+    on failures (ROC-AUC 0.30), and AND-fusing it with RND loses most failures. Check the
+    direction on validation rollouts before relying on it.
+
     Examples
     --------
     >>> import numpy as np
