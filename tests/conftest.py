@@ -8,10 +8,10 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import torch  # noqa: E402
+import torch
 
-from failguard import ActionChunkEntropy, FailureDetector, RNDScore  # noqa: E402
-from failguard.synthetic import make_rollouts  # noqa: E402
+from failguard import ActionChunkEntropy, FailureDetector, RNDScore
+from failguard.synthetic import make_rollouts
 
 torch.set_num_threads(1)
 

@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
+from conftest import make_detector, small_rnd
 from failguard import (
     ActionChunkEntropy,
     ArtifactError,
@@ -22,8 +23,6 @@ from failguard import (
     STACScore,
 )
 from failguard.synthetic import make_rollouts
-
-from conftest import make_detector, small_rnd
 
 
 def replay(det, rollout, group=None):
@@ -127,7 +126,7 @@ def test_detector_separates_failures(detector, test_set):
 
 def test_phase_order_is_enforced(fit_set, cal_set):
     det = make_detector()
-    with pytest.raises(NotFittedError, match="Incorrect method order.*not fitted"):
+    with pytest.raises(NotFittedError, match=r"Incorrect method order.*not fitted"):
         det.calibrate(cal_set)
     with pytest.raises(NotFittedError, match="not fitted"):
         det.score(cal_set[0])
@@ -141,7 +140,7 @@ def test_phase_order_is_enforced(fit_set, cal_set):
 def test_calibration_set_errors(fit_set, cal_set):
     det = make_detector(alpha=0.1).fit(fit_set, progress=False)
     failed = make_rollouts(1, kind="failure", seed=9, length=40)
-    with pytest.raises(CalibrationError, match="rollout 3 .*failed"):
+    with pytest.raises(CalibrationError, match=r"rollout 3 .*failed"):
         det.calibrate(cal_set[:3] + failed + cal_set[3:])
     with pytest.raises(CalibrationError, match="also used to fit"):
         det.calibrate(cal_set + fit_set[:1])
@@ -292,8 +291,13 @@ def test_with_params_shares_scores_and_recalibrates(detector, cal_set, test_set)
     band = detector.with_params(threshold="band", windows={"rnd": 4, "ace": 6}, combine="or")
     assert band.scores is not detector.scores and band.scores[0] is detector.scores[0]
     assert band.is_calibrated and band.n_calibration_ == detector.n_calibration_
-    fresh = make_detector(scores=detector.scores, alpha=0.1, threshold="band",
-                          windows={"rnd": 4, "ace": 6}, combine="or")
+    fresh = make_detector(
+        scores=detector.scores,
+        alpha=0.1,
+        threshold="band",
+        windows={"rnd": 4, "ace": 6},
+        combine="or",
+    )
     fresh._fitted = True  # same fitted scores, calibrated the ordinary way
     fresh.calibrate(cal_set)
     for name in detector.names:
@@ -315,8 +319,11 @@ def test_evaluate_far_on_in_distribution_successes(detector, test_set):
     from failguard import evaluate
 
     rep = evaluate(detector, test_set)
-    ids = [t for t, r in zip(detector.traces(test_set), test_set, strict=True)
-           if r.success and r.group == "id"]
+    ids = [
+        t
+        for t, r in zip(detector.traces(test_set), test_set, strict=True)
+        if r.success and r.group == "id"
+    ]
     assert rep.overall["far_id"] == np.mean([t.predicted_failure for t in ids])
     assert np.isnan(evaluate(detector, test_set, id_groups=["nope"]).overall["far_id"])
 

@@ -132,7 +132,7 @@ def test_recorder_round_trip_and_numbering(tmp_path):
 
 def test_recorder_errors_and_crash_safety(tmp_path):
     rec = Recorder(tmp_path)
-    with pytest.raises(RuntimeError, match="before Recorder.start"):
+    with pytest.raises(RuntimeError, match=r"before Recorder.start"):
         rec.step(embedding=np.ones(2))
     rec.start()
     rec.step(embedding=np.ones(2), action_logits=np.ones(3))
@@ -168,11 +168,11 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
 def test_bad_log_files_name_the_file(tmp_path):
     with pytest.raises(ArtifactError, match="no such rollout directory"):
         read_rollouts(tmp_path / "missing")
-    with pytest.raises(ArtifactError, match="no '\\*.safetensors' rollout files"):
+    with pytest.raises(ArtifactError, match=r"no '\*.safetensors' rollout files"):
         read_rollouts(tmp_path)
     bad = tmp_path / "rollout_000000.safetensors"
     bad.write_bytes(b"\x00\x01garbage")
-    with pytest.raises(ArtifactError, match="rollout_000000.safetensors: not a readable"):
+    with pytest.raises(ArtifactError, match=r"rollout_000000.safetensors: not a readable"):
         read_rollouts(tmp_path)
     from safetensors.numpy import save_file
 
@@ -184,7 +184,7 @@ def test_bad_log_files_name_the_file(tmp_path):
         str(bad),
         metadata={"failguard": '{"schema": 1, "success": true}'},
     )
-    with pytest.raises(ArtifactError, match="invalid rollout.*NaN"):
+    with pytest.raises(ArtifactError, match=r"invalid rollout.*NaN"):
         read_rollout(bad)
     save_file(
         {"embeddings": np.ones((2, 2), dtype=np.float32)},
