@@ -259,7 +259,6 @@ def main(argv: list[str] | None = None) -> int:
     from report import summarise, write_outputs
 
     summary = summarise(cfg, results, out)
-    summary["wall_seconds_this_invocation"] = time.time() - start
     write_outputs(cfg, summary, results, out, ROOT / "docs" / "img" if args.docs else None)
     log["wall_seconds"] = time.time() - start
     (out / "run_log.json").write_text(json.dumps(log, indent=1, default=str))
