@@ -163,3 +163,15 @@ def test_joint_fused_guarantee(combine):
         fars.append(np.mean(hits))
     far, se = np.mean(fars), np.std(fars, ddof=1) / math.sqrt(len(fars))
     assert far <= ALPHA + 3 * se
+
+
+def test_time_varying_profiles_stop_where_support_ends():
+    rng = np.random.default_rng(0)
+    curves_ = [rng.random(10) for _ in range(9)] + [rng.random(100) * 50]
+    from failguard.calibration import band_profile, per_step_profile
+
+    assert per_step_profile(curves_, 0.1, min_support=5).scale.shape == (10,)
+    assert band_profile(curves_, min_support=5).offset.shape == (10,)
+    assert per_step_profile(curves_, 0.1).scale.shape == (100,)  # min_support=1: every step
+    # More support demanded than there are curves: use them all.
+    assert per_step_profile(curves_[:3], 0.1, min_support=5).scale.shape == (10,)

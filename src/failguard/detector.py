@@ -83,6 +83,11 @@ class FailureDetector:
         calibration, the indicators' common scale).
     trim : float in [0, 1), default=0.0
         Band style only: fraction of profile curves left out of the band's width.
+    min_support : int, default=5
+        Time-varying styles only: a threshold profile ends at the last step at which at least
+        this many profile rollouts are still running; past it (and past the longest
+        calibration rollout) the last value repeats. Keeps the tail of the profile from
+        resting on one or two unusually long rollouts. Does not affect the guarantee.
     mondrian : bool, default=False
         Calibrate separately for each ``Rollout.group`` (per-group guarantee). The monitor
         then needs the group at ``reset``.
@@ -125,6 +130,7 @@ class FailureDetector:
         calibration: str = "auto",
         split: float = 0.5,
         trim: float = 0.0,
+        min_support: int = 5,
         mondrian: bool = False,
         mode: str = "corrected",
         random_state: int = 0,
@@ -166,6 +172,8 @@ class FailureDetector:
                 or not 0 < number < 1
             ):
                 raise _param_error(label, "a float in the range (0, 1)", number)
+        if isinstance(min_support, bool) or not isinstance(min_support, int) or min_support < 1:
+            raise _param_error("min_support", "an int >= 1", min_support)
         if isinstance(trim, bool) or not isinstance(trim, (int, float)) or not 0 <= trim < 1:
             raise _param_error("trim", "a float in the range [0, 1)", trim)
         if mode == "reference" and guarantee == "pac":
@@ -182,6 +190,7 @@ class FailureDetector:
         self.calibration = calibration
         self.split = float(split)
         self.trim = float(trim)
+        self.min_support = int(min_support)
         self.mondrian = bool(mondrian)
         self.mode = mode
         self.random_state = int(random_state)
@@ -226,6 +235,7 @@ class FailureDetector:
             delta=self.delta,
             split=self.split,
             trim=self.trim,
+            min_support=self.min_support,
             mode=self.mode,
         )
 
@@ -568,6 +578,7 @@ class FailureDetector:
             "calibration": self.calibration,
             "split": self.split,
             "trim": self.trim,
+            "min_support": self.min_support,
             "mondrian": self.mondrian,
             "mode": self.mode,
             "random_state": self.random_state,

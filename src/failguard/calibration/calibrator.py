@@ -58,6 +58,7 @@ class CalibrationSettings:
     delta: float = 0.1
     split: float = 0.5
     trim: float = 0.0
+    min_support: int = 5
     mode: str = "corrected"
 
     def needs_profile_split(self, n_indicators: int) -> bool:
@@ -238,9 +239,9 @@ def calibrate_thresholds(
         if settings.style == "constant":
             profiles[k] = constant_profile()
         elif settings.style == "per_step":
-            profiles[k] = per_step_profile(part1[k], settings.alpha)
+            profiles[k] = per_step_profile(part1[k], settings.alpha, settings.min_support)
         elif settings.style == "band":
-            profiles[k] = band_profile(part1[k], settings.trim)
+            profiles[k] = band_profile(part1[k], settings.trim, settings.min_support)
         else:
             raise ValueError(f"Unknown threshold style {settings.style!r}.")
 

@@ -151,28 +151,42 @@ def constant_profile() -> Profile:
     return Profile(np.zeros(1), np.ones(1))
 
 
-def _per_step_stack(curves: Sequence[NDArray[np.float64]]) -> NDArray[np.float64]:
-    """Stack curves of unequal length into (n, L) with NaN past each curve's end."""
-    length = max(c.shape[0] for c in curves)
+def _per_step_stack(
+    curves: Sequence[NDArray[np.float64]], min_support: int = 1
+) -> NDArray[np.float64]:
+    """Stack curves of unequal length into (n, L) with NaN past each curve's end.
+
+    Steps where fewer than ``min(min_support, n)`` curves are still running are cut off, so
+    a time-varying profile never rests on one or two unusually long rollouts; past its end the
+    last supported value repeats.
+    """
+    lengths = np.array([c.shape[0] for c in curves])
+    need = min(max(1, min_support), len(curves))
+    length = int(np.sort(lengths)[::-1][need - 1])  # steps with >= need curves running
     out = np.full((len(curves), length), np.nan)
     for i, c in enumerate(curves):
-        out[i, : c.shape[0]] = c
+        out[i, : min(c.shape[0], length)] = c[:length]
     return out
 
 
-def per_step_profile(curves: Sequence[NDArray[np.float64]], alpha: float) -> Profile:
+def per_step_profile(
+    curves: Sequence[NDArray[np.float64]], alpha: float, min_support: int = 1
+) -> Profile:
     """b(t) = the (1-α) quantile of η_i(t) over the rollouts still running at t.
 
     Only the *shape* of the threshold comes from here; its level h is conformalised on other
-    rollouts, which is what makes the episode-level guarantee hold.
+    rollouts, which is what makes the episode-level guarantee hold. Steps with fewer than
+    ``min_support`` running rollouts are left out (the last supported value repeats).
     """
-    stack = _per_step_stack(curves)
+    stack = _per_step_stack(curves, min_support)
     q = np.nanquantile(stack, 1.0 - alpha, axis=0)
     floor = max(TINY, 1e-6 * float(np.max(np.abs(q)))) if q.size else TINY
     return Profile(np.zeros(1), np.maximum(q, floor))
 
 
-def band_profile(curves: Sequence[NDArray[np.float64]], trim: float = 0.0) -> Profile:
+def band_profile(
+    curves: Sequence[NDArray[np.float64]], trim: float = 0.0, min_support: int = 1
+) -> Profile:
     """Functional band (FAIL-Detect): a(t) = mean curve μ(t), b(t) = max_i |η_i(t) - μ(t)|.
 
     Parameters
@@ -182,8 +196,10 @@ def band_profile(curves: Sequence[NDArray[np.float64]], trim: float = 0.0) -> Pr
     trim : float in [0, 1), default=0
         Fraction of the profile curves farthest from μ (by their largest deviation) left out
         of the max that defines b(t), which makes the band robust to one odd rollout.
+    min_support : int, default=1
+        Steps with fewer running profile rollouts are left out (the last value repeats).
     """
-    stack = _per_step_stack(curves)
+    stack = _per_step_stack(curves, min_support)
     mu = np.nanmean(stack, axis=0)
     dev = np.abs(stack - mu)
     n_drop = math.floor(trim * stack.shape[0])
