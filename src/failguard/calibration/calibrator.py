@@ -58,7 +58,7 @@ class CalibrationSettings:
     delta: float = 0.1
     split: float = 0.5
     trim: float = 0.0
-    min_support: int = 5
+    min_support: int = 1
     mode: str = "corrected"
 
     def needs_profile_split(self, n_indicators: int) -> bool:
