@@ -28,7 +28,7 @@ from failguard.integrations import FailguardEnv, PolicyAdapter
 try:
     import gymnasium as gym
 except ImportError as err:  # pragma: no cover
-    raise SystemExit("This example needs gymnasium: pip install failguard[sim]") from err
+    raise SystemExit("This example needs gymnasium: pip install failguard[gym]") from err
 
 MAX_STEPS = 100
 W = np.random.default_rng(0).normal(size=(4, 32)) * np.array([[1.0], [0.5], [8.0], [1.0]])

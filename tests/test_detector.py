@@ -133,8 +133,6 @@ def test_phase_order_is_enforced(fit_set, cal_set):
     det.fit(fit_set, progress=False)
     with pytest.raises(NotFittedError, match="not calibrated"):
         det.monitor()
-    with pytest.raises(NotFittedError, match="not calibrated"):
-        det.save("unused")
 
 
 def test_calibration_set_errors(fit_set, cal_set):
@@ -344,3 +342,96 @@ def test_rnd_training_is_seeded_and_splits_by_rollout(fit_set):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         small_rnd().fit(fit_set[:2])
+
+
+def test_refit_drops_the_stale_calibration(fit_set, cal_set):
+    det = make_detector(alpha=0.2).fit(fit_set, progress=False).calibrate(cal_set)
+    det.fit(cal_set[:8], progress=False)
+    assert not det.is_calibrated and not det.can_recalibrate and det.n_calibration_ == 0
+    assert not det.with_params(alpha=0.1).is_calibrated
+
+
+def test_failed_calibration_changes_nothing(fit_set, cal_set):
+    det = make_detector(alpha=0.2).fit(fit_set, progress=False).calibrate(cal_set)
+    before = {k: v.copy() for k, v in det.thresholds_.items()}
+    with pytest.raises(CalibrationError):
+        det.calibrate(cal_set[:3])
+    assert det.n_calibration_ == len(cal_set)
+    for k, v in before.items():
+        np.testing.assert_array_equal(det.thresholds_[k], v)
+        np.testing.assert_array_equal(det.with_alpha(0.2).thresholds_[k], v)
+    mondrian = make_detector(alpha=0.2, mondrian=True).fit(fit_set, progress=False)
+    mixed = cal_set[:20] + [r.replace(group="rare") for r in cal_set[20:22]]
+    with pytest.raises(CalibrationError, match="group 'rare'"):
+        mondrian.calibrate(mixed)
+    assert not mondrian.is_calibrated and mondrian.group_calibration_ == {}
+
+
+def test_duplicate_calibration_rollouts_are_refused(detector, cal_set):
+    with pytest.raises(CalibrationError, match=r"rollout 20 .*repeats rollout 0"):
+        detector.with_params().calibrate(cal_set[:20] + cal_set[:1])
+
+
+def test_with_params_copy_refits_its_own_scores(detector, fit_set, test_set):
+    r = test_set[0]
+    before = detector.raw_scores(r)["rnd"].copy()
+    copy_ = detector.with_params(windows=5)
+    copy_.fit(fit_set[:4], progress=False)
+    assert copy_.scores[0] is not detector.scores[0]
+    np.testing.assert_array_equal(detector.raw_scores(r)["rnd"], before)
+
+
+def test_monitor_refuses_to_mix_old_thresholds_with_new_scores(fit_set, cal_set):
+    det = make_detector(alpha=0.2).fit(fit_set, progress=False).calibrate(cal_set)
+    mon = det.monitor()
+    det.calibrate(cal_set[::-1])
+    with pytest.raises(NotFittedError, match=r"call monitor.reset"):
+        mon.step(embedding=np.zeros(32), action_samples=np.zeros((32, 8, 3)))
+    mon.reset()
+    mon.step(embedding=np.zeros(32), action_samples=np.zeros((32, 8, 3)))
+
+
+def test_numpy_scalars_are_accepted_and_saved(tmp_path, fit_set, cal_set):
+    det = make_detector(alpha=np.float32(0.2), windows=np.int64(4), min_support=np.int64(2))
+    det.fit(fit_set, progress=False).calibrate(cal_set)
+    loaded = FailureDetector.load(det.save(tmp_path / "np"))
+    assert loaded.windows == {"rnd": 4, "ace": 4} and loaded.min_support == 2
+
+
+def test_fitted_detector_saves_before_calibration(tmp_path, fit_set, cal_set):
+    det = make_detector(alpha=0.2).fit(fit_set, progress=False)
+    loaded = FailureDetector.load(det.save(tmp_path / "fitted"))
+    assert not loaded.is_calibrated
+    with pytest.raises(CalibrationError, match="also used to fit"):
+        loaded.calibrate(fit_set)
+    loaded.calibrate(cal_set)
+    np.testing.assert_array_equal(
+        loaded.score(cal_set[0]).scores["rnd"], det.raw_scores(cal_set[0])["rnd"]
+    )
+
+
+def test_mondrian_group_names_with_dots_round_trip(tmp_path, fit_set, cal_set):
+    cal = [r.replace(group="arm.v1" if i % 2 else "arm.v2") for i, r in enumerate(cal_set)]
+    det = make_detector(alpha=0.2, mondrian=True).fit(fit_set, progress=False).calibrate(cal)
+    loaded = FailureDetector.load(det.save(tmp_path / "dots"))
+    for g in ("arm.v1", "arm.v2"):
+        np.testing.assert_array_equal(loaded.tables_for(g)["ace"], det.tables_for(g)["ace"])
+
+
+def test_reference_mode_runs_on_any_n_and_has_no_p_values(fit_set, cal_set):
+    det = make_detector(alpha=0.05, mode="reference").fit(fit_set, progress=False)
+    det.calibrate(cal_set[:10])  # the reference code calibrates on 10 rollouts at alpha=0.05
+    with pytest.raises(ValueError, match="reference"):
+        det.p_values(cal_set[0])
+
+
+def test_trimmed_band_keeps_its_width_where_every_running_curve_was_trimmed():
+    from failguard.calibration import band_profile
+
+    rng = np.random.default_rng(0)
+    curves = [rng.random(10) for _ in range(18)] + [rng.random(40) * 100 for _ in range(2)]
+    prof = band_profile(curves, trim=0.1)  # trims exactly the two long curves
+    assert prof.scale.shape == (40,)
+    assert prof.scale[-1] > 1.0  # their own spread, not the 1e-6 floor
+    # One curve alone has no spread: the band ends where fewer than two curves run.
+    assert band_profile(curves[:19]).scale.shape == (10,)

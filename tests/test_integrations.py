@@ -338,5 +338,5 @@ def test_gym_wrapper_every_and_signal(cartpole_detector):
 def test_gym_module_names_the_extra_when_gymnasium_is_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "gymnasium", None)
     monkeypatch.delitem(sys.modules, "failguard.integrations.gym", raising=False)
-    with pytest.raises(ImportError, match=r"failguard\[sim\]"):
+    with pytest.raises(ImportError, match=r"failguard\[gym\]"):
         importlib.import_module("failguard.integrations.gym")

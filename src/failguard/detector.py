@@ -11,8 +11,10 @@ The phases are explicit and their order is enforced (as in MAPIE v1):
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import numbers
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -61,7 +63,8 @@ class FailureDetector:
         Indicators, each with a unique ``name``. Default: ``[RNDScore(), ActionChunkEntropy()]``
         (FIPER). For discrete-action agents use ``[RNDScore(), DiscreteActionEntropy()]``.
     windows : int or dict[str, int], default=10
-        Window length w per indicator (one int for all, or by score name).
+        Window length w per indicator (one int for all, or by score name; names left out of
+        the dict get 10).
     window_kind : {"sum", "mean", "cumulative"}, default="sum"
         Causal aggregation; the moving sum is FIPER's.
     combine : {"and", "or"}, default="and"
@@ -151,12 +154,13 @@ class FailureDetector:
             unknown = set(windows) - set(names)
             if unknown:
                 raise _param_error("windows", f"a dict keyed by score names {names}", windows)
-            self.windows = {n: windows.get(n, 10) for n in names}
+            self.windows: dict[str, int] = {n: windows.get(n, 10) for n in names}
         else:
             self.windows = dict.fromkeys(names, windows)
         for n, w in self.windows.items():
-            if isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1:
+            if isinstance(w, bool) or not isinstance(w, numbers.Integral) or w < 1:
                 raise _param_error("windows", f"an int >= 1 (for {n!r})", w)
+            self.windows[n] = int(w)
         checks = (
             ("window_kind", window_kind, WINDOW_KINDS),
             ("combine", combine, ("and", "or")),
@@ -171,40 +175,45 @@ class FailureDetector:
         for label, number in (("alpha", alpha), ("delta", delta), ("split", split)):
             if (
                 isinstance(number, bool)
-                or not isinstance(number, (int, float))
+                or not isinstance(number, numbers.Real)
                 or not 0 < number < 1
             ):
                 raise _param_error(label, "a float in the range (0, 1)", number)
-        if isinstance(min_support, bool) or not isinstance(min_support, int) or min_support < 1:
+        if (
+            isinstance(min_support, bool)
+            or not isinstance(min_support, numbers.Integral)
+            or min_support < 1
+        ):
             raise _param_error("min_support", "an int >= 1", min_support)
-        if isinstance(trim, bool) or not isinstance(trim, (int, float)) or not 0 <= trim < 1:
+        if isinstance(trim, bool) or not isinstance(trim, numbers.Real) or not 0 <= trim < 1:
             raise _param_error("trim", "a float in the range [0, 1)", trim)
         if mode == "reference" and guarantee == "pac":
             raise ValueError(
                 "mode='reference' reproduces the reference code, which has no PAC "
                 "calibration; use guarantee='marginal'."
             )
-        self.window_kind = window_kind
-        self.combine = combine
-        self.threshold = threshold
-        self.alpha = float(alpha)
-        self.guarantee = guarantee
-        self.delta = float(delta)
-        self.calibration = calibration
-        self.split = float(split)
-        self.trim = float(trim)
-        self.min_support = int(min_support)
-        self.mondrian = bool(mondrian)
-        self.mode = mode
-        self.random_state = int(random_state)
-        self._fitted = False
+        self.window_kind: str = window_kind
+        self.combine: str = combine
+        self.threshold: str = threshold
+        self.alpha: float = float(alpha)
+        self.guarantee: str = guarantee
+        self.delta: float = float(delta)
+        self.calibration: str = calibration
+        self.split: float = float(split)
+        self.trim: float = float(trim)
+        self.min_support: int = int(min_support)
+        self.mondrian: bool = bool(mondrian)
+        self.mode: str = mode
+        self.random_state: int = int(random_state)
+        self._fitted: bool = False
+        self._shares_scores: bool = False  # set by with_params: fit must not touch the original's
         self._fit_fingerprints: set[str] = set()
         self.calibration_: CalibrationResult | None = None
         self.group_calibration_: dict[str, CalibrationResult] = {}
         self._calibration_raw: dict[str, list[NDArray[np.float64]]] | None = None
         self._calibration_groups: list[str | None] = []
-        self.n_fit_ = 0
-        self.n_calibration_ = 0
+        self.n_fit_: int = 0
+        self.n_calibration_: int = 0
 
     # ------------------------------------------------------------------ properties
     @property
@@ -297,6 +306,9 @@ class FailureDetector:
         self
         """
         rollouts = self._check_nominal(rollouts, "fit")
+        if self._shares_scores:  # a with_params copy: refit private copies, not the original's
+            self.scores = [copy.deepcopy(s) for s in self.scores]
+            self._shares_scores = False
         for s in self.scores:
             s.fit(rollouts, progress=progress)
         self._fit_fingerprints = {_fingerprint(r) for r in rollouts}
@@ -304,6 +316,9 @@ class FailureDetector:
         self.n_fit_ = len(rollouts)
         self.calibration_ = None
         self.group_calibration_ = {}
+        self._calibration_raw = None  # scores of the old score functions are stale now
+        self._calibration_groups = []
+        self.n_calibration_ = 0
         return self
 
     def calibrate(self, rollouts: Sequence[Rollout], progress: bool = False) -> FailureDetector:
@@ -322,10 +337,9 @@ class FailureDetector:
         """
         self._require_fitted()
         rollouts = self._check_nominal(rollouts, "calibrate")
+        prints = [_fingerprint(r) for r in rollouts]
         reused = [
-            r.describe(i)
-            for i, r in enumerate(rollouts)
-            if _fingerprint(r) in self._fit_fingerprints
+            r.describe(i) for i, r in enumerate(rollouts) if prints[i] in self._fit_fingerprints
         ]
         if reused:
             raise CalibrationError(
@@ -334,9 +348,23 @@ class FailureDetector:
                 "scores are too small and void the guarantee; calibrate on other successful "
                 "rollouts."
             )
-        self._calibration_raw = self.raw_scores_many(rollouts, progress)
-        self._calibration_groups = [r.group for r in rollouts]
-        self._calibrate_from_raw()
+        first: dict[str, int] = {}
+        for i, p in enumerate(prints):
+            if p in first:
+                raise CalibrationError(
+                    f"calibrate: {rollouts[i].describe(i)} repeats "
+                    f"{rollouts[first[p]].describe(first[p])}. A duplicated rollout breaks the "
+                    "exchangeability the guarantee rests on; pass each rollout once."
+                )
+            first[p] = i
+        raw = self.raw_scores_many(rollouts, progress)
+        groups = [r.group for r in rollouts]
+        # Compute everything first; the detector changes only if all of it succeeds.
+        pooled, per_group = self._calibrate_from_raw(raw, groups)
+        self.calibration_ = pooled
+        self.group_calibration_ = per_group
+        self._calibration_raw = raw
+        self._calibration_groups = groups
         self.n_calibration_ = len(rollouts)
         return self
 
@@ -346,29 +374,34 @@ class FailureDetector:
         session, not loaded), so that :meth:`with_params` can recalibrate without rescoring."""
         return self._calibration_raw is not None
 
-    def _calibrate_from_raw(self) -> None:
-        assert self._calibration_raw is not None
+    def _calibrate_from_raw(
+        self,
+        raw: Mapping[str, Sequence[NDArray[np.float64]]],
+        groups: Sequence[str | None],
+    ) -> tuple[CalibrationResult, dict[str, CalibrationResult]]:
+        """Pooled and per-group calibration from raw scores; changes nothing on self."""
         curves = {
-            name: [window_scores(x, self.windows[name], self.window_kind) for x in raw]  # type: ignore[arg-type]
-            for name, raw in self._calibration_raw.items()
+            name: [window_scores(x, self.windows[name], self.window_kind) for x in values]  # type: ignore[arg-type]
+            for name, values in raw.items()
         }
         settings = self.settings
         rng = np.random.default_rng(self.random_state)
-        self.calibration_ = calibrate_thresholds(curves, settings, rng)
-        self.group_calibration_ = {}
+        pooled = calibrate_thresholds(curves, settings, rng)
+        per_group: dict[str, CalibrationResult] = {}
         if self.mondrian:
-            groups = sorted({g for g in self._calibration_groups if g is not None})
-            if not groups:
+            labels = sorted({g for g in groups if g is not None})
+            if not labels:
                 raise CalibrationError(
                     "mondrian=True needs calibration rollouts with a 'group' label."
                 )
-            for g in groups:
-                idx = [i for i, gi in enumerate(self._calibration_groups) if gi == g]
+            for g in labels:
+                idx = [i for i, gi in enumerate(groups) if gi == g]
                 sub = {k: [v[i] for i in idx] for k, v in curves.items()}
                 try:
-                    self.group_calibration_[g] = calibrate_thresholds(sub, settings, rng)
+                    per_group[g] = calibrate_thresholds(sub, settings, rng)
                 except CalibrationError as err:
                     raise CalibrationError(f"group {g!r}: {err}") from err
+        return pooled, per_group
 
     def with_params(self, **params: Any) -> FailureDetector:
         """A copy with other parameters that shares this detector's fitted scores.
@@ -403,14 +436,18 @@ class FailureDetector:
                 f"known: {sorted(self.get_params())}."
             )
         other = FailureDetector(scores=self.scores, **{**self.get_params(), **params})
+        other._shares_scores = True
         other._fitted = self._fitted
         other._fit_fingerprints = set(self._fit_fingerprints)
         other.n_fit_ = self.n_fit_
         if self._calibration_raw is not None:
-            other._calibration_raw = self._calibration_raw
-            other._calibration_groups = list(self._calibration_groups)
+            raw, groups = self._calibration_raw, list(self._calibration_groups)
+            pooled, per_group = other._calibrate_from_raw(raw, groups)
+            other.calibration_ = pooled
+            other.group_calibration_ = per_group
+            other._calibration_raw = raw
+            other._calibration_groups = groups
             other.n_calibration_ = self.n_calibration_
-            other._calibrate_from_raw()
         return other
 
     def with_alpha(self, alpha: float) -> FailureDetector:
@@ -446,19 +483,22 @@ class FailureDetector:
         bar = tqdm(self.scores, desc="scoring", disable=not progress, leave=False)
         return {s.name: s.score_many(rollouts) for s in bar}
 
-    def tables_for(self, group: str | None = None) -> dict[str, NDArray[np.float64]]:
-        """Threshold tables to use for a rollout of ``group`` (Mondrian aware)."""
+    def _calibration_for(self, group: str | None) -> CalibrationResult:
         cal = self._require_calibrated()
         if self.mondrian:
             if group in self.group_calibration_:
-                return self.group_calibration_[group].tables
+                return self.group_calibration_[group]
             warnings.warn(
                 f"No Mondrian thresholds for group {group!r} (calibrated groups: "
                 f"{sorted(self.group_calibration_)}); using the pooled thresholds.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
-        return cal.tables
+        return cal
+
+    def tables_for(self, group: str | None = None) -> dict[str, NDArray[np.float64]]:
+        """Threshold tables to use for a rollout of ``group`` (Mondrian aware)."""
+        return self._calibration_for(group).tables
 
     def _trace(
         self, raw: dict[str, NDArray[np.float64]], rollout: Rollout, group: str | None
@@ -521,15 +561,26 @@ class FailureDetector:
         """Predicted failure (an alarm at any step) per rollout."""
         return np.array([t.predicted_failure for t in self.traces(rollouts)], dtype=bool)
 
-    def p_values(self, rollout: Rollout) -> dict[str, NDArray[np.float64]]:
+    def p_values(
+        self, rollout: Rollout, group: str | None = None
+    ) -> dict[str, NDArray[np.float64]]:
         """Conformal p-value per step, per indicator (and ``"fused"`` for joint calibration).
 
         p(t) is the fraction of calibration successes whose whole-rollout statistic is at
         least as extreme as this rollout's so far; small means unusual.
+
+        Parameters
+        ----------
+        rollout : Rollout
+        group : str, optional
+            Mondrian group; default ``rollout.group``.
         """
-        cal = self._require_calibrated()
-        if self.mondrian and rollout.group in self.group_calibration_:
-            cal = self.group_calibration_[rollout.group]
+        cal = self._calibration_for(group if group is not None else rollout.group)
+        if self.mode == "reference":
+            raise ValueError(
+                "p_values: mode='reference' reproduces the reference thresholds, which have no "
+                "conformal statistics; use mode='corrected'."
+            )
         raw = self.raw_scores(rollout)
         d = {}
         for name in self.names:
@@ -590,14 +641,16 @@ class FailureDetector:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into directory ``path``.
 
-        No pickle: the config is JSON, the arrays safetensors. Both files are written to
-        temporary names first and renamed into place.
+        No pickle: the config is JSON, the arrays safetensors. Both are fully serialised
+        before either file is written, and each is written to a temporary name and renamed
+        into place. A fitted detector that is not calibrated yet can be saved too (fit on one
+        machine, calibrate later); loading it gives a fitted, uncalibrated detector.
         """
         from safetensors.numpy import save as st_save
 
         from .logs import _atomic_write_bytes
 
-        cal = self._require_calibrated()
+        self._require_fitted()
         tensors: dict[str, NDArray[Any]] = {}
         score_configs = []
         for i, s in enumerate(self.scores):
@@ -630,15 +683,21 @@ class FailureDetector:
             "n_calibration": self.n_calibration_,
             "fit_fingerprints": sorted(self._fit_fingerprints),
             "settings": asdict(self.settings),
-            "calibration": pack("calibration.pooled", cal),
-            "groups": {
-                g: pack(f"calibration.group.{g}", r) for g, r in self.group_calibration_.items()
-            },
+            "calibration": (
+                None if self.calibration_ is None else pack("calibration.pooled", self.calibration_)
+            ),
+            # Groups are stored by position, so any group name is a safe tensor key.
+            "groups": [
+                {"name": g, **pack(f"calibration.group.{i}", r)}
+                for i, (g, r) in enumerate(sorted(self.group_calibration_.items()))
+            ],
         }
+        weights = st_save(tensors)
+        text = json.dumps(config, indent=2).encode()
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(out / WEIGHTS_FILE, st_save(tensors))
-        _atomic_write_bytes(out / CONFIG_FILE, json.dumps(config, indent=2).encode())
+        _atomic_write_bytes(out / WEIGHTS_FILE, weights)
+        _atomic_write_bytes(out / CONFIG_FILE, text)
         return out
 
     @classmethod
@@ -700,10 +759,11 @@ class FailureDetector:
                     notes=list(info.get("notes", [])),
                 )
 
-            det.calibration_ = unpack("calibration.pooled", config["calibration"])
+            if config["calibration"] is not None:
+                det.calibration_ = unpack("calibration.pooled", config["calibration"])
             det.group_calibration_ = {
-                g: unpack(f"calibration.group.{g}", info)
-                for g, info in config.get("groups", {}).items()
+                info["name"]: unpack(f"calibration.group.{i}", info)
+                for i, info in enumerate(config.get("groups", []))
             }
             det._fitted = True
             det._fit_fingerprints = set(config.get("fit_fingerprints", []))

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _pipeline
-from .exceptions import RolloutError
+from .exceptions import NotFittedError, RolloutError
 from .types import _FIELDS, Verdict, as_step_array
 from .windows import WindowState
 
@@ -54,7 +54,6 @@ class Monitor:
     def __init__(self, detector: FailureDetector, group: str | None = None) -> None:
         detector._require_calibrated()
         self.detector = detector
-        self._scores = list(detector.scores)
         self._fields = detector.requires
         self.reset(group)
 
@@ -62,6 +61,8 @@ class Monitor:
         """Start a new rollout (optionally in another Mondrian group)."""
         det = self.detector
         self.group = group
+        self._calibration = det._require_calibrated()
+        self._scores = list(det.scores)
         self._tables = det.tables_for(group)
         self._windows = {
             n: WindowState(det.windows[n], det.window_kind)  # type: ignore[arg-type]
@@ -118,6 +119,11 @@ class Monitor:
         -------
         Verdict
         """
+        if self.detector.calibration_ is not self._calibration:
+            raise NotFittedError(
+                "Monitor.step: the detector was refit or recalibrated after this monitor was "
+                "reset; call monitor.reset() (or detector.monitor()) to use the new thresholds."
+            )
         rows = self._validate(
             {
                 "embeddings": embedding,

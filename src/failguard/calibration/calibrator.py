@@ -137,9 +137,15 @@ def _reference(
     settings: CalibrationSettings,
     order: NDArray[np.int64],
 ) -> CalibrationResult:
-    """The reference code's thresholds (no n+1, raw per-step quantile, lower-band sign)."""
+    """The reference code's thresholds (no n+1, raw per-step quantile, lower-band sign).
+
+    Its episode statistics use other signs and quantiles than the corrected ones, so
+    conformal p-values and the health check do not apply: the result keeps no statistics.
+    Out of scope (failguard refuses them in every mode): RND trained on the calibration
+    rollouts, train/validation splits by step, failed rollouts in the calibration set.
+    """
     q = 1.0 - settings.alpha
-    tables, stats, profiles, levels = {}, {}, {}, {}
+    tables, profiles, levels = {}, {}, {}
     n = len(order)
     n1, n2 = n, n
     for name, cs in curves.items():
@@ -153,7 +159,6 @@ def _reference(
                 stack[i, : c.shape[0]] = c
             profile = Profile(np.zeros(1), np.maximum(np.nanquantile(stack, q, axis=0), TINY))
             h = 1.0
-            s = episode_statistics([cs], [profile])
         else:
             n1, n2 = split_sizes(n, settings.split)
             part1 = [cs[i] for i in order[:n1]]
@@ -163,12 +168,9 @@ def _reference(
             s = np.array([np.max(-profile.normalise(c)) for c in part2])
             h = float(np.quantile(s, q))
         tables[name] = profile.thresholds(h)
-        stats[name] = np.sort(s)
         profiles[name] = profile
         levels[name] = h
-    return CalibrationResult(
-        tables, stats, profiles, levels, n1, n2, ["reference mode: no guarantee"]
-    )
+    return CalibrationResult(tables, {}, profiles, levels, n1, n2, ["reference mode: no guarantee"])
 
 
 def calibrate_thresholds(
@@ -206,15 +208,30 @@ def calibrate_thresholds(
     n = len(curves[names[0]])
     if any(len(curves[k]) != n for k in names):
         raise CalibrationError("Every indicator needs one curve per calibration rollout.")
-    needed = _needed(settings, len(names))
+    # The reference code checks nothing (its quantiles run on any n), and reproducing it
+    # means reproducing that too; it still needs two rollouts to split for its band.
+    needed = (
+        _needed(settings, len(names))
+        if settings.mode != "reference"
+        else 1 + (settings.style == "band")
+    )
     if n < needed:
+        split = settings.needs_profile_split(len(names))
+        what = (
+            f"{settings.style!r} thresholds"
+            if settings.style != "constant"
+            else "joint calibration"
+        )
         extra = (
-            f" ({settings.style!r} thresholds use {1 - settings.split:.0%} of them for the "
-            "conformal step)"
-            if settings.needs_profile_split(len(names))
+            f" ({what} use {1 - settings.split:.0%} of them for the conformal step)"
+            if split
             else ""
         )
-        hint = " or use threshold='constant'" if settings.style != "constant" else ""
+        hint = ""
+        if settings.style != "constant":
+            hint = " or use threshold='constant'"
+        elif split:
+            hint = " or use calibration='per_indicator'"
         raise CalibrationError(
             f"alpha={settings.alpha:g}"
             + (f", delta={settings.delta:g}" if settings.guarantee == "pac" else "")

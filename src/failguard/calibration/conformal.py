@@ -22,9 +22,10 @@ guarantee and :class:`~failguard.CalibrationError` says how many rollouts are ne
 Profiles are estimated on a first part of the rollouts and h on the rest, so the profile is
 frozen before h is computed.
 
-Time-varying tables cover t = 0 … L-1, L being the longest profile rollout; **past L the
-last value is repeated** (`extend_table`), the same rule in calibration, in Python
-monitoring and inside the ONNX graph.
+Time-varying tables cover t = 0 … L-1, L being the length of the ``min_support``-th longest
+profile rollout (the longest by default); **past L the last value is repeated**
+(`extend_table`), the same rule in calibration, in Python monitoring and inside the ONNX
+graph.
 """
 
 from __future__ import annotations
@@ -198,17 +199,23 @@ def band_profile(
         of the max that defines b(t), which makes the band robust to one odd rollout.
     min_support : int, default=1
         Steps with fewer running profile rollouts are left out (the last value repeats).
+        The band always needs two: one curve has no spread, and a zero width would make
+        every later rollout look infinitely unusual there.
     """
-    stack = _per_step_stack(curves, min_support)
+    stack = _per_step_stack(curves, max(min_support, 2))
     mu = np.nanmean(stack, axis=0)
     dev = np.abs(stack - mu)
+    sigma = np.nanmax(dev, axis=0)
     n_drop = math.floor(trim * stack.shape[0])
     if n_drop and stack.shape[0] - n_drop >= 1:
         worst = np.nanmax(dev, axis=1)
         keep = np.argsort(worst, kind="stable")[: stack.shape[0] - n_drop]
-        dev = dev[keep]
-    sigma = np.nanmax(dev, axis=0)
-    sigma = np.where(np.isfinite(sigma), sigma, 0.0)
+        kept = dev[keep]
+        running = ~np.all(np.isnan(kept), axis=0)
+        trimmed = np.nanmax(np.where(running, kept, 0.0), axis=0)
+        # Where every curve still running was trimmed, keep the untrimmed width: a zero
+        # width there would make any later rollout look infinitely unusual.
+        sigma = np.where(running, trimmed, sigma)
     floor = max(TINY, 1e-6 * float(np.max(sigma, initial=0.0)), 1e-6 * float(np.max(np.abs(mu))))
     return Profile(mu, np.maximum(sigma, floor))
 

@@ -5,7 +5,7 @@
 - :class:`LeRobotPolicyWrapper`: LeRobot-style policies (``reset`` / ``select_action`` /
   ``predict_action_chunk``), monitored once per new action chunk.
 - :class:`FailguardEnv`: a gymnasium wrapper that puts the verdict into ``info["failguard"]``
-  and can end the episode on alarm (needs ``pip install failguard[sim]``).
+  and can end the episode on alarm (needs ``pip install failguard[gym]``).
 
 Each can also record rollouts (``record_dir=...``) to collect the successful logs that
 calibration needs. Modules are imported on first use, so importing this package pulls in

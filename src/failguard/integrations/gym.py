@@ -1,6 +1,6 @@
 """A gymnasium wrapper that monitors the policy acting in an environment.
 
-Needs gymnasium: ``pip install failguard[sim]`` (or ``pip install gymnasium``).
+Needs gymnasium: ``pip install failguard[gym]`` (or ``pip install gymnasium``).
 
 :class:`FailguardEnv` scores each observation the policy is about to act on with a
 :class:`~failguard.integrations.PolicyAdapter` (which knows how to embed the observation and
@@ -18,7 +18,7 @@ try:
 except ImportError as err:  # pragma: no cover - exercised only without gymnasium
     raise ImportError(
         "failguard.integrations.gym needs gymnasium. Install it with "
-        "`pip install failguard[sim]` (or `pip install gymnasium`)."
+        "`pip install failguard[gym]` (or `pip install gymnasium`)."
     ) from err
 
 from ..types import Verdict
