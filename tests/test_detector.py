@@ -435,3 +435,25 @@ def test_trimmed_band_keeps_its_width_where_every_running_curve_was_trimmed():
     assert prof.scale[-1] > 1.0  # their own spread, not the 1e-6 floor
     # One curve alone has no spread: the band ends where fewer than two curves run.
     assert band_profile(curves[:19]).scale.shape == (10,)
+
+
+def test_cached_score_scores_each_rollout_once(fit_set, cal_set):
+    from failguard.scores import CachedScore
+
+    inner = small_rnd().fit(fit_set)
+    calls = []
+    original = inner.score_many
+
+    def counting(rollouts):
+        calls.append(len(rollouts))
+        return original(rollouts)
+
+    inner.score_many = counting  # type: ignore[method-assign]
+    cached = CachedScore(inner)
+    for w in (2, 5):
+        det = make_detector(scores=[cached], windows=w, alpha=0.2)
+        det.fit(fit_set, progress=False).calibrate(cal_set)
+    assert calls == [len(cal_set)]  # the second detector reused every score
+    np.testing.assert_array_equal(cached.score(cal_set[0]), original([cal_set[0]])[0])
+    with pytest.raises(NotFittedError, match="fitted scores only"):
+        CachedScore(small_rnd())

@@ -34,12 +34,11 @@ from failguard import (
     Rollout,
     evaluate,
 )
-from failguard.scores import BaseScore, logits_entropy
+from failguard.scores import BaseScore, CachedScore, logits_entropy
 
 __all__ = [
     "DETECTORS",
     "ActionCertainty",
-    "CachedScore",
     "Split",
     "evaluate_seed",
     "split_rollouts",
@@ -68,51 +67,6 @@ METRICS = (
     "roc_auc",
     "lead_time_steps",
 )
-
-
-class CachedScore(BaseScore):
-    """A fitted score, frozen, whose per-rollout scores are computed once and reused.
-
-    Window selection builds many detectors over the same fitted scores and the same
-    rollouts; only the windows and thresholds change. ``FailureDetector.fit`` on this
-    wrapper checks the inputs and learns nothing, so the wrapped score stays exactly as it
-    was fitted.
-
-    Parameters
-    ----------
-    inner : BaseScore
-        An already fitted score.
-    """
-
-    def __init__(self, inner: BaseScore) -> None:
-        if not inner.is_fitted:
-            raise ValueError("CachedScore wraps a fitted score; call inner.fit(...) first.")
-        super().__init__(inner.name)
-        self.inner = inner
-        self.requires = inner.requires
-        self.input_shapes_ = inner.input_shapes_
-        self._cache: dict[int, NDArray[np.float64]] = {}
-
-    def _fit(self, rollouts: Sequence[Rollout], progress: bool) -> None:
-        """Nothing to learn: the wrapped score is frozen."""
-
-    def _score(self, inputs: Mapping[str, NDArray[Any]]) -> NDArray[np.float64]:
-        return self.inner.score_steps(inputs)
-
-    def score(self, rollout: Rollout) -> NDArray[np.float64]:
-        """Per-step scores of one rollout (cached by object identity)."""
-        key = id(rollout)
-        if key not in self._cache:
-            self._cache[key] = self.inner.score(rollout)
-        return self._cache[key]
-
-    def score_many(self, rollouts: Sequence[Rollout]) -> list[NDArray[np.float64]]:
-        """Per-step scores of several rollouts; only unseen rollouts are scored."""
-        missing = [r for r in rollouts if id(r) not in self._cache]
-        if missing:
-            for r, s in zip(missing, self.inner.score_many(missing), strict=True):
-                self._cache[id(r)] = s
-        return [self._cache[id(r)] for r in rollouts]
 
 
 class ActionCertainty(BaseScore):

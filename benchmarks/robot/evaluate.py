@@ -12,8 +12,8 @@ For every task and split seed:
    per group, α sweep).
 
 Scores are fitted once per (task, seed) and shared by the methods that use them; a
-:class:`CachedScore` wrapper keeps their per-rollout scores so the window/threshold grid
-does not rescore.
+:class:`failguard.scores.CachedScore` wrapper keeps their per-rollout scores so the
+window/threshold grid does not rescore.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from numpy.typing import NDArray
 from tqdm import tqdm
 
 from failguard import (
@@ -37,10 +36,16 @@ from failguard import (
     Rollout,
     evaluate,
 )
-from failguard.scores import LogpZOScore, PCAKMeansScore, RNDActionScore, STACScore
-from failguard.scores._base import BaseScore
+from failguard.scores import (
+    BaseScore,
+    CachedScore,
+    LogpZOScore,
+    PCAKMeansScore,
+    RNDActionScore,
+    STACScore,
+)
 
-__all__ = ["METHODS", "CachedScore", "MethodSpec", "evaluate_task", "make_scores", "split_rollouts"]
+__all__ = ["METHODS", "MethodSpec", "evaluate_task", "make_scores", "split_rollouts"]
 
 
 @dataclass(frozen=True)
@@ -70,56 +75,6 @@ METHODS: dict[str, MethodSpec] = {
         ("rnd", "ace"), "and", "corrected", "FIPER, joint calibration", "joint"
     ),
 }
-
-
-class CachedScore(BaseScore):
-    """A fitted score whose per-rollout results are memoised (keyed by rollout identity).
-
-    ``fit`` is a no-op apart from the input checks: the wrapped score is already fitted on
-    the fitting split. This lets many :class:`~failguard.FailureDetector` configurations share
-    one fitted score and its scores.
-
-    Parameters
-    ----------
-    inner : BaseScore
-        A fitted score.
-    """
-
-    def __init__(self, inner: BaseScore) -> None:
-        super().__init__(inner.name)
-        self.inner = inner
-        self.requires = inner.requires
-        self._cache: dict[int, NDArray[np.float64]] = {}
-        self._keep: list[Rollout] = []  # keep rollouts alive so their ids stay unique
-
-    @property
-    def context(self) -> int:  # type: ignore[override]
-        """History the wrapped score reads."""
-        return self.inner.context
-
-    def _fit(self, rollouts: Sequence[Rollout], progress: bool) -> None:
-        if not self.inner.is_fitted:
-            raise RuntimeError("CachedScore wraps fitted scores only.")
-
-    def _score(self, inputs: Mapping[str, NDArray[Any]]) -> NDArray[np.float64]:
-        return self.inner.score_steps(inputs)
-
-    def score(self, rollout: Rollout) -> NDArray[np.float64]:
-        """Per-step scores (memoised)."""
-        key = id(rollout)
-        if key not in self._cache:
-            self._cache[key] = self.inner.score(rollout)
-            self._keep.append(rollout)
-        return self._cache[key]
-
-    def score_many(self, rollouts: Sequence[Rollout]) -> list[NDArray[np.float64]]:
-        """Per-step scores of several rollouts (memoised, missing ones batched)."""
-        missing = [r for r in rollouts if id(r) not in self._cache]
-        if missing:
-            for r, s in zip(missing, self.inner.score_many(missing), strict=True):
-                self._cache[id(r)] = s
-                self._keep.append(r)
-        return [self._cache[id(r)] for r in rollouts]
 
 
 def make_scores(names: Sequence[str], seed: int, exec_horizon: int) -> dict[str, BaseScore]:

@@ -9,6 +9,7 @@ are the paper's baselines.
 
 from ._base import BaseScore, Score, register_score, score_from_config
 from .baselines import LogpZOScore, PCAKMeansScore, RNDActionScore, STACScore, mmd_rbf
+from .cached import CachedScore
 from .entropy import (
     ActionChunkEntropy,
     DiscreteActionEntropy,
@@ -21,6 +22,7 @@ from .rnd import RNDNetwork, RNDScore
 __all__ = [
     "ActionChunkEntropy",
     "BaseScore",
+    "CachedScore",
     "DiscreteActionEntropy",
     "LogpZOScore",
     "PCAKMeansScore",
