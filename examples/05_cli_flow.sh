@@ -48,7 +48,7 @@ PY
 "$FAILGUARD" -q report "$WORK/detector" "$WORK/test" -o "$WORK/report.html" --max-traces 4 \
     || { code=$?; [[ $code == 3 ]] && echo "(report skipped: matplotlib missing)" || exit $code; }
 
-# 6. Calibration health on new successes: exit 0 = fine, 4 = recalibrate.
+# 6. Calibration health on new successes: exit 0 = fine, 4 = recalibrate, 5 = too few to tell.
 "$FAILGUARD" -q health "$WORK/detector" "$WORK/new_successes"
 set +e
 "$FAILGUARD" -q health "$WORK/detector" "$WORK/drifted_successes"

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from failguard import FailureDetector, write_rollout
-from failguard.cli import EXIT_DEPENDENCY, EXIT_INPUT, EXIT_RECALIBRATE, main
+from failguard.cli import EXIT_DEPENDENCY, EXIT_INPUT, EXIT_RECALIBRATE, EXIT_TOO_FEW, main
 from failguard.synthetic import make_rollouts
 
 KW = {"length": 30, "embedding_dim": 8, "n_samples": 8, "horizon": 4, "action_dim": 2}
@@ -103,6 +103,8 @@ def test_health_exit_codes(dirs, capsys):
     assert "OK" in capsys.readouterr().out
     assert main(["-q", "health", str(dirs["det"]), str(dirs["drift"])]) == EXIT_RECALIBRATE
     assert "Recalibrate" in capsys.readouterr().out
+    few = _write(dirs["root"] / "few", make_rollouts(5, kind="ood_benign", seed=6, **KW))
+    assert main(["-q", "health", str(dirs["det"]), str(few)]) == EXIT_TOO_FEW
 
 
 @pytest.mark.parametrize(
@@ -183,17 +185,15 @@ def test_report_command_writes_html(dirs, tmp_path, capsys):
     assert code == 0 and out.read_text().startswith("<!DOCTYPE html>")
 
 
-def test_export(dirs, tmp_path, capsys):
-    exporters = pytest.importorskip("failguard.exporters")
-    if not hasattr(exporters, "export_onnx"):
-        code = main(["export", str(dirs["det"]), "-o", str(tmp_path / "m.onnx")])
-        assert code == EXIT_DEPENDENCY
-        assert "failguard[export]" in capsys.readouterr().err
-        pytest.skip("failguard.exporters.export_onnx is not available yet")
+def test_export(dirs, tmp_path, capsys, monkeypatch):
     pytest.importorskip("onnx")
     code = main(["export", str(dirs["det"]), "-o", str(tmp_path / "m.onnx")])
     assert code == 0, capsys.readouterr().err
     assert (tmp_path / "m.onnx").is_file()
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if failguard[export] were missing
+    code = main(["export", str(dirs["det"]), "-o", str(tmp_path / "n.onnx")])
+    assert code == EXIT_DEPENDENCY
+    assert "failguard[export]" in capsys.readouterr().err
 
 
 def test_console_script_runs():

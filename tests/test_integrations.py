@@ -14,6 +14,7 @@ from failguard import (
     DiscreteActionEntropy,
     FailureDetector,
     RNDScore,
+    RolloutError,
     read_rollouts,
 )
 from failguard.integrations import LeRobotPolicyWrapper, PolicyAdapter, ToyChunkPolicy
@@ -107,6 +108,49 @@ def test_monitor_runs_once_per_chunk(toy_detector, boundary):
     assert [v.step for v in wrapped.verdicts] == [0, 1, 2]
     assert calls == [1, B, 1, B, 1, B]  # the policy's own chunk, then one batched draw of B
     assert wrapped.last_verdict is wrapped.verdicts[-1]
+
+
+def test_a_rejected_step_does_not_shift_later_chunks(toy_detector):
+    policy = ToyChunkPolicy(obs_dim=OBS_DIM, n_action_steps=4)
+    embedded_at = []
+
+    def embed(batch):  # NaN on the second chunk, which the monitor must reject
+        embedded_at.append(step)
+        e = policy.encoder(batch["observation.state"])[0].detach().numpy()
+        return np.full_like(e, np.nan) if len(embedded_at) == 2 else e
+
+    wrapped = LeRobotPolicyWrapper(
+        policy, toy_detector, embed=embed, n_samples=B, chunk_boundary="steps"
+    )
+    wrapped.reset()
+    for step in range(12):
+        if step == 4:
+            with pytest.raises(RolloutError, match="NaN"):
+                wrapped.select_action(_obs(step, 0.3))
+        else:
+            wrapped.select_action(_obs(step, 0.3))
+    assert embedded_at == [0, 4, 8]  # later chunks still start where the policy's do
+    assert wrapped.n_chunks == 2  # the rejected chunk is not counted
+
+
+def test_session_rejected_step_is_not_recorded(tmp_path, toy_detector):
+    shapes = {f: s for score in toy_detector.scores for f, s in score.input_shapes_.items()}
+    adapter = PolicyAdapter(
+        embed=lambda o: o["e"],
+        sample=lambda o, n: o["a"],
+        n_samples=B,
+        detector=toy_detector,
+        record_dir=tmp_path,
+    )
+    good = {"e": np.zeros(shapes["embeddings"]), "a": np.zeros(shapes["action_samples"])}
+    adapter.reset(group="id")
+    adapter.step(good)
+    with pytest.raises(RolloutError):
+        adapter.step({"e": np.zeros(3), "a": good["a"]})  # wrong embedding size
+    adapter.step(good)
+    assert [v.step for v in adapter.verdicts] == [0, 1]
+    adapter.end_episode(success=True)
+    assert len(read_rollouts(tmp_path)[0]) == 2
 
 
 def test_wrapper_alarms_off_distribution_and_calls_hook(toy_detector):

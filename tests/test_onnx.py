@@ -396,3 +396,15 @@ def test_reset_one_robot_of_a_batch(exported, test_set):
     assert after.windowed["rnd"][0] > before.scores["rnd"][0]
     with pytest.raises(IndexError):
         mon.reset_robot(3)
+
+
+def test_high_dimensional_actions_are_not_refused(tmp_path):
+    """Bimanual-size actions (D = 14): the mixed-radix keys stay exact, no step is refused."""
+    kw = {"length": 25, "action_dim": 14}
+    det = FailureDetector(scores=[ActionChunkEntropy()], alpha=0.2)
+    det.fit(make_rollouts(4, seed=0, **kw), progress=False)
+    det.calibrate(make_rollouts(20, seed=1, **kw))
+    path = export_onnx(det, tmp_path / "d14.onnx")
+    test = make_rollouts(2, seed=2, **kw) + make_rollouts(2, kind="failure", seed=3, **kw)
+    out = assert_stream_parity(det, OnnxMonitor(path), test)
+    assert out["steps"] == sum(len(r) for r in test)

@@ -142,6 +142,11 @@ def test_recorder_errors_and_crash_safety(tmp_path):
         rec.step(embedding=[np.nan, 1.0], action_logits=np.ones(3))
     rec.discard()
     rec.start()
+    rec.step(embedding=np.ones(2))
+    with pytest.raises(RolloutError, match=r"shape \(3,\), but earlier steps gave \(2,\)"):
+        rec.step(embedding=np.ones(3))
+    rec.discard()
+    rec.start()
     with pytest.raises(RolloutError, match="no steps"):
         rec.end(success=True)
     # An unfinished rollout leaves nothing behind, not even a temporary file.

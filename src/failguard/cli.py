@@ -14,6 +14,7 @@ Exit codes
    failguard[plots])
 4  ``health`` only: the new successful rollouts are no longer consistent with the
    calibration; recalibrate (``failguard calibrate``)
+5  ``health`` only: too few new successful rollouts to conclude anything; record more
 130 interrupted (Ctrl-C)
 
 Examples
@@ -38,13 +39,14 @@ import numpy as np
 
 from ._version import __version__
 
-__all__ = ["EXIT_DEPENDENCY", "EXIT_INPUT", "EXIT_OK", "EXIT_RECALIBRATE", "main"]
+__all__ = ["EXIT_DEPENDENCY", "EXIT_INPUT", "EXIT_OK", "EXIT_RECALIBRATE", "EXIT_TOO_FEW", "main"]
 
 EXIT_OK = 0
 EXIT_INPUT = 1
 EXIT_USAGE = 2
 EXIT_DEPENDENCY = 3
 EXIT_RECALIBRATE = 4
+EXIT_TOO_FEW = 5
 EXIT_INTERRUPTED = 130
 
 
@@ -315,14 +317,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     det = _load_detector(args.detector)
-    try:
+    try:  # onnx is imported when the graph is built, so the export itself is inside
         from .exporters import export_onnx
+
+        out = export_onnx(det, args.output)
     except ImportError as err:
         raise DependencyError(
             f"ONNX export is not available ({err}). Install it with "
-            "`pip install failguard[export]` (and a failguard that ships failguard.exporters)."
+            "`pip install failguard[export]`."
         ) from err
-    out = export_onnx(det, args.output)
     print(f"exported the monitor to {out if out is not None else args.output}")
     return EXIT_OK
 
@@ -380,7 +383,9 @@ def cmd_health(args: argparse.Namespace) -> int:
     print(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_dict(), indent=2))
-    return EXIT_RECALIBRATE if result.needs_recalibration else EXIT_OK
+    if result.needs_recalibration:
+        return EXIT_RECALIBRATE
+    return EXIT_TOO_FEW if result.status == "too_few" else EXIT_OK
 
 
 # ---------------------------------------------------------------------------- parser
@@ -391,6 +396,7 @@ exit codes:
   2    bad command line
   3    optional dependency missing (export: failguard[export]; report: failguard[plots])
   4    health: recalibrate (new successes no longer match the calibration)
+  5    health: too few new successes to tell; record more before trusting the check
   130  interrupted
 
 typical flow:

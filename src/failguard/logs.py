@@ -236,6 +236,13 @@ class Recorder:
             assert value is not None
             rows[name] = as_step_array(name, value, ndim - 1, kind, "Recorder.step")
         for name, row in rows.items():
+            earlier = self._steps.get(name)
+            if earlier and earlier[0].shape != row.shape:
+                raise RolloutError(
+                    f"Recorder.step: step {n_done} gives '{name}' of shape {row.shape}, but "
+                    f"earlier steps gave {earlier[0].shape}; every step must have the same shape."
+                )
+        for name, row in rows.items():
             self._steps.setdefault(name, []).append(row)
 
     def end(self, success: bool | None, metadata: Mapping[str, Any] | None = None) -> Path:

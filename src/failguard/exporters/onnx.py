@@ -258,17 +258,28 @@ def _ace_graph(g: _Builder, score: Any, a: str, shape: tuple[int, ...]) -> tuple
     cells = g.op(
         "Floor", g.op("Div", g.op("Sub", pts, origin), g.const(cell, np.float32, "ace_cell"))
     )
-    # one key per point, Σ_k cell_k · R^(D-1-k) with R = 2^floor(53 / D) cells per axis,
-    # exact in float64; a step that needs more cells per axis is flagged, never guessed
-    radix = 2 ** (_KEY_BITS // d)
-    top = g.op("ReduceMax", cells, g.i64([1, 2, 3]), keepdims=0)
-    overflow = g.op("Greater", top, g.f32(float(radix - 1)))
+    # one key per point in a mixed radix: with s_k = 1 + the largest cell index on axis k
+    # among the B points of this (robot, chunk index), key = Σ_k cell_k · Π_{j>k} s_j (Horner),
+    # exact in float64 while Π s_k <= 2^53, which holds unless the B points spread over more
+    # than 2^53 cells in all; such a step is flagged, never guessed
     cells_d = g.op("Cast", cells, to=_DOUBLE)
     if d == 1:
         key = cells_d
+        top = g.op("ReduceMax", cells_d, g.i64([1, 2, 3]), keepdims=0)
+        overflow = g.op("Greater", top, g.f64(float(2**_KEY_BITS - 1)))
     else:
-        weights = np.array([[float(radix) ** (d - 1 - k)] for k in range(d)], dtype=np.float64)
-        key = g.op("MatMul", cells_d, g.const(weights, np.float64, "ace_radix"))  # (N, B, H, 1)
+        span = g.op("Add", g.op("ReduceMax", cells_d, g.i64([1]), keepdims=1), g.f64(1.0))
+        axis3 = g.i64([3])
+
+        def axis_k(x: str, k: int) -> str:
+            return g.op("Slice", x, g.i64([k]), g.i64([k + 1]), axis3)
+
+        key = axis_k(cells_d, 0)
+        for k in range(1, d):
+            key = g.op("Add", g.op("Mul", key, axis_k(span, k)), axis_k(cells_d, k))
+        cells_needed = g.op("ReduceProd", span, axis3, keepdims=1)  # (N, 1, H, 1)
+        worst = g.op("ReduceMax", cells_needed, g.i64([1, 2, 3]), keepdims=0)
+        overflow = g.op("Greater", worst, g.f64(float(2**_KEY_BITS)))
     g.ranks[key] = 4
     ent = _keys_entropy(g, key, b)  # (N, H, 1)
     return g.op("ReduceMean", ent, g.i64([1, 2]), keepdims=0), overflow

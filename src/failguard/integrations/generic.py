@@ -168,7 +168,19 @@ class MonitoringSession:
         action_logits: ArrayLike | None = None,
         action_ids: ArrayLike | None = None,
     ) -> Verdict | None:
-        """Score and/or record one policy step; returns the verdict (None in record mode)."""
+        """Score and/or record one policy step; returns the verdict (None in record mode).
+
+        The monitor runs first: a step it rejects is neither recorded nor counted, so the
+        recording, the step count and the verdicts stay aligned.
+        """
+        verdict = None
+        if self.monitor is not None:
+            verdict = self.monitor.step(
+                embedding=embedding,
+                action_samples=action_samples,
+                action_logits=action_logits,
+                action_ids=action_ids,
+            )
         if self.recorder is not None:
             if not self.recorder.recording:
                 self.recorder.start(group=self.group)
@@ -179,14 +191,8 @@ class MonitoringSession:
                 action_ids=action_ids,
             )
         self.n_steps += 1
-        if self.monitor is None:
+        if verdict is None:
             return None
-        verdict = self.monitor.step(
-            embedding=embedding,
-            action_samples=action_samples,
-            action_logits=action_logits,
-            action_ids=action_ids,
-        )
         self.last_verdict = verdict
         self.verdicts.append(verdict)
         if verdict.alarm and self.on_alarm is not None:

@@ -254,14 +254,14 @@ class LeRobotPolicyWrapper:
                 return len(queue) == 0
         return self._t % self.n_action_steps == 0
 
-    def _rng_devices(self) -> list[int]:
-        if not torch.cuda.is_available():
-            return []
-        params = getattr(self.policy, "parameters", None)
-        for p in params() if callable(params) else ():
-            if p.is_cuda:
-                return [p.device.index or 0]
-        return []
+    @staticmethod
+    def _rng_devices() -> list[int]:
+        """Every device of the machine's accelerator type: ``torch.manual_seed`` seeds them
+        all, so all of them must be forked and restored, not just the policy's."""
+        acc = getattr(torch, "accelerator", None)
+        if acc is not None:  # torch >= 2.6: CUDA, MPS, XPU, ... alike
+            return list(range(acc.device_count())) if acc.is_available() else []
+        return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
 
     def _embedding(self, batch: Batch) -> NDArray[np.float32]:
         if self.embed is not None:
@@ -314,15 +314,17 @@ class LeRobotPolicyWrapper:
             action = self.policy.select_action(batch)
         finally:
             self._capturing = False
-        if new_chunk:
-            with torch.no_grad(), torch.random.fork_rng(devices=self._rng_devices()):
-                torch.manual_seed(self.seed + self.n_chunks)
-                embedding = self._embedding(batch)
-                chunks = self._sample(batch)
-            self._captured = []
-            self.n_chunks += 1
-            self.session.process(embedding=embedding, action_samples=chunks)
-        self._t += 1
+        try:
+            if new_chunk:
+                with torch.no_grad(), torch.random.fork_rng(devices=self._rng_devices()):
+                    torch.manual_seed(self.seed + self.n_chunks)
+                    embedding = self._embedding(batch)
+                    chunks = self._sample(batch)
+                self._captured = []
+                self.session.process(embedding=embedding, action_samples=chunks)
+                self.n_chunks += 1
+        finally:
+            self._t += 1  # the policy has taken this step, whatever the monitor said
         return action
 
     def predict_action_chunk(self, batch: Batch) -> Any:

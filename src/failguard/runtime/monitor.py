@@ -342,9 +342,10 @@ class OnnxMonitor:
         if overflow.any():
             bad = np.flatnonzero(overflow).tolist()
             raise RolloutError(
-                f"{where}: the action samples of robot(s) {bad} spread over more grid cells per "
-                "axis than the exported ACE can count exactly; the step was not applied. Check "
-                "the action scale (the cell size was fitted on the calibration actions)."
+                f"{where}: the action samples of robot(s) {bad} spread over more grid cells "
+                "(over 2^53 in one chunk index) than the exported ACE can count exactly; the "
+                "step was not applied. Check the action scale (the cell size was fitted on the "
+                "actions of the rollouts given to fit)."
             )
         for n, state in zip(self.names, states, strict=True):
             self._state[n] = state
