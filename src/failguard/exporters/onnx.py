@@ -77,6 +77,7 @@ OPSET = 18
 METADATA_KEY = "failguard"
 #: ACE keys are exact float64 integers: at most ``2 ** floor(53 / D)`` cells per axis.
 _KEY_BITS = 53
+_FIXED_RADIX_MAX_D = 4  # up to here 2^floor(53 / D) >= 8192 cells per axis
 
 _INT64_MIN = -(2**63)
 _FLOAT = 1  # onnx.TensorProto.FLOAT
@@ -258,15 +259,23 @@ def _ace_graph(g: _Builder, score: Any, a: str, shape: tuple[int, ...]) -> tuple
     cells = g.op(
         "Floor", g.op("Div", g.op("Sub", pts, origin), g.const(cell, np.float32, "ace_cell"))
     )
-    # one key per point in a mixed radix: with s_k = 1 + the largest cell index on axis k
-    # among the B points of this (robot, chunk index), key = Σ_k cell_k · Π_{j>k} s_j (Horner),
-    # exact in float64 while Π s_k <= 2^53, which holds unless the B points spread over more
-    # than 2^53 cells in all; such a step is flagged, never guessed
+    # One exact float64 key per point; a step whose keys would not be exact is flagged (the
+    # runtime refuses it), never guessed. For D <= 4, a fixed radix R = 2^floor(53/D) per axis
+    # (>= 8192 cells, about 250 times the fitted action range) and one MatMul: the fast path.
+    # For more axes a fixed radix would be too small, so a mixed radix: with s_k = 1 + the
+    # largest cell index on axis k among the B points of this (robot, chunk index),
+    # key = Σ_k cell_k · Π_{j>k} s_j (Horner), exact while Π s_k <= 2^53.
     cells_d = g.op("Cast", cells, to=_DOUBLE)
     if d == 1:
         key = cells_d
         top = g.op("ReduceMax", cells_d, g.i64([1, 2, 3]), keepdims=0)
         overflow = g.op("Greater", top, g.f64(float(2**_KEY_BITS - 1)))
+    elif d <= _FIXED_RADIX_MAX_D:
+        radix = 2 ** (_KEY_BITS // d)
+        top = g.op("ReduceMax", cells_d, g.i64([1, 2, 3]), keepdims=0)
+        overflow = g.op("Greater", top, g.f64(float(radix - 1)))
+        weights = np.array([[float(radix) ** (d - 1 - k)] for k in range(d)], dtype=np.float64)
+        key = g.op("MatMul", cells_d, g.const(weights, np.float64, "ace_radix"))  # (N, B, H, 1)
     else:
         span = g.op("Add", g.op("ReduceMax", cells_d, g.i64([1]), keepdims=1), g.f64(1.0))
         axis3 = g.i64([3])
