@@ -9,6 +9,7 @@ scores and 1 for STAC (which compares consecutive batches). That is what lets
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
@@ -102,7 +103,21 @@ class BaseScore:
                     )
         self._fit(rollouts, progress)
         self.input_shapes_ = shapes
+        self._canonicalise()
         return self
+
+    def _canonicalise(self) -> None:
+        """Replace the fitted state by exactly what a save/load round trip would give.
+
+        Libraries hand back arrays in whatever memory order suits them (scikit-learn 1.9
+        returns a Fortran-ordered ``PCA.components_``); a matrix product over a Fortran and a
+        C-ordered copy of the same matrix can round differently. Restoring the fitted state from
+        C-ordered copies of its tensors and a JSON round trip of its metadata makes the fitted
+        score and a loaded one compute bit-identically, whatever a library returned.
+        """
+        fitted = json.loads(json.dumps(self._fitted()))
+        tensors = {k: np.ascontiguousarray(v).copy() for k, v in self._tensors().items()}
+        self._restore(fitted, tensors)
 
     def score(self, rollout: Rollout) -> NDArray[np.float64]:
         """Per-step scores of one rollout, shape (T,)."""
