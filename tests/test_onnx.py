@@ -394,7 +394,7 @@ def test_reset_one_robot_of_a_batch(exported, test_set):
     for name in first.scores:
         assert got.windowed[name] == pytest.approx(first.windowed[name], rel=1e-6)
     assert after.windowed["rnd"][0] > before.scores["rnd"][0]
-    with pytest.raises(IndexError):
+    with pytest.raises(RolloutError, match="out of range"):
         mon.reset_robot(3)
 
 

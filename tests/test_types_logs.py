@@ -10,7 +10,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from failguard import ArtifactError, Recorder, Rollout, RolloutError, read_rollout, read_rollouts
+from failguard import (
+    ArtifactError,
+    NonFiniteScoreError,
+    Recorder,
+    Rollout,
+    RolloutError,
+    read_rollout,
+    read_rollouts,
+)
 from failguard.logs import write_rollout
 
 bad_values = st.sampled_from([np.nan, np.inf, -np.inf])
@@ -79,12 +87,18 @@ def test_field_consistency_and_labels():
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 def test_monitor_step_fuzz(detector, emb):
-    """Any embedding either is accepted (right size, finite) or gives a RolloutError."""
+    """Any embedding either is accepted (right size, finite, finite scores) or gives a
+    RolloutError and leaves the monitor as it was; an accepted step is never NaN-quiet."""
     mon = detector.monitor()
     a = np.zeros((32, 8, 3))
     ok = emb.shape == (32,) and np.all(np.isfinite(emb.astype(np.float32)))
     if ok:
-        assert mon.step(embedding=emb, action_samples=a).step == 0
+        try:
+            v = mon.step(embedding=emb, action_samples=a)
+        except NonFiniteScoreError:  # an extreme but finite input overflowed RND
+            assert mon.t == 0
+        else:
+            assert v.step == 0 and np.isfinite(v.fused_ratio)
     else:
         with pytest.raises(RolloutError):
             mon.step(embedding=emb, action_samples=a)

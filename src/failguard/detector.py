@@ -29,7 +29,13 @@ from . import _pipeline
 from ._version import SCHEMA_VERSION, __version__
 from .calibration.calibrator import CalibrationResult, CalibrationSettings, calibrate_thresholds
 from .calibration.conformal import THRESHOLD_STYLES, Profile, conformal_p_values
-from .exceptions import ArtifactError, CalibrationError, NotFittedError, RolloutError
+from .exceptions import (
+    ArtifactError,
+    CalibrationError,
+    NonFiniteScoreError,
+    NotFittedError,
+    RolloutError,
+)
 from .scores._base import BaseScore, score_from_config
 from .scores.entropy import ActionChunkEntropy
 from .scores.rnd import RNDScore
@@ -46,6 +52,11 @@ def _param_error(name: str, expected: str, value: Any) -> ValueError:
     return ValueError(
         f"The '{name}' parameter of FailureDetector must be {expected}. Got {value!r} instead."
     )
+
+
+def _check_nonfinite(value: str) -> None:
+    if value not in ("raise", "alarm"):
+        raise _param_error("nonfinite", "one of ('raise', 'alarm')", value)
 
 
 def _fingerprint(r: Rollout) -> str:
@@ -380,6 +391,15 @@ class FailureDetector:
         groups: Sequence[str | None],
     ) -> tuple[CalibrationResult, dict[str, CalibrationResult]]:
         """Pooled and per-group calibration from raw scores; changes nothing on self."""
+        for name, values in raw.items():
+            for i, x in enumerate(values):
+                if not np.all(np.isfinite(x)):
+                    step = int(np.flatnonzero(~np.isfinite(x))[0])
+                    raise CalibrationError(
+                        f"calibrate: calibration rollout {i} gives a non-finite {name!r} score "
+                        f"at step {step} (an extreme input overflowed the score); thresholds "
+                        "cannot be computed from it. Drop or repair that rollout."
+                    )
         curves = {
             name: [window_scores(x, self.windows[name], self.window_kind) for x in values]  # type: ignore[arg-type]
             for name, values in raw.items()
@@ -501,19 +521,48 @@ class FailureDetector:
         return self._calibration_for(group).tables
 
     def _trace(
-        self, raw: dict[str, NDArray[np.float64]], rollout: Rollout, group: str | None
+        self,
+        raw: dict[str, NDArray[np.float64]],
+        rollout: Rollout,
+        group: str | None,
+        nonfinite: str = "raise",
+        index: int | None = None,
     ) -> Trace:
         tables = self.tables_for(group)
         t = np.arange(len(rollout))
+        bad = np.zeros(len(rollout), dtype=bool)
+        for name in self.names:
+            bad |= ~np.isfinite(raw[name])
+        if bad.any() and nonfinite == "raise":
+            step = int(np.flatnonzero(bad)[0])
+            which = [n for n in self.names if not np.isfinite(raw[n][step])]
+            raise NonFiniteScoreError(
+                f"{rollout.describe(index)}: step {step} gives a non-finite score for {which} "
+                "from finite inputs (an extreme input overflowed the score). Check the input's "
+                "scale, or pass nonfinite='alarm' to count such steps as alarms."
+            )
         windowed, gammas, rat = {}, {}, {}
         for name in self.names:
-            windowed[name] = window_scores(raw[name], self.windows[name], self.window_kind)  # type: ignore[arg-type]
+            # a non-finite score enters its window as +inf (never NaN), as in Monitor.step
+            values = np.where(np.isfinite(raw[name]), raw[name], np.inf)
+            windowed[name] = window_scores(values, self.windows[name], self.window_kind)  # type: ignore[arg-type]
             gammas[name] = _pipeline.threshold_at(tables[name], t)
             rat[name] = _pipeline.ratios(windowed[name], gammas[name])
         fused = _pipeline.fuse(list(rat.values()), self.combine)
-        return Trace(raw, windowed, gammas, rat, fused, fused > 1.0, rollout.success, rollout.group)
+        bad |= np.isnan(fused)
+        return Trace(
+            raw,
+            windowed,
+            gammas,
+            rat,
+            fused,
+            (fused > 1.0) | bad,
+            rollout.success,
+            rollout.group,
+            bad if bad.any() else None,
+        )
 
-    def score(self, rollout: Rollout, group: str | None = None) -> Trace:
+    def score(self, rollout: Rollout, group: str | None = None, nonfinite: str = "raise") -> Trace:
         """Score one rollout step by step (what a :class:`Monitor` would have said).
 
         Parameters
@@ -521,10 +570,18 @@ class FailureDetector:
         rollout : Rollout
         group : str, optional
             Group for Mondrian thresholds; default ``rollout.group``.
+        nonfinite : {"raise", "alarm"}, default="raise"
+            A step whose score is NaN or inf raises
+            :class:`~failguard.NonFiniteScoreError`, or (``"alarm"``) counts as an alarm;
+            see :class:`~failguard.Monitor`.
         """
         self._require_calibrated()
+        _check_nonfinite(nonfinite)
         return self._trace(
-            self.raw_scores(rollout), rollout, group if group is not None else rollout.group
+            self.raw_scores(rollout),
+            rollout,
+            group if group is not None else rollout.group,
+            nonfinite,
         )
 
     def traces(
@@ -532,6 +589,7 @@ class FailureDetector:
         rollouts: Sequence[Rollout],
         progress: bool = False,
         raw: Mapping[str, Sequence[NDArray[np.float64]]] | None = None,
+        nonfinite: str = "raise",
     ) -> list[Trace]:
         """:meth:`score` for many rollouts, batching the score networks.
 
@@ -542,8 +600,11 @@ class FailureDetector:
         raw : mapping, optional
             Raw scores from :meth:`raw_scores_many` on the same rollouts (by this detector or
             one that shares its scores through :meth:`with_params`); skips rescoring.
+        nonfinite : {"raise", "alarm"}, default="raise"
+            See :meth:`score`.
         """
         self._require_calibrated()
+        _check_nonfinite(nonfinite)
         rollouts = list(rollouts)
         if raw is None:
             raw = self.raw_scores_many(rollouts, progress)
@@ -553,13 +614,15 @@ class FailureDetector:
                 "compute it with raw_scores_many(rollouts)."
             )
         return [
-            self._trace({k: v[i] for k, v in raw.items()}, r, r.group)
+            self._trace({k: v[i] for k, v in raw.items()}, r, r.group, nonfinite, i)
             for i, r in enumerate(rollouts)
         ]
 
-    def predict(self, rollouts: Sequence[Rollout]) -> NDArray[np.bool_]:
-        """Predicted failure (an alarm at any step) per rollout."""
-        return np.array([t.predicted_failure for t in self.traces(rollouts)], dtype=bool)
+    def predict(self, rollouts: Sequence[Rollout], nonfinite: str = "raise") -> NDArray[np.bool_]:
+        """Predicted failure (an alarm at any step) per rollout; ``nonfinite``: see
+        :meth:`score`."""
+        traces = self.traces(rollouts, nonfinite=nonfinite)
+        return np.array([t.predicted_failure for t in traces], dtype=bool)
 
     def p_values(
         self, rollout: Rollout, group: str | None = None
@@ -594,11 +657,14 @@ class FailureDetector:
             out["fused"] = conformal_p_values(np.maximum.accumulate(fused), cal.statistics["fused"])
         return out
 
-    def monitor(self, group: str | None = None) -> Any:
-        """A streaming :class:`~failguard.Monitor` for one rollout at a time."""
+    def monitor(self, group: str | None = None, nonfinite: str = "raise") -> Any:
+        """A streaming :class:`~failguard.Monitor` for one rollout at a time.
+
+        ``nonfinite``: what a step with a NaN or inf score does; see :class:`~failguard.Monitor`.
+        """
         from .monitor import Monitor
 
-        return Monitor(self, group=group)
+        return Monitor(self, group=group, nonfinite=nonfinite)
 
     # ------------------------------------------------------------------ checks
     def _require_fitted(self) -> None:

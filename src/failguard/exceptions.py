@@ -9,7 +9,9 @@ from __future__ import annotations
 __all__ = [
     "ArtifactError",
     "CalibrationError",
+    "ConcurrentUseError",
     "FailguardError",
+    "NonFiniteScoreError",
     "NotFittedError",
     "RolloutError",
 ]
@@ -47,3 +49,16 @@ class RolloutError(FailguardError, ValueError):
 
 class ArtifactError(FailguardError, OSError):
     """A saved detector, rollout log or ONNX monitor is missing, corrupt or incompatible."""
+
+
+class NonFiniteScoreError(RolloutError):
+    """A step's inputs were finite, but a score computed from them was not (NaN or inf).
+
+    An extreme but finite input (an embedding of 1e20, say) can overflow a network. Such a
+    step is refused like a NaN input: the monitor's state is left as it was. Pass
+    ``nonfinite="alarm"`` to the monitor to count such a step as an alarm instead.
+    """
+
+
+class ConcurrentUseError(FailguardError, RuntimeError):
+    """One monitor was used by two threads at once. Use one monitor per thread."""

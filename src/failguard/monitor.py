@@ -10,6 +10,8 @@ differently from the same row inside a larger batch).
 
 from __future__ import annotations
 
+import math
+import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -17,8 +19,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _pipeline
-from .exceptions import NotFittedError, RolloutError
-from .types import _FIELDS, Verdict, as_step_array
+from .exceptions import ConcurrentUseError, NonFiniteScoreError, NotFittedError, RolloutError
+from .types import _FIELDS, Verdict, as_step_array, fired_names
 from .windows import WindowState
 
 if TYPE_CHECKING:
@@ -36,6 +38,19 @@ class Monitor:
         A calibrated detector (its scores and thresholds are shared, not copied).
     group : str, optional
         Group for Mondrian thresholds.
+    nonfinite : {"raise", "alarm"}, default="raise"
+        What a step whose score is NaN or inf does (finite but extreme inputs can overflow a
+        network). ``"raise"``: refuse it with :class:`~failguard.NonFiniteScoreError`, like a
+        NaN input, leaving the state unchanged. ``"alarm"`` (fail safe): accept it as an
+        alarm with ``status="nonfinite"``; the score enters its window as +inf (so that
+        indicator stays above its threshold while the step is in its window; NaN never enters
+        a window).
+
+    Notes
+    -----
+    A monitor holds the state of one rollout and is not thread-safe: use one monitor per
+    thread (or per robot). Two threads calling :meth:`step` on one monitor at the same time
+    get :class:`~failguard.ConcurrentUseError` rather than a silently corrupted state.
 
     Examples
     --------
@@ -51,14 +66,33 @@ class Monitor:
     True
     """
 
-    def __init__(self, detector: FailureDetector, group: str | None = None) -> None:
+    def __init__(
+        self, detector: FailureDetector, group: str | None = None, nonfinite: str = "raise"
+    ) -> None:
         detector._require_calibrated()
+        if nonfinite not in ("raise", "alarm"):
+            raise ValueError(
+                "The 'nonfinite' parameter of Monitor must be one of ('raise', 'alarm'). "
+                f"Got {nonfinite!r} instead."
+            )
         self.detector = detector
+        self.nonfinite = nonfinite
         self._fields = detector.requires
+        self._lock = threading.Lock()
         self.reset(group)
 
     def reset(self, group: str | None = None) -> None:
         """Start a new rollout (optionally in another Mondrian group)."""
+        if not self._lock.acquire(blocking=False):
+            raise ConcurrentUseError(
+                "Monitor.reset: another thread is using this monitor; use one monitor per thread."
+            )
+        try:
+            self._reset(group)
+        finally:
+            self._lock.release()
+
+    def _reset(self, group: str | None) -> None:
         det = self.detector
         self.group = group
         self._calibration = det._require_calibrated()
@@ -118,7 +152,35 @@ class Monitor:
         Returns
         -------
         Verdict
+
+        Raises
+        ------
+        RolloutError
+            On a missing input, a wrong shape or dtype, or a NaN/inf input.
+        NonFiniteScoreError
+            If a score of this step is not finite and ``nonfinite="raise"``.
+        ConcurrentUseError
+            If another thread is inside :meth:`step` or :meth:`reset` of this monitor.
+
+        In every error case the monitor's state is left as it was.
         """
+        if not self._lock.acquire(blocking=False):
+            raise ConcurrentUseError(
+                "Monitor.step: another thread is using this monitor at the same time, which "
+                "would corrupt its state; use one monitor per thread."
+            )
+        try:
+            return self._step(embedding, action_samples, action_logits, action_ids)
+        finally:
+            self._lock.release()
+
+    def _step(
+        self,
+        embedding: ArrayLike | None,
+        action_samples: ArrayLike | None,
+        action_logits: ArrayLike | None,
+        action_ids: ArrayLike | None,
+    ) -> Verdict:
         if self.detector.calibration_ is not self._calibration:
             raise NotFittedError(
                 "Monitor.step: the detector was refit or recalibrated after this monitor was "
@@ -132,22 +194,40 @@ class Monitor:
                 "action_ids": action_ids,
             }
         )
+        # Score first, from the history plus this step, and change no state until every
+        # score is known to be usable: a refused step leaves the monitor as it was.
         raw: dict[str, float] = {}
+        new_rows: dict[str, dict[str, NDArray[Any]]] = {}
         for s in self._scores:
             hist = self._history[s.name]
-            hist.append({f: rows[f] for f in s.requires})
-            inputs = {f: np.stack([h[f] for h in hist]) for f in s.requires}
+            row = {f: rows[f] for f in s.requires}
+            recent = [*list(hist)[len(hist) + 1 - (hist.maxlen or 1) :], row]
+            inputs = {f: np.stack([h[f] for h in recent]) for f in s.requires}
             raw[s.name] = float(s.score_steps(inputs)[-1])
+            new_rows[s.name] = row
+        bad = [n for n, v in raw.items() if not math.isfinite(v)]
+        if bad and self.nonfinite == "raise":
+            raise NonFiniteScoreError(
+                f"Monitor.step: step {self._t} gives a non-finite score for {bad} "
+                f"({', '.join(f'{n}={raw[n]}' for n in bad)}) from finite inputs: an extreme "
+                "input overflowed the score. The step was refused and the monitor state is "
+                "unchanged. Check the input's scale, or create the monitor with "
+                "nonfinite='alarm' to count such steps as alarms."
+            )
+        for s in self._scores:
+            self._history[s.name].append(new_rows[s.name])
         t = np.array([self._t])
         windowed, gammas, rat = {}, {}, {}
         ratio_rows = []
         for name in self.detector.names:
-            w = np.array([self._windows[name].update(raw[name])])
+            value = raw[name] if math.isfinite(raw[name]) else math.inf
+            w = np.array([self._windows[name].update(value)])
             g = _pipeline.threshold_at(self._tables[name], t)
             r = _pipeline.ratios(w, g)
             windowed[name], gammas[name], rat[name] = float(w[0]), float(g[0]), float(r[0])
             ratio_rows.append(r)
         fused = float(_pipeline.fuse(ratio_rows, self.detector.combine)[0])
+        nonfinite = bool(bad) or math.isnan(fused)
         verdict = Verdict(
             step=self._t,
             scores=raw,
@@ -155,8 +235,9 @@ class Monitor:
             thresholds=gammas,
             ratios=rat,
             fused_ratio=fused,
-            alarm=fused > 1.0,
-            fired=_pipeline.fired(rat),
+            alarm=fused > 1.0 or nonfinite,
+            fired=fired_names(raw, rat),
+            status="nonfinite" if nonfinite else "ok",
         )
         self._t += 1
         self.last_verdict = verdict

@@ -36,7 +36,9 @@ _SHAPES = {
 }
 
 
-def as_step_array(name: str, value: ArrayLike, ndim: int, kind: str, where: str) -> NDArray[Any]:
+def as_step_array(
+    name: str, value: ArrayLike, ndim: int, kind: str, where: str, check_finite: bool = True
+) -> NDArray[Any]:
     """Convert ``value`` to a finite numpy array with ``ndim`` dimensions, or raise.
 
     Parameters
@@ -52,6 +54,9 @@ def as_step_array(name: str, value: ArrayLike, ndim: int, kind: str, where: str)
         integers only.
     where : str
         Who is checking (for the message), e.g. ``"Rollout"`` or ``"Monitor.step"``.
+    check_finite : bool, default=True
+        Refuse NaN/inf (and values that overflow float32). ``False`` leaves that check to the
+        caller (used by batched steps, which refuse one robot rather than the whole batch).
 
     Returns
     -------
@@ -72,6 +77,11 @@ def as_step_array(name: str, value: ArrayLike, ndim: int, kind: str, where: str)
         arr = np.asarray(value)
     except (ValueError, TypeError) as err:  # ragged nested lists
         raise RolloutError(f"{where}: '{name}' could not be converted to an array: {err}") from err
+    except (RuntimeError, RecursionError, MemoryError) as err:  # a torch tensor with grad, ...
+        raise RolloutError(
+            f"{where}: '{name}' could not be converted to a numpy array ({err}). Pass a numpy "
+            "array, or call .detach().cpu().numpy() on a torch tensor."
+        ) from err
     if arr.dtype == object or not (
         np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
     ):
@@ -96,6 +106,9 @@ def as_step_array(name: str, value: ArrayLike, ndim: int, kind: str, where: str)
                 f"{where}: '{name}' must hold integer action ids; got dtype {arr.dtype}."
             )
         return arr.astype(np.int64, copy=False)
+    if not check_finite:
+        with np.errstate(over="ignore"):
+            return arr.astype(np.float32, copy=False)
     if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
         bad = np.argwhere(~np.isfinite(arr))[0]
         raise RolloutError(
@@ -260,7 +273,16 @@ class Verdict:
     alarm : bool
         ``fused_ratio > 1``.
     fired : tuple[str, ...]
-        Names of the indicators whose ratio exceeds 1 at this step.
+        Names of the indicators whose ratio exceeds 1 at this step (or whose score was not
+        finite).
+    status : {"ok", "nonfinite", "error"}, default="ok"
+        ``"ok"``: an ordinary verdict. ``"nonfinite"``: a score of this step was NaN or inf
+        and the monitor was told to fail safe (``nonfinite="alarm"``): the step counts as an
+        alarm. ``"error"``: an integration caught a monitor failure (see ``error``); the
+        step was not scored, ``alarm`` is True and the numbers are NaN. Only ``"ok"``
+        verdicts are ever quiet.
+    error : str or None
+        What went wrong, for a ``"error"`` verdict.
 
     Examples
     --------
@@ -279,23 +301,57 @@ class Verdict:
     fused_ratio: float
     alarm: bool
     fired: tuple[str, ...]
+    status: str = "ok"
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether this is an ordinary verdict (scored, finite)."""
+        return self.status == "ok"
 
     def __str__(self) -> str:
+        if self.status == "error":
+            return f"step {self.step}: ALARM (monitor error: {self.error})"
         state = "ALARM" if self.alarm else "ok"
+        if self.status == "nonfinite":
+            state = "ALARM (non-finite score)"
         detail = ", ".join(f"{k}={v:.2f}" for k, v in self.ratios.items())
         return f"step {self.step}: {state} (fused ratio {self.fused_ratio:.2f}; {detail})"
 
+    @classmethod
+    def from_error(cls, step: int, names: Any, error: BaseException | str) -> Verdict:
+        """The verdict of a step the monitor failed on: alarm, status ``"error"``, NaN numbers."""
+        nan = {str(n): float("nan") for n in names}
+        return cls(
+            step=int(step),
+            scores=dict(nan),
+            windowed=dict(nan),
+            thresholds=dict(nan),
+            ratios=dict(nan),
+            fused_ratio=float("nan"),
+            alarm=True,
+            fired=(),
+            status="error",
+            error=error if isinstance(error, str) else f"{type(error).__name__}: {error}",
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict of the verdict."""
+        """A JSON-serialisable dict of the verdict (non-finite numbers as strings)."""
+
+        def num(v: float) -> float | str:
+            return v if math.isfinite(v) else str(v)
+
         return {
             "step": self.step,
-            "scores": dict(self.scores),
-            "windowed": dict(self.windowed),
-            "thresholds": dict(self.thresholds),
-            "ratios": {k: (v if math.isfinite(v) else str(v)) for k, v in self.ratios.items()},
-            "fused_ratio": self.fused_ratio if math.isfinite(self.fused_ratio) else "inf",
+            "scores": {k: num(v) for k, v in self.scores.items()},
+            "windowed": {k: num(v) for k, v in self.windowed.items()},
+            "thresholds": {k: num(v) for k, v in self.thresholds.items()},
+            "ratios": {k: num(v) for k, v in self.ratios.items()},
+            "fused_ratio": num(self.fused_ratio),
             "alarm": self.alarm,
             "fired": list(self.fired),
+            "status": self.status,
+            "error": self.error,
         }
 
 
@@ -311,8 +367,10 @@ class Trace:
     fused : ndarray of shape (T,)
         Fused ratio (min for AND, max for OR).
     alarm : ndarray of bool, shape (T,)
-        ``fused > 1``.
+        ``fused > 1``, or a non-finite score at that step (scored with ``nonfinite="alarm"``).
     success, group : outcome and group of the rollout, if known.
+    nonfinite : ndarray of bool, shape (T,), or None
+        Steps with a non-finite score (only when scored with ``nonfinite="alarm"``).
     """
 
     scores: dict[str, NDArray[np.float64]]
@@ -323,6 +381,7 @@ class Trace:
     alarm: NDArray[np.bool_]
     success: bool | None = None
     group: str | None = None
+    nonfinite: NDArray[np.bool_] | None = None
 
     def __len__(self) -> int:
         return int(self.fused.shape[0])
@@ -341,13 +400,20 @@ class Trace:
     def verdict(self, t: int) -> Verdict:
         """The :class:`Verdict` of step t (what :class:`~failguard.Monitor` said there)."""
         ratios = {k: float(v[t]) for k, v in self.ratios.items()}
+        scores = {k: float(v[t]) for k, v in self.scores.items()}
         return Verdict(
             step=t,
-            scores={k: float(v[t]) for k, v in self.scores.items()},
+            scores=scores,
             windowed={k: float(v[t]) for k, v in self.windowed.items()},
             thresholds={k: float(v[t]) for k, v in self.thresholds.items()},
             ratios=ratios,
             fused_ratio=float(self.fused[t]),
             alarm=bool(self.alarm[t]),
-            fired=tuple(k for k, r in ratios.items() if r > 1.0),
+            fired=fired_names(scores, ratios),
+            status="nonfinite" if self.nonfinite is not None and self.nonfinite[t] else "ok",
         )
+
+
+def fired_names(scores: Mapping[str, float], ratios: Mapping[str, float]) -> tuple[str, ...]:
+    """Indicators above their threshold, or whose score is not finite (in ``ratios`` order)."""
+    return tuple(k for k, r in ratios.items() if r > 1.0 or not math.isfinite(scores.get(k, 0.0)))

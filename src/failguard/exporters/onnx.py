@@ -32,7 +32,9 @@ name                shape / dtype          when
 
 Outputs per indicator: ``score_<name>``, ``windowed_<name>``, ``threshold_<name>``,
 ``ratio_<name>`` (N,) float64 and ``new_state_<name>``; then ``fused_ratio`` (N,) float64 and
-``alarm`` (N,) bool; ``overflow`` (N,) bool, true where an ACE input spread so far that its
+``alarm`` (N,) bool (``fused_ratio > 1``, or a non-finite score); ``nonfinite`` (N,) bool,
+true where a score is NaN or inf (such a score enters its window as +inf, never NaN);
+``overflow`` (N,) bool, true where an ACE input spread so far that its
 cell keys cannot be packed exactly (the runtime then refuses the step rather than guess); and
 ``report`` ((4k + 1) N,) float64, the same per-step floats in one tensor (score, windowed,
 threshold, ratio of each of the k indicators, then the fused ratio, each block N long), which
@@ -451,8 +453,14 @@ def build_model(detector: FailureDetector) -> onnx.ModelProto:
     gamma_of: dict[str, str] = {}
     ratio_of: dict[str, str] = {}
     n_terms: dict[int, str] = {}
+    # A non-finite score (an extreme input overflowed a network) enters its window as +inf,
+    # never as NaN, and flags the step: the runtime refuses it, or counts it as an alarm.
+    nonfinite_of: dict[str, str] = {}
     for n in detector.names:
-        col = g.op("Unsqueeze", raw[n], g.i64([1]))
+        finite = g.op("Not", g.op("Or", g.op("IsNaN", raw[n]), g.op("IsInf", raw[n])))
+        nonfinite_of[n] = g.op("Not", finite)
+        safe = g.op("Where", finite, raw[n], g.f64(np.inf))
+        col = g.op("Unsqueeze", safe, g.i64([1]))
         state = f"state_{n}"
         if detector.window_kind == "cumulative":
             new_state = g.op("Add", state, col)
@@ -500,7 +508,11 @@ def build_model(detector: FailureDetector) -> onnx.ModelProto:
     else:  # elementwise over indicators: AND = min, OR = max
         fused = g.op("Min" if detector.combine == "and" else "Max", *ratios)
     g.name_output(fused, "fused_ratio")
-    g.name_output(g.op("Greater", fused, g.f64(1.0)), "alarm")
+    nonfinite = g.op("IsNaN", fused)
+    for n in detector.names:
+        nonfinite = g.op("Or", nonfinite, nonfinite_of[n])
+    g.name_output(nonfinite, "nonfinite")
+    g.name_output(g.op("Or", g.op("Greater", fused, g.f64(1.0)), nonfinite), "alarm")
     if overflows:
         flag = overflows[0]
         for other in overflows[1:]:
@@ -519,6 +531,7 @@ def build_model(detector: FailureDetector) -> onnx.ModelProto:
         helper.make_tensor_value_info("fused_ratio", _DOUBLE, ["N"]),
         helper.make_tensor_value_info("alarm", _BOOL, ["N"]),
         helper.make_tensor_value_info("overflow", _BOOL, ["N"]),
+        helper.make_tensor_value_info("nonfinite", _BOOL, ["N"]),
         helper.make_tensor_value_info("report", _DOUBLE, ["R"]),
     ]
     graph = helper.make_graph(g.nodes, "failguard_monitor_step", inputs, outputs, g.initializers)

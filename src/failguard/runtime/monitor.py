@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,8 @@ import onnxruntime as ort
 from numpy.typing import ArrayLike, NDArray
 
 from .._version import SCHEMA_VERSION, __version__
-from ..exceptions import ArtifactError, RolloutError
-from ..types import _FIELDS, Verdict, as_step_array
+from ..exceptions import ArtifactError, ConcurrentUseError, NonFiniteScoreError, RolloutError
+from ..types import _FIELDS, Verdict, as_step_array, fired_names
 
 __all__ = ["BatchVerdict", "OnnxMonitor"]
 
@@ -50,7 +51,15 @@ class BatchVerdict:
     fused_ratio : ndarray of float64
         Min (AND) or max (OR) of the ratios.
     alarm : ndarray of bool
-        ``fused_ratio > 1``.
+        ``fused_ratio > 1``, or a robot whose step is not an ordinary one (see ``status``).
+    status : ndarray of str, optional
+        Per robot: ``"ok"``; ``"nonfinite"`` (a score was NaN or inf, counted as an alarm,
+        with ``nonfinite="alarm"``); or ``"error"``: this robot's step was refused (its
+        input was NaN/inf, a score was not finite with ``nonfinite="raise"``, or its action
+        samples spread too far); its state was not changed and ``alarm`` is True (fail
+        safe). The other robots' steps are applied as usual. ``None`` means all ``"ok"``.
+    errors : dict[int, str]
+        Why each refused robot (by index) was refused.
 
     Examples
     --------
@@ -71,22 +80,36 @@ class BatchVerdict:
     ratios: dict[str, NDArray[np.float64]]
     fused_ratio: NDArray[np.float64]
     alarm: NDArray[np.bool_]
+    status: NDArray[np.str_] | None = None
+    errors: dict[int, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.alarm.shape[0])
 
+    @property
+    def ok(self) -> NDArray[np.bool_]:
+        """Per robot: whether its verdict is an ordinary one."""
+        if self.status is None:
+            return np.ones(len(self), dtype=bool)
+        return np.asarray(self.status == "ok")
+
     def verdict(self, i: int) -> Verdict:
         """The :class:`~failguard.types.Verdict` of robot ``i``."""
+        status = "ok" if self.status is None else str(self.status[i])
+        if status == "error":
+            return Verdict.from_error(int(self.step[i]), self.scores, self.errors.get(i, "error"))
         ratios = {k: float(v[i]) for k, v in self.ratios.items()}
+        scores = {k: float(v[i]) for k, v in self.scores.items()}
         return Verdict(
             step=int(self.step[i]),
-            scores={k: float(v[i]) for k, v in self.scores.items()},
+            scores=scores,
             windowed={k: float(v[i]) for k, v in self.windowed.items()},
             thresholds={k: float(v[i]) for k, v in self.thresholds.items()},
             ratios=ratios,
             fused_ratio=float(self.fused_ratio[i]),
             alarm=bool(self.alarm[i]),
-            fired=tuple(k for k, r in ratios.items() if r > 1.0),
+            fired=fired_names(scores, ratios),
+            status=status,
         )
 
 
@@ -132,6 +155,13 @@ class OnnxMonitor:
         ``None`` to let onnxruntime choose (better for large batches).
     session_options : onnxruntime.SessionOptions, optional
         Used as given (``intra_op_threads`` is then ignored).
+    nonfinite : {"raise", "alarm"}, default="raise"
+        What a step whose score is NaN or inf does; as in :class:`failguard.Monitor`.
+
+    Notes
+    -----
+    One monitor keeps the state of its robots and is not thread-safe: use one per thread.
+    Concurrent calls are refused with :class:`~failguard.ConcurrentUseError`.
 
     Attributes
     ----------
@@ -159,7 +189,15 @@ class OnnxMonitor:
         providers: Sequence[Any] | None = None,
         intra_op_threads: int | None = 1,
         session_options: ort.SessionOptions | None = None,
+        nonfinite: str = "raise",
     ) -> None:
+        if nonfinite not in ("raise", "alarm"):
+            raise ValueError(
+                "The 'nonfinite' parameter of OnnxMonitor must be one of ('raise', 'alarm'). "
+                f"Got {nonfinite!r} instead."
+            )
+        self.nonfinite = nonfinite
+        self._lock = threading.Lock()
         self.path = Path(path)
         if not self.path.is_file():
             raise ArtifactError(f"{self.path}: no such file. Export a monitor with export_onnx.")
@@ -195,11 +233,25 @@ class OnnxMonitor:
                 f"{sorted(expected)}; the file is corrupt or was edited."
             )
         self._outputs = [o.name for o in self.session.get_outputs()]
-        # fetch only what a step needs: the packed report, the alarm, the flag and the state
+        # the report packs the indicators in the graph's order: the metadata must name them
+        # in that same order, or every Verdict would carry the wrong labels
+        graph_names = [o[len("score_") :] for o in self._outputs if o.startswith("score_")]
+        if graph_names != self.names:
+            raise ArtifactError(
+                f"{self.path}: the metadata names the indicators {self.names}, but the graph "
+                f"computes {graph_names} in that order; the file is corrupt or was edited. "
+                "Export the detector again."
+            )
+        # fetch only what a step needs: the packed report, the alarm, the flags and the state
         self._fetch = ["report", "alarm", "overflow", *(f"new_state_{n}" for n in self.names)]
         missing = [o for o in self._fetch if o not in self._outputs]
         if missing:
             raise ArtifactError(f"{self.path}: the graph lacks outputs {missing}.")
+        # graphs exported before failguard flagged non-finite scores have no such output; the
+        # runtime then computes the flag from the report (same rule)
+        self._has_nonfinite = "nonfinite" in self._outputs
+        if self._has_nonfinite:
+            self._fetch.append("nonfinite")
         self.reset_batch(1, _warn=False)  # Mondrian users pick their group with reset(group)
 
     # ------------------------------------------------------------------ state
@@ -216,6 +268,13 @@ class OnnxMonitor:
                 stacklevel=3,
             )
         return 0
+
+    def _enter(self, where: str) -> None:
+        if not self._lock.acquire(blocking=False):
+            raise ConcurrentUseError(
+                f"{where}: another thread is using this monitor at the same time, which would "
+                "corrupt its state; use one OnnxMonitor per thread."
+            )
 
     def reset(self, group: str | None = None) -> None:
         """Start a new rollout of one robot (optionally in a Mondrian group)."""
@@ -234,26 +293,36 @@ class OnnxMonitor:
             Mondrian group of each robot (length ``n``).
         """
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"reset_batch: n must be an int >= 1; got {n!r}.")
+            raise RolloutError(f"reset_batch: n must be an int >= 1; got {n!r}.")
         if groups is not None and len(groups) != n:
-            raise ValueError(f"reset_batch: got {len(groups)} groups for {n} robots.")
-        self._n = int(n)
-        labels: list[str | None] = list(groups) if groups is not None else [None] * self._n
-        self._group_names = labels
-        self._group = np.array([self._group_index(g, _warn) for g in labels], dtype=np.int64)
-        self._t = np.zeros(self._n, dtype=np.int64)
-        self._state = {n_: np.zeros((self._n, self._width[n_])) for n_ in self.names}
-        self.last_verdict: Verdict | None = None
+            raise RolloutError(f"reset_batch: got {len(groups)} groups for {n} robots.")
+        self._enter("OnnxMonitor.reset_batch")
+        try:
+            self._n = int(n)
+            labels: list[str | None] = list(groups) if groups is not None else [None] * self._n
+            self._group_names = labels
+            self._group = np.array([self._group_index(g, _warn) for g in labels], dtype=np.int64)
+            self._t = np.zeros(self._n, dtype=np.int64)
+            self._state = {n_: np.zeros((self._n, self._width[n_])) for n_ in self.names}
+            self.last_verdict: Verdict | None = None
+        finally:
+            self._lock.release()
 
     def reset_robot(self, i: int, group: str | None = None) -> None:
         """Start a new rollout for robot ``i`` of the batch only."""
+        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+            raise RolloutError(f"reset_robot: the robot index must be an int; got {i!r}.")
         if not 0 <= i < self._n:
-            raise IndexError(f"reset_robot: robot {i} out of range for a batch of {self._n}.")
-        self._group[i] = self._group_index(group)
-        self._group_names[i] = group
-        self._t[i] = 0
-        for s in self._state.values():
-            s[i] = 0.0
+            raise RolloutError(f"reset_robot: robot {i} out of range for a batch of {self._n}.")
+        self._enter("OnnxMonitor.reset_robot")
+        try:
+            self._group[i] = self._group_index(group)
+            self._group_names[i] = group
+            self._t[i] = 0
+            for s in self._state.values():
+                s[i] = 0.0
+        finally:
+            self._lock.release()
 
     @property
     def t(self) -> int:
@@ -275,12 +344,15 @@ class OnnxMonitor:
     # ------------------------------------------------------------------ checks
     def _feed(
         self, given: dict[str, ArrayLike | None], batched: bool, where: str
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], dict[int, str]]:
+        """The graph's inputs, and the robots refused for a NaN/inf input (batched only; their
+        rows are fed as zeros and their results discarded)."""
         feed: dict[str, Any] = {}
+        refused: dict[int, str] = {}
         n_rows = None
-        for field, arg in _ARGS.items():
+        for fld, arg in _ARGS.items():
             value = given[arg]
-            if field not in self.requires:
+            if fld not in self.requires:
                 if value is not None:
                     raise RolloutError(
                         f"{where}: this monitor does not read '{arg}' (it reads "
@@ -289,8 +361,8 @@ class OnnxMonitor:
                 continue
             if value is None:
                 raise RolloutError(f"{where}: this monitor needs '{arg}', which was not given.")
-            ndim, kind, dtype = _FIELDS[field]
-            expected = self._shapes[field]
+            ndim, kind, dtype = _FIELDS[fld]
+            expected = self._shapes[fld]
             if (
                 not batched
                 and type(value) is np.ndarray
@@ -299,28 +371,48 @@ class OnnxMonitor:
                 and (kind == "int" or np.isfinite(value).all())
             ):  # fast path for the common case: already the right array
                 arr = value[None]
+            elif batched:
+                arr = as_step_array(fld, value, ndim, kind, where, check_finite=False)
             else:
-                arr = as_step_array(field, value, ndim if batched else ndim - 1, kind, where)
-                if not batched:
-                    arr = arr[None]
+                arr = as_step_array(fld, value, ndim - 1, kind, where)[None]
             if tuple(arr.shape[1:]) != expected:
                 shown = tuple(arr.shape[1:])
                 raise RolloutError(
                     f"{where}: '{arg}' has {'per-robot ' if batched else ''}shape {shown}, but "
                     f"the detector was fitted on {expected}."
                 )
-            if kind == "int" and (arr.max() >= _ID_LIMIT or arr.min() <= -_ID_LIMIT):
-                raise RolloutError(
-                    f"{where}: '{arg}' holds ids of magnitude 2**53 or more; the exported "
-                    "entropy counts ids exactly only below that. Map ids to small integers."
+            if batched and kind == "float":
+                finite = np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)
+                if not finite.all():
+                    arr = arr.copy()
+                    for i in np.flatnonzero(~finite).tolist():
+                        refused.setdefault(
+                            i, f"'{arg}' of robot {i} contains NaN or inf (or overflows float32)"
+                        )
+                        arr[i] = 0.0
+            if kind == "int":
+                big = (arr.reshape(arr.shape[0], -1) >= _ID_LIMIT) | (
+                    arr.reshape(arr.shape[0], -1) <= -_ID_LIMIT
                 )
+                rows_bad = big.any(axis=1)
+                if rows_bad.any():
+                    message = (
+                        f"'{arg}' holds ids of magnitude 2**53 or more; the exported entropy "
+                        "counts ids exactly only below that. Map ids to small integers."
+                    )
+                    if not batched:
+                        raise RolloutError(f"{where}: {message}")
+                    arr = arr.copy()
+                    for i in np.flatnonzero(rows_bad).tolist():
+                        refused.setdefault(i, message)
+                        arr[i] = 0
             if n_rows is not None and arr.shape[0] != n_rows:
                 raise RolloutError(
                     f"{where}: inputs disagree on the number of robots "
                     f"({n_rows} vs {arr.shape[0]})."
                 )
             n_rows = arr.shape[0]
-            feed[field] = np.ascontiguousarray(arr)
+            feed[fld] = np.ascontiguousarray(arr)
         if n_rows != self._n:
             hint = "reset_batch(n)" if batched else "reset()"
             raise RolloutError(
@@ -331,25 +423,59 @@ class OnnxMonitor:
         feed["group"] = self._group
         for n in self.names:
             feed[f"state_{n}"] = self._state[n]
-        return feed
+        return feed, refused
 
-    def _run(self, feed: dict[str, Any], where: str) -> tuple[NDArray[np.float64], NDArray[Any]]:
-        """Run one step; return the report as a (4k + 1, N) array and the alarms (N,)."""
+    def _run(
+        self, feed: dict[str, Any], where: str, refused: dict[int, str], batched: bool
+    ) -> tuple[NDArray[np.float64], NDArray[Any], NDArray[np.bool_], dict[int, str]]:
+        """Run one step and apply the state of the robots whose step is accepted.
+
+        Returns the report as a (4k + 1, N) array, the alarms (N,), the non-finite flags (N,)
+        and the refused robots with the reason.
+        """
         try:
-            report, alarm, overflow, *states = self.session.run(self._fetch, feed)
+            report, alarm, overflow, *rest = self.session.run(self._fetch, feed)
         except Exception as err:  # onnxruntime raises its own exception types
             raise RolloutError(f"{where}: onnxruntime rejected the step ({err}).") from err
-        if overflow.any():
-            bad = np.flatnonzero(overflow).tolist()
-            raise RolloutError(
-                f"{where}: the action samples of robot(s) {bad} spread over more grid cells "
-                "(over 2^53 in one chunk index) than the exported ACE can count exactly; the "
-                "step was not applied. Check the action scale (the cell size was fitted on the "
-                "actions of the rollouts given to fit)."
+        states = rest[: len(self.names)]
+        report = report.reshape(-1, self._n)
+        if self._has_nonfinite:
+            nonfinite = np.asarray(rest[-1], dtype=bool)
+        else:  # an older graph: the same rule, from the report
+            k = len(self.names)
+            nonfinite = ~np.isfinite(report[0 : 4 * k : 4]).all(axis=0) | np.isnan(report[-1])
+            alarm = alarm | nonfinite
+        refused = dict(refused)
+        for i in np.flatnonzero(overflow).tolist():
+            refused.setdefault(
+                i,
+                f"the action samples of robot {i} spread over more grid cells (over 2^53 in "
+                "one chunk index) than the exported ACE can count exactly. Check the action "
+                "scale (the cell size was fitted on the actions of the rollouts given to fit)",
             )
+        if self.nonfinite == "raise":
+            for i in np.flatnonzero(nonfinite).tolist():
+                refused.setdefault(
+                    i,
+                    f"robot {i} gives a non-finite score from finite inputs (an extreme input "
+                    "overflowed a score); create the monitor with nonfinite='alarm' to count "
+                    "such steps as alarms",
+                )
+        if refused and not batched:
+            message = next(iter(refused.values()))
+            error = NonFiniteScoreError if nonfinite.any() and not overflow.any() else RolloutError
+            raise error(f"{where}: {message}. The step was not applied.")
+        keep = np.ones(self._n, dtype=bool)
+        keep[list(refused)] = False
         for n, state in zip(self.names, states, strict=True):
-            self._state[n] = state
-        return report.reshape(-1, self._n), alarm
+            if nonfinite.any():  # older graphs let NaN into the state: +inf, as new ones do
+                state = np.where(np.isnan(state), np.inf, state)
+            if keep.all():
+                self._state[n] = state
+            else:
+                self._state[n] = np.where(keep[:, None], state, self._state[n])
+        self._t = np.where(keep, self._t + 1, self._t)
+        return report, alarm, nonfinite, refused
 
     # ------------------------------------------------------------------ steps
     def step(
@@ -375,20 +501,30 @@ class OnnxMonitor:
         Raises
         ------
         RolloutError
-            On a missing or unexpected input, a wrong shape or dtype, or a NaN/inf.
+            On a missing or unexpected input, a wrong shape or dtype, or a NaN/inf. The
+            state is left as it was.
+        NonFiniteScoreError
+            A score is NaN or inf and ``nonfinite="raise"``; the state is left as it was.
+        ConcurrentUseError
+            Another thread is using this monitor.
         """
         where = "OnnxMonitor.step"
-        feed = self._feed(
-            {
-                "embedding": embedding,
-                "action_samples": action_samples,
-                "action_logits": action_logits,
-                "action_ids": action_ids,
-            },
-            False,
-            where,
-        )
-        report, alarm = self._run(feed, where)
+        self._enter(where)
+        try:
+            feed, refused = self._feed(
+                {
+                    "embedding": embedding,
+                    "action_samples": action_samples,
+                    "action_logits": action_logits,
+                    "action_ids": action_ids,
+                },
+                False,
+                where,
+            )
+            step = int(self._t[0])
+            report, alarm, nonfinite, _ = self._run(feed, where, refused, False)
+        finally:
+            self._lock.release()
         values = report[:, 0].tolist()
         parts: list[dict[str, float]] = [{}, {}, {}, {}]
         for i, n in enumerate(self.names):
@@ -396,16 +532,16 @@ class OnnxMonitor:
                 parts[j][n] = values[4 * i + j]
         ratios = parts[3]
         verdict = Verdict(
-            step=int(self._t[0]),
+            step=step,
             scores=parts[0],
             windowed=parts[1],
             thresholds=parts[2],
             ratios=ratios,
             fused_ratio=values[-1],
             alarm=bool(alarm[0]),
-            fired=tuple(k for k, r in ratios.items() if r > 1.0),
+            fired=fired_names(parts[0], ratios),
+            status="nonfinite" if nonfinite[0] else "ok",
         )
-        self._t = self._t + 1
         self.last_verdict = verdict
         return verdict
 
@@ -417,6 +553,12 @@ class OnnxMonitor:
         action_ids: ArrayLike | None = None,
     ) -> BatchVerdict:
         """Score one policy step of each of N robots (see :meth:`reset_batch`).
+
+        A problem with one robot's data (a NaN/inf input, a non-finite score with
+        ``nonfinite="raise"``, action samples spread too far) refuses that robot's step only:
+        its state is left as it was, its ``status`` is ``"error"`` and its ``alarm`` True (fail
+        safe); the other robots are scored as usual. Problems with the batch itself (a wrong
+        shape, dtype or number of robots) raise :class:`~failguard.exceptions.RolloutError`.
 
         Parameters
         ----------
@@ -431,29 +573,43 @@ class OnnxMonitor:
             Arrays of shape (N,).
         """
         where = "OnnxMonitor.step_batch"
-        feed = self._feed(
-            {
-                "embedding": embedding,
-                "action_samples": action_samples,
-                "action_logits": action_logits,
-                "action_ids": action_ids,
-            },
-            True,
-            where,
-        )
-        report, alarm = self._run(feed, where)
+        self._enter(where)
+        try:
+            feed, refused = self._feed(
+                {
+                    "embedding": embedding,
+                    "action_samples": action_samples,
+                    "action_logits": action_logits,
+                    "action_ids": action_ids,
+                },
+                True,
+                where,
+            )
+            steps = self._t.copy()
+            report, alarm, nonfinite, refused = self._run(feed, where, refused, True)
+        finally:
+            self._lock.release()
         names = self.names
-        result = BatchVerdict(
-            step=self._t.copy(),
+        status = None
+        alarm = alarm.astype(bool)
+        if refused or nonfinite.any():
+            status = np.where(nonfinite, "nonfinite", "ok").astype("<U9")
+            idx = list(refused)
+            status[idx] = "error"
+            alarm[idx] = True
+            report = report.copy()
+            report[:, idx] = np.nan
+        return BatchVerdict(
+            step=steps,
             scores={n: report[4 * i] for i, n in enumerate(names)},
             windowed={n: report[4 * i + 1] for i, n in enumerate(names)},
             thresholds={n: report[4 * i + 2] for i, n in enumerate(names)},
             ratios={n: report[4 * i + 3] for i, n in enumerate(names)},
             fused_ratio=report[-1],
-            alarm=alarm.astype(bool),
+            alarm=alarm,
+            status=status,
+            errors={i: refused[i] for i in sorted(refused)},
         )
-        self._t = self._t + 1
-        return result
 
     def __repr__(self) -> str:
         m = self.metadata
