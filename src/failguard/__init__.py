@@ -66,7 +66,8 @@ if TYPE_CHECKING:
 _SUBMODULES = frozenset(
     {
         "calibration", "cli", "detector", "exporters", "health", "integrations", "logs",
-        "metrics", "monitor", "plots", "report", "runtime", "scores", "synthetic", "windows",
+        "metrics", "monitor", "plots", "report", "runtime", "scores", "streaming", "synthetic",
+        "windows", "distributed",
     }
 )  # fmt: skip
 

@@ -17,7 +17,7 @@ import json
 import numbers
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -332,8 +332,14 @@ class FailureDetector:
         self.n_calibration_ = 0
         return self
 
-    def calibrate(self, rollouts: Sequence[Rollout], progress: bool = False) -> FailureDetector:
+    def calibrate(self, rollouts: Iterable[Rollout], progress: bool = False) -> FailureDetector:
         """Compute thresholds from successful rollouts not used by :meth:`fit`.
+
+        ``rollouts`` is a sequence, or an iterator such as :func:`failguard.iter_rollouts`:
+        an iterator is scored one rollout at a time and only each rollout's episode
+        statistic (its windowed curve for time-varying or joint calibration) is kept, so any
+        number of rollouts fits in memory; the thresholds are the same bit for bit. A detector
+        calibrated from an iterator keeps no raw scores (:attr:`can_recalibrate` is False).
 
         Raises
         ------
@@ -347,6 +353,18 @@ class FailureDetector:
         self
         """
         self._require_fitted()
+        if not isinstance(rollouts, (Sequence, Rollout)):
+            # An iterator (fg.iter_rollouts, a generator): stream it, one rollout in memory.
+            from .streaming import calibrate_from_results, iter_results
+
+            results = iter_results(
+                self,
+                rollouts,
+                curves=self.calibration_needs_curves,
+                alarms=False,
+                progress=progress,
+            )
+            return calibrate_from_results(self, results)
         rollouts = self._check_nominal(rollouts, "calibrate")
         prints = [_fingerprint(r) for r in rollouts]
         reused = [
@@ -380,6 +398,16 @@ class FailureDetector:
         return self
 
     @property
+    def calibration_needs_curves(self) -> bool:
+        """Whether calibration needs each rollout's whole windowed curve, or only its maximum.
+
+        Constant thresholds calibrated per indicator need only max_t η(t) per rollout and
+        indicator; time-varying styles and joint calibration need the curves.
+        """
+        s = self.settings
+        return s.style != "constant" or (s.joint and len(self.scores) > 1)
+
+    @property
     def can_recalibrate(self) -> bool:
         """Whether this detector keeps its calibration rollouts' raw scores (calibrated in this
         session, not loaded), so that :meth:`with_params` can recalibrate without rescoring."""
@@ -404,6 +432,18 @@ class FailureDetector:
             name: [window_scores(x, self.windows[name], self.window_kind) for x in values]  # type: ignore[arg-type]
             for name, values in raw.items()
         }
+        return self._calibrate_from_curves(curves, groups)
+
+    def _calibrate_from_curves(
+        self,
+        curves: Mapping[str, Sequence[NDArray[np.float64]]],
+        groups: Sequence[str | None],
+    ) -> tuple[CalibrationResult, dict[str, CalibrationResult]]:
+        """Pooled and per-group calibration from windowed curves; changes nothing on self.
+
+        For constant thresholds calibrated per indicator, a curve may be replaced by its
+        maximum alone (a length-1 array): the result is the same, bit for bit.
+        """
         settings = self.settings
         rng = np.random.default_rng(self.random_state)
         pooled = calibrate_thresholds(curves, settings, rng)
@@ -618,9 +658,20 @@ class FailureDetector:
             for i, r in enumerate(rollouts)
         ]
 
-    def predict(self, rollouts: Sequence[Rollout], nonfinite: str = "raise") -> NDArray[np.bool_]:
+    def predict(self, rollouts: Iterable[Rollout], nonfinite: str = "raise") -> NDArray[np.bool_]:
         """Predicted failure (an alarm at any step) per rollout; ``nonfinite``: see
-        :meth:`score`."""
+        :meth:`score`.
+
+        ``rollouts`` may be an iterator (such as :func:`failguard.iter_rollouts`); it is then
+        scored one rollout at a time, in constant memory.
+        """
+        if not isinstance(rollouts, Sequence):
+            from .streaming import iter_results
+
+            self._require_calibrated()
+            _check_nonfinite(nonfinite)
+            results = iter_results(self, rollouts, nonfinite=nonfinite)
+            return np.array([r.predicted_failure for r in results], dtype=bool)
         traces = self.traces(rollouts, nonfinite=nonfinite)
         return np.array([t.predicted_failure for t in traces], dtype=bool)
 

@@ -28,7 +28,7 @@ matters in deployment, and a small excess can also come from a small calibration
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -165,7 +165,7 @@ class HealthReport:
 
 def check_calibration(
     detector: FailureDetector,
-    new_successes: Sequence[Rollout],
+    new_successes: Iterable[Rollout],
     confidence: float = 0.95,
     min_rollouts: int = 10,
 ) -> HealthReport:
@@ -175,8 +175,10 @@ def check_calibration(
     ----------
     detector : FailureDetector
         A calibrated detector.
-    new_successes : sequence of Rollout
-        Successful rollouts logged since calibration (not used to fit or calibrate).
+    new_successes : sequence or iterator of Rollout
+        Successful rollouts logged since calibration (not used to fit or calibrate). An
+        iterator (such as :func:`failguard.iter_rollouts`) is scored one rollout at a time,
+        in constant memory, with the same result.
     confidence : float, default=0.95
         Confidence of the interval; the tests run at level ``1 - confidence``.
     min_rollouts : int, default=10
@@ -204,12 +206,17 @@ def check_calibration(
     >>> check_calibration(det, drifted).needs_recalibration
     True
     """
-    from scipy.stats import mannwhitneyu
-
     if not 0 < confidence < 1:
         raise ValueError(
             f"The 'confidence' parameter must be a float in the range (0, 1). Got {confidence!r}."
         )
+    if not isinstance(new_successes, Sequence):
+        # An iterator (fg.iter_rollouts): stream it, one rollout in memory.
+        from .streaming import health_from_results, iter_results
+
+        detector._require_calibrated()
+        results = iter_results(detector, new_successes)
+        return health_from_results(detector, results, confidence, min_rollouts)
     rollouts = list(new_successes)
     failed = [i for i, r in enumerate(rollouts) if r.success is False]
     if failed:
@@ -218,12 +225,27 @@ def check_calibration(
         )
     if not rollouts:
         raise CalibrationError("check_calibration: no rollouts given.")
-    cal = detector._require_calibrated()
+    detector._require_calibrated()
     n = len(rollouts)
     k = int(sum(t.predicted_failure for t in detector.traces(rollouts)))
+    new_stats = episode_statistics(detector, rollouts)
+    return _health_report(detector, n, k, new_stats, confidence, min_rollouts)
+
+
+def _health_report(
+    detector: FailureDetector,
+    n: int,
+    k: int,
+    new_stats: dict[str, NDArray[np.float64]],
+    confidence: float,
+    min_rollouts: int,
+) -> HealthReport:
+    """The report from the alarm count and the new episode statistics (both engines)."""
+    from scipy.stats import mannwhitneyu
+
+    cal = detector._require_calibrated()
     lo, hi = clopper_pearson(k, n, confidence)
     level = 1.0 - confidence
-    new_stats = episode_statistics(detector, rollouts)
     tests: dict[str, dict[str, float]] = {}
     for name, stats in new_stats.items():
         ref = cal.statistics[name]

@@ -25,7 +25,16 @@ from ._version import SCHEMA_VERSION
 from .exceptions import ArtifactError, RolloutError
 from .types import _FIELDS, Rollout, as_step_array
 
-__all__ = ["Recorder", "iter_rollouts", "read_rollout", "read_rollouts", "write_rollout"]
+__all__ = [
+    "Recorder",
+    "iter_rollouts",
+    "read_rollout",
+    "read_rollouts",
+    "rollout_files",
+    "rollout_from_bytes",
+    "rollout_to_bytes",
+    "write_rollout",
+]
 
 SUFFIX = ".safetensors"
 
@@ -56,11 +65,26 @@ def write_rollout(rollout: Rollout, path: str | os.PathLike[str]) -> Path:
     >>> read_rollout(p).success
     True
     """
-    from safetensors.numpy import save
-
     target = Path(path)
     if target.suffix != SUFFIX:
         target = target.with_name(target.name + SUFFIX)
+    _atomic_write_bytes(target, rollout_to_bytes(rollout))
+    return target
+
+
+def rollout_to_bytes(rollout: Rollout) -> bytes:
+    """The bytes :func:`write_rollout` would write for ``rollout`` (for bulk writers and stores).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from failguard import Rollout
+    >>> raw = rollout_to_bytes(Rollout(np.ones((3, 2)), success=True))
+    >>> rollout_from_bytes(raw, "r0").success
+    True
+    """
+    from safetensors.numpy import save
+
     header = {
         "schema": SCHEMA_VERSION,
         "success": rollout.success,
@@ -72,8 +96,7 @@ def write_rollout(rollout: Rollout, path: str | os.PathLike[str]) -> Path:
     except TypeError as err:
         raise RolloutError(f"Rollout metadata must be JSON-serialisable: {err}") from err
     tensors = {k: np.ascontiguousarray(v) for k, v in rollout.arrays().items()}
-    _atomic_write_bytes(target, save(tensors, metadata={"failguard": meta}))
-    return target
+    return bytes(save(tensors, metadata={"failguard": meta}))
 
 
 def read_rollout(path: str | os.PathLike[str]) -> Rollout:
@@ -85,23 +108,40 @@ def read_rollout(path: str | os.PathLike[str]) -> Rollout:
         If the file is missing, is not a safetensors file, lacks the failguard header, has an
         unknown schema version, or holds invalid arrays. The message names the file.
     """
-    from safetensors import SafetensorError
-    from safetensors.numpy import load
-
     p = Path(path)
     if not p.is_file():
         raise ArtifactError(f"{p}: no such rollout file.")
     try:
         raw = p.read_bytes()
+    except OSError as err:
+        raise ArtifactError(f"{p}: not a readable safetensors rollout ({err}).") from err
+    return rollout_from_bytes(raw, str(p))
+
+
+def rollout_from_bytes(raw: bytes, name: str) -> Rollout:
+    """Parse the bytes of one rollout file (as read from any store); ``name`` is its source.
+
+    Raises
+    ------
+    ArtifactError
+        As :func:`read_rollout`; the message names ``name``.
+    """
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    p = name
+    try:
         arrays = load(raw)
         header_len = int.from_bytes(raw[:8], "little")
         meta = json.loads(raw[8 : 8 + header_len]).get("__metadata__", {})
-    except (SafetensorError, ValueError, OSError, json.JSONDecodeError) as err:
+    except (SafetensorError, ValueError, OSError, AttributeError, TypeError) as err:
         raise ArtifactError(f"{p}: not a readable safetensors rollout ({err}).") from err
     if "failguard" not in meta:
         raise ArtifactError(f"{p}: missing the 'failguard' header; not a failguard rollout log.")
     try:
         info = json.loads(meta["failguard"])
+        if not isinstance(info, dict):
+            raise json.JSONDecodeError("not a JSON object", str(meta["failguard"]), 0)
     except json.JSONDecodeError as err:
         raise ArtifactError(f"{p}: corrupt 'failguard' header ({err}).") from err
     if info.get("schema") != SCHEMA_VERSION:
@@ -124,8 +164,14 @@ def read_rollout(path: str | os.PathLike[str]) -> Rollout:
         raise ArtifactError(f"{p}: invalid rollout: {err}") from err
 
 
-def iter_rollouts(directory: str | os.PathLike[str]) -> Iterator[Rollout]:
-    """Yield the rollouts of a directory, in file-name order (lazily, one file at a time)."""
+def rollout_files(directory: str | os.PathLike[str]) -> list[Path]:
+    """The rollout files of a directory, in file-name order (hidden and temporary files left out).
+
+    Raises
+    ------
+    ArtifactError
+        If the directory does not exist or holds no rollout file.
+    """
     d = Path(directory)
     if not d.is_dir():
         raise ArtifactError(f"{d}: no such rollout directory.")
@@ -134,8 +180,56 @@ def iter_rollouts(directory: str | os.PathLike[str]) -> Iterator[Rollout]:
         raise ArtifactError(
             f"{d}: no '*{SUFFIX}' rollout files. Record rollouts with failguard.Recorder first."
         )
-    for f in files:
-        yield read_rollout(f)
+    return files
+
+
+def iter_rollouts(
+    directory: str | os.PathLike[str], errors: list[tuple[str, str]] | None = None
+) -> Iterator[Rollout]:
+    """Yield the rollouts of a directory lazily, one file at a time, in file-name order.
+
+    Only one rollout is in memory at a time, so every streaming path of failguard
+    (:meth:`FailureDetector.calibrate`, :func:`failguard.evaluate`,
+    :func:`failguard.health.check_calibration`, :func:`failguard.streaming.iter_results`) runs
+    over any number of files in constant memory.
+
+    Parameters
+    ----------
+    directory : str or path-like
+    errors : list, optional
+        If given, an unreadable or corrupt file is skipped and ``(path, message)`` is appended
+        to this list (and a warning names it); the other files are still read. By default the
+        first unreadable file raises :class:`~failguard.ArtifactError`.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> from failguard import Rollout
+    >>> d = tempfile.mkdtemp()
+    >>> _ = write_rollout(Rollout(np.ones((3, 2)), success=True), os.path.join(d, "a"))
+    >>> _ = open(os.path.join(d, "b.safetensors"), "wb").write(b"not a rollout")
+    >>> skipped = []
+    >>> import warnings
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")
+    ...     [len(r) for r in iter_rollouts(d, errors=skipped)]
+    [3]
+    >>> [os.path.basename(p) for p, _ in skipped]
+    ['b.safetensors']
+    """
+    import warnings
+
+    for f in rollout_files(directory):
+        if errors is None:
+            yield read_rollout(f)
+            continue
+        try:
+            rollout = read_rollout(f)
+        except ArtifactError as err:
+            errors.append((str(f), str(err)))
+            warnings.warn(f"skipped unreadable rollout file {err}", UserWarning, stacklevel=2)
+            continue
+        yield rollout
 
 
 def read_rollouts(directory: str | os.PathLike[str]) -> list[Rollout]:

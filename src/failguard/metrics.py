@@ -12,7 +12,7 @@ Everything overall and per (outcome × group).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -179,7 +179,7 @@ def _per_group(traces: Sequence[Trace], t_max: int) -> dict[str, dict[str, Any]]
 
 def evaluate(
     detector: FailureDetector,
-    rollouts: Sequence[Rollout],
+    rollouts: Iterable[Rollout],
     alphas: Sequence[float] | None = None,
     t_max: int | None = None,
     progress: bool = False,
@@ -191,9 +191,11 @@ def evaluate(
     Parameters
     ----------
     detector : FailureDetector
-    rollouts : sequence of Rollout
+    rollouts : sequence or iterator of Rollout
         Test rollouts with ``success`` set; successes should include held-out
-        in-distribution ones, whose alarm rate is the realised false-alarm rate.
+        in-distribution ones, whose alarm rate is the realised false-alarm rate. An iterator
+        (such as :func:`failguard.iter_rollouts`) is scored one rollout at a time, in
+        constant memory, with the same metrics (``alphas`` then needs a list).
     alphas : sequence of float, optional
         Also recalibrate at each α (same calibration rollouts, no rescoring) and report.
     t_max : int, optional
@@ -215,6 +217,18 @@ def evaluate(
     >>> report.overall["balanced_accuracy"] > 0.8
     True
     """
+    if not isinstance(rollouts, Sequence):
+        # An iterator (fg.iter_rollouts): stream it, one rollout in memory.
+        from .streaming import evaluate_results, iter_results
+
+        if alphas or raw is not None:
+            raise ValueError(
+                "evaluate: alphas= and raw= need the rollouts' raw scores; pass a list of "
+                "rollouts, not an iterator, to use them."
+            )
+        detector._require_calibrated()
+        results = iter_results(detector, rollouts, progress=progress)
+        return evaluate_results(results, detector.alpha, t_max, id_groups)
     rollouts = list(rollouts)
     if raw is None:
         raw = detector.raw_scores_many(rollouts, progress)
