@@ -122,6 +122,9 @@ class FailureDetector:
     calibration_ : CalibrationResult
         Pooled calibration; ``group_calibration_`` holds the per-group ones (Mondrian).
     n_fit_, n_calibration_ : int
+    longest_calibration_ : int or None
+        Length of the longest calibration rollout: the horizon past which an alarm may only
+        say "longer than any success" (see :func:`failguard.metrics.remove_clock`).
 
     Examples
     --------
@@ -225,6 +228,7 @@ class FailureDetector:
         self._calibration_groups: list[str | None] = []
         self.n_fit_: int = 0
         self.n_calibration_: int = 0
+        self.longest_calibration_: int | None = None
 
     # ------------------------------------------------------------------ properties
     @property
@@ -330,6 +334,7 @@ class FailureDetector:
         self._calibration_raw = None  # scores of the old score functions are stale now
         self._calibration_groups = []
         self.n_calibration_ = 0
+        self.longest_calibration_ = None
         return self
 
     def calibrate(self, rollouts: Iterable[Rollout], progress: bool = False) -> FailureDetector:
@@ -395,6 +400,7 @@ class FailureDetector:
         self._calibration_raw = raw
         self._calibration_groups = groups
         self.n_calibration_ = len(rollouts)
+        self.longest_calibration_ = max(len(r) for r in rollouts)
         return self
 
     @property
@@ -508,6 +514,7 @@ class FailureDetector:
             other._calibration_raw = raw
             other._calibration_groups = groups
             other.n_calibration_ = self.n_calibration_
+            other.longest_calibration_ = self.longest_calibration_
         return other
 
     def with_alpha(self, alpha: float) -> FailureDetector:
@@ -798,6 +805,7 @@ class FailureDetector:
             "scores": score_configs,
             "n_fit": self.n_fit_,
             "n_calibration": self.n_calibration_,
+            "longest_calibration": self.longest_calibration_,
             "fit_fingerprints": sorted(self._fit_fingerprints),
             "settings": asdict(self.settings),
             "calibration": (
@@ -886,6 +894,8 @@ class FailureDetector:
             det._fit_fingerprints = set(config.get("fit_fingerprints", []))
             det.n_fit_ = int(config.get("n_fit", 0))
             det.n_calibration_ = int(config.get("n_calibration", 0))
+            longest = config.get("longest_calibration")
+            det.longest_calibration_ = None if longest is None else int(longest)
         except (KeyError, TypeError, ValueError, RuntimeError, RolloutError) as err:
             raise ArtifactError(f"{d}: inconsistent detector artifact ({err!r}).") from err
         return det

@@ -7,6 +7,12 @@
 - Lead time: steps from the first alarm to the end of a detected failed rollout (mean).
 - ROC-AUC of the per-rollout maximum fused ratio (threshold-free).
 Everything overall and per (outcome × group).
+
+**Without the clock.** A rollout that outlasts every calibration success is unusual for that
+reason alone, and part of what any detector catches may be just that. :func:`remove_clock`
+drops every alarm at or after step L, the length of the longest calibration success, and
+:func:`evaluate` reports the metrics both ways (``report.no_clock``), so that a gain is not
+only "this took longer than any success".
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from .types import Rollout, Trace
 if TYPE_CHECKING:
     from .detector import FailureDetector
 
-__all__ = ["EvaluationReport", "alpha_sweep", "evaluate", "metrics_from_traces"]
+__all__ = ["EvaluationReport", "alpha_sweep", "evaluate", "metrics_from_traces", "remove_clock"]
 
 
 def _nan_to_none(x: float) -> float | None:
@@ -100,6 +106,49 @@ def metrics_from_traces(
     }
 
 
+def remove_clock(traces: Sequence[Trace], horizon: int) -> list[Trace]:
+    """The traces with every alarm at step ``horizon`` or later removed.
+
+    With ``horizon`` the length of the longest calibration success, what remains is what a
+    detector saw *before* a rollout outlasted every success ("without the clock"). The fused
+    ratio past the horizon is capped at its largest value before it, so the ROC-AUC of the
+    per-rollout maximum is clock-free too; raw, windowed and threshold curves are unchanged.
+
+    Parameters
+    ----------
+    traces : sequence of Trace
+    horizon : int >= 1
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from failguard.types import Trace
+    >>> f = np.array([0.5, 0.8, 1.5, 2.0])
+    >>> late = remove_clock([Trace({}, {}, {}, {}, f, f > 1, False)], horizon=2)[0]
+    >>> late.predicted_failure, late.fused.tolist()
+    (False, [0.5, 0.8, 0.8, 0.8])
+    """
+    if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
+        raise ValueError(f"horizon must be an int >= 1. Got {horizon!r} instead.")
+    out = []
+    for tr in traces:
+        if len(tr) <= horizon:
+            out.append(tr)
+            continue
+        before = float(np.max(tr.fused[:horizon]))
+        fused = tr.fused.copy()
+        fused[horizon:] = np.minimum(fused[horizon:], before)
+        alarm = tr.alarm.copy()
+        alarm[horizon:] = False
+        out.append(
+            Trace(
+                tr.scores, tr.windowed, tr.thresholds, tr.ratios, fused, alarm, tr.success,
+                tr.group,
+            )
+        )  # fmt: skip
+    return out
+
+
 @dataclass
 class EvaluationReport:
     """Metrics overall and per (outcome × group), plus an optional α sweep.
@@ -113,12 +162,20 @@ class EvaluationReport:
         fail group, the FAR of a success group) and mean detection time.
     sweep : list of dict
         One ``overall`` dict per α, with the α under ``"alpha"``.
+    horizon : int or None
+        Length of the longest calibration success (None if unknown).
+    no_clock, no_clock_per_group : dict
+        ``overall`` and ``per_group`` with every alarm at or after ``horizon`` removed
+        (:func:`remove_clock`); empty when the horizon is unknown.
     """
 
     overall: dict[str, Any]
     per_group: dict[str, dict[str, Any]]
     alpha: float
     sweep: list[dict[str, Any]] = field(default_factory=list)
+    horizon: int | None = None
+    no_clock: dict[str, Any] = field(default_factory=dict)
+    no_clock_per_group: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable (NaN becomes None)."""
@@ -131,6 +188,9 @@ class EvaluationReport:
             "overall": clean(self.overall),
             "per_group": {k: clean(v) for k, v in self.per_group.items()},
             "sweep": [clean(s) for s in self.sweep],
+            "horizon": self.horizon,
+            "no_clock": clean(self.no_clock),
+            "no_clock_per_group": {k: clean(v) for k, v in self.no_clock_per_group.items()},
         }
 
     def table(self) -> str:
@@ -185,6 +245,7 @@ def evaluate(
     progress: bool = False,
     id_groups: Sequence[str] | None = ("id",),
     raw: Mapping[str, Sequence[NDArray[np.float64]]] | None = None,
+    horizon: int | None = None,
 ) -> EvaluationReport:
     """Evaluate a calibrated detector on labelled rollouts (not used to fit or calibrate).
 
@@ -205,6 +266,9 @@ def evaluate(
         In-distribution groups; ``overall["far_id"]`` is the alarm rate on their successes.
     raw : mapping, optional
         Raw scores of ``rollouts`` from :meth:`FailureDetector.raw_scores_many`.
+    horizon : int, optional
+        Step from which alarms are dropped for ``report.no_clock``; default the detector's
+        ``longest_calibration_`` (the longest calibration success).
 
     Examples
     --------
@@ -216,6 +280,8 @@ def evaluate(
     >>> report = evaluate(det, test)
     >>> report.overall["balanced_accuracy"] > 0.8
     True
+    >>> report.horizon == det.longest_calibration_, "twa" in report.no_clock
+    (True, True)
     """
     if not isinstance(rollouts, Sequence):
         # An iterator (fg.iter_rollouts): stream it, one rollout in memory.
@@ -237,6 +303,13 @@ def evaluate(
     report = EvaluationReport(
         metrics_from_traces(traces, t_max, id_groups), _per_group(traces, t_max), detector.alpha
     )
+    if horizon is None:
+        horizon = getattr(detector, "longest_calibration_", None)
+    if horizon is not None:
+        clockless = remove_clock(traces, horizon)
+        report.horizon = int(horizon)
+        report.no_clock = metrics_from_traces(clockless, t_max, id_groups)
+        report.no_clock_per_group = _per_group(clockless, t_max)
     if alphas:
         report.sweep = alpha_sweep(detector, rollouts, alphas, t_max, id_groups, raw)
     return report

@@ -200,9 +200,9 @@ class Monitor:
         new_rows: dict[str, dict[str, NDArray[Any]]] = {}
         for s in self._scores:
             hist = self._history[s.name]
-            row = {f: rows[f] for f in s.requires}
-            recent = [*list(hist)[len(hist) + 1 - (hist.maxlen or 1) :], row]
-            inputs = {f: np.stack([h[f] for h in recent]) for f in s.requires}
+            row = {**{f: rows[f] for f in s.requires}, "t": np.array(self._t, dtype=np.int64)}
+            recent = [*list(hist)[max(0, len(hist) + 1 - (hist.maxlen or 1)) :], row]
+            inputs = {f: np.stack([h[f] for h in recent]) for f in (*s.requires, "t")}
             raw[s.name] = float(s.score_steps(inputs)[-1])
             new_rows[s.name] = row
         bad = [n for n, v in raw.items() if not math.isfinite(v)]

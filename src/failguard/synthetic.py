@@ -12,6 +12,11 @@ samples B action chunks around a smooth mean. Three kinds:
 ``"failure"``
     From an onset step on, the embeddings drift away and the action samples split into
     several modes that spread apart; a failure. Half are in group ``"id"``, half ``"ood"``.
+``"stuck"``
+    Stuck but confident: from an onset step on, the task stops progressing (the embedding
+    stays where it was, in distribution), the action samples stay unimodal and the discrete
+    policy becomes *more* decisive (entropy collapse); it runs until a time limit of 1.5 times
+    the typical length. A failure, group ``"stuck"``. FIPER's indicators barely see it.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ def make_rollouts(
     Parameters
     ----------
     n : int
-    kind : {"nominal", "ood_benign", "failure"}
+    kind : {"nominal", "ood_benign", "failure", "stuck"}
     seed : int
     length : int, default=100
         Typical number of policy steps (successes vary by ±20 %).
@@ -68,24 +73,33 @@ def make_rollouts(
     >>> [r.success for r in rs], rs[0].action_samples.shape[1:]
     ([False, False, False], (32, 8, 3))
     """
-    if kind not in ("nominal", "ood_benign", "failure"):
-        raise ValueError(f"kind must be 'nominal', 'ood_benign' or 'failure'; got {kind!r}.")
-    rng = np.random.default_rng([seed, ("nominal", "ood_benign", "failure").index(kind)])
+    kinds = ("nominal", "ood_benign", "failure", "stuck")
+    if kind not in kinds:
+        raise ValueError(f"kind must be one of {kinds}; got {kind!r}.")
+    rng = np.random.default_rng([seed, kinds.index(kind)])
     proj, drift_dir, act_proj, logit_proj = _world(embedding_dim, action_dim, max(n_discrete, 2))
     out = []
     for i in range(n):
         t_len = (
             length
             if kind == "failure"
+            else int(1.5 * length)
+            if kind == "stuck"
             else int(rng.integers(int(0.8 * length), int(1.2 * length) + 1))
         )
         phase = np.linspace(0, 2 * np.pi, t_len) + rng.normal(scale=0.1)
+        sharpen = np.ones(t_len)
+        if kind == "stuck":
+            onset = int(rng.integers(int(0.15 * length), int(0.5 * length)))
+            phase = np.minimum(np.arange(t_len), onset) * (2 * np.pi / (length - 1))
+            phase = phase + rng.normal(scale=0.1)
+            sharpen = np.where(np.arange(t_len) < onset, 1.0, 4.0)
         feats = np.stack([np.sin(phase), np.cos(phase), np.sin(2 * phase), np.cos(2 * phase)], 1)
         emb = feats @ proj + rng.normal(scale=0.15, size=(t_len, embedding_dim))
         mean_act = feats @ act_proj  # (T, D)
         spread = np.full(t_len, 0.02)
         modes = np.zeros(t_len)
-        group = "id"
+        group = "stuck" if kind == "stuck" else "id"
         if kind == "ood_benign":
             offset = rng.normal(size=embedding_dim)
             emb = emb + 1.2 * offset / np.linalg.norm(offset) * np.sqrt(embedding_dim) * 0.3
@@ -114,7 +128,7 @@ def make_rollouts(
         samples = base + noise + split
         extra: dict[str, Any] = {}
         if n_discrete > 0:
-            temp = 0.3 + 3.0 * modes
+            temp = (0.3 + 3.0 * modes) / sharpen
             logits = (emb @ logit_proj)[:, :n_discrete] * 3.0 / temp[:, None]
             p = np.exp(logits - logits.max(axis=1, keepdims=True))
             p /= p.sum(axis=1, keepdims=True)
@@ -126,7 +140,7 @@ def make_rollouts(
             Rollout(
                 embeddings=emb.astype(np.float32),
                 action_samples=samples.astype(np.float32),
-                success=kind != "failure",
+                success=kind not in ("failure", "stuck"),
                 group=group,
                 metadata={"kind": kind, "seed": seed, "index": i},
                 **extra,

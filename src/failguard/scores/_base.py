@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from ..exceptions import NotFittedError, RolloutError
 from ..types import Rollout
 
-__all__ = ["BaseScore", "Score", "register_score", "score_from_config"]
+__all__ = ["BaseScore", "Score", "register_score", "score_from_config", "step_index"]
 
 S = TypeVar("S", bound="BaseScore")
 
@@ -37,6 +37,19 @@ class Score(Protocol):
     def fit(self, rollouts: Sequence[Rollout], progress: bool = ...) -> Score: ...
 
     def score_steps(self, inputs: Mapping[str, NDArray[Any]]) -> NDArray[np.float64]: ...
+
+
+def step_index(inputs: Mapping[str, NDArray[Any]], n: int) -> NDArray[np.int64]:
+    """The step index t of each of the ``n`` rows given to a score.
+
+    Batch scoring passes ``inputs["t"]`` (0 … T-1 per rollout) and :class:`~failguard.Monitor`
+    the indices of the rows it keeps; scores whose value depends on the phase of the rollout
+    (per-step profiles, progress) read it. Without ``"t"`` the rows are steps 0 … n-1.
+    """
+    t = inputs.get("t")
+    if t is None:
+        return np.arange(n, dtype=np.int64)
+    return np.asarray(t, dtype=np.int64).reshape(n)
 
 
 def register_score(cls: type[S]) -> type[S]:
@@ -139,14 +152,16 @@ class BaseScore:
         joined = {
             f: np.concatenate([getattr(r, f) for r in rollouts], axis=0) for f in self.requires
         }
+        joined["t"] = np.concatenate([np.arange(n, dtype=np.int64) for n in lengths])
         flat = self.score_steps(joined)
         return np.split(flat, np.cumsum(lengths)[:-1])
 
     def score_steps(self, inputs: Mapping[str, NDArray[Any]]) -> NDArray[np.float64]:
         """Scores for consecutive steps given as arrays with a leading time axis.
 
-        ``inputs`` maps each field of ``requires`` to an array of shape (T, ...). The result
-        at t uses rows t-context … t only.
+        ``inputs`` maps each field of ``requires`` to an array of shape (T, ...), and optionally
+        ``"t"`` to the (T,) step indices of those rows (see :func:`step_index`). The result at
+        t uses rows t-context … t only.
         """
         self._check_fitted()
         self._check_inputs(inputs)
@@ -231,6 +246,7 @@ class BaseScore:
                     f"{self.name}: the rollout has no '{f}', which this score reads."
                 )
             out[f] = value
+        out["t"] = np.arange(len(rollout), dtype=np.int64)
         return out
 
     def __repr__(self) -> str:

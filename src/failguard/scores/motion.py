@@ -1,0 +1,273 @@
+"""How a rollout moves: stagnation, early-warning signals and chunk consistency.
+
+FIPER's indicators see novel inputs and uncertain actions; these see a policy that is stuck
+or dithering while confident and in distribution. All are cheap (no network) and causal.
+
+- :class:`Movement`: how far the embedding moved over the last ``lag`` steps, in units of
+  its spread over the fit rollouts. Raw, *more* movement scores higher; wrap it as
+  ``Deviation(Movement(), side="low")`` to score *less* movement than successes show at
+  the same phase (stagnation).
+- :class:`SlowingDown`: "critical slowing down" from the early-warning-signals literature:
+  the variance or the lag-1 autocorrelation of the embedding's leading principal components
+  over a trailing window. Wrap it in :class:`~failguard.scores.Deviation` to compare with
+  the successes' profile.
+- :class:`ChunkConsistency`: a cheap, first-class version of STAC. The mean of the chunks
+  sampled at t-1 and the mean of those sampled at t both describe the same stretch of the
+  future (their overlap); the score is their RMS difference, in units of the fitted action
+  spread. O(B·H·D) a step instead of STAC's O(B²·H·D) kernel matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..exceptions import RolloutError
+from ..types import Rollout
+from ._base import BaseScore, register_score
+
+__all__ = ["ChunkConsistency", "Movement", "SlowingDown"]
+
+
+def _flat(x: NDArray[Any]) -> NDArray[np.float64]:
+    x = np.asarray(x, dtype=np.float64)
+    return x.reshape(x.shape[0], -1)
+
+
+def _check_int(cls: str, label: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(
+            f"The '{label}' parameter of {cls} must be an int >= {low}. Got {value!r} instead."
+        )
+    return int(value)
+
+
+@register_score
+class Movement(BaseScore):
+    """Distance moved over ``lag`` steps: ‖(x_t - x_{t-lag}) / std‖ / √d.
+
+    Before step ``lag`` the first step is the reference (x_{max(0, t-lag)}).
+
+    Parameters
+    ----------
+    lag : int, default=5
+    name : str, default="movement"
+
+    Examples
+    --------
+    >>> from failguard import Rollout
+    >>> line = np.outer(np.arange(10.0), np.ones(3))
+    >>> m = Movement(lag=2).fit([Rollout(line, success=True)])
+    >>> m.score(Rollout(line)).round(3).tolist()[:4]
+    [0.0, 0.348, 0.696, 0.696]
+    """
+
+    def __init__(self, lag: int = 5, name: str = "movement") -> None:
+        super().__init__(name)
+        self.lag = _check_int("Movement", "lag", lag, 1)
+        self.inv_std_: NDArray[np.float64] | None = None
+
+    @property
+    def context(self) -> int:  # type: ignore[override]
+        """The score at t reads rows t-lag … t."""
+        return self.lag
+
+    def _fit(self, rollouts: Sequence[Rollout], progress: bool) -> None:
+        x = np.concatenate([_flat(r.embeddings) for r in rollouts])
+        std = x.std(axis=0)
+        self.inv_std_ = np.where(std > 1e-12, 1.0 / np.maximum(std, 1e-12), 0.0)
+
+    def _score(self, inputs: Mapping[str, NDArray[Any]]) -> NDArray[np.float64]:
+        assert self.inv_std_ is not None
+        x = _flat(inputs["embeddings"]) * self.inv_std_
+        ref = np.maximum(np.arange(x.shape[0]) - self.lag, 0)
+        d = x - x[ref]
+        return np.sqrt(np.sum(d * d, axis=1) / x.shape[1])
+
+    def _params(self) -> dict[str, Any]:
+        return {"lag": self.lag}
+
+    def _tensors(self) -> dict[str, NDArray[Any]]:
+        assert self.inv_std_ is not None
+        return {"inv_std": self.inv_std_}
+
+    def _restore(self, fitted: dict[str, Any], tensors: Mapping[str, NDArray[Any]]) -> None:
+        self.inv_std_ = np.asarray(tensors["inv_std"], dtype=np.float64)
+
+
+@register_score
+class SlowingDown(BaseScore):
+    """Early-warning signal over a trailing window of the embedding's principal components.
+
+    The embedding is projected on its ``n_components`` leading principal components (fitted
+    on the fit rollouts) and standardised. Over the rows max(0, t-window+1) … t:
+
+    - ``statistic="variance"``: the mean variance of the components;
+    - ``statistic="autocorrelation"``: (1 + ρ₁) / 2 with ρ₁ the mean lag-1 autocorrelation of
+      the components (0 … 1; 0.5 with fewer than 3 rows or no variance).
+
+    Parameters
+    ----------
+    window : int, default=20
+    statistic : {"variance", "autocorrelation"}, default="autocorrelation"
+    n_components : int, default=4
+    name : str, optional
+        Default ``"ews_var"`` / ``"ews_ac"``.
+    """
+
+    STATISTICS: ClassVar[tuple[str, ...]] = ("variance", "autocorrelation")
+
+    def __init__(
+        self,
+        window: int = 20,
+        statistic: str = "autocorrelation",
+        n_components: int = 4,
+        name: str | None = None,
+    ) -> None:
+        if statistic not in self.STATISTICS:
+            raise ValueError(
+                f"The 'statistic' parameter of SlowingDown must be one of {self.STATISTICS}. "
+                f"Got {statistic!r} instead."
+            )
+        super().__init__(name or ("ews_var" if statistic == "variance" else "ews_ac"))
+        self.window = _check_int("SlowingDown", "window", window, 2)
+        self.statistic = statistic
+        self.n_components = _check_int("SlowingDown", "n_components", n_components, 1)
+        self.mean_: NDArray[np.float64] | None = None
+        self.components_: NDArray[np.float64] | None = None
+
+    @property
+    def context(self) -> int:  # type: ignore[override]
+        """The score at t reads rows t-window+1 … t."""
+        return self.window - 1
+
+    def _fit(self, rollouts: Sequence[Rollout], progress: bool) -> None:
+        x = np.concatenate([_flat(r.embeddings) for r in rollouts])
+        mean = x.mean(axis=0)
+        _, sv, vt = np.linalg.svd(x - mean, full_matrices=False)
+        k = min(self.n_components, vt.shape[0])
+        sd = sv[:k] / np.sqrt(max(x.shape[0] - 1, 1))
+        self.mean_ = mean
+        # components scaled so that the projections have unit variance on the fit rollouts
+        self.components_ = vt[:k] / np.maximum(sd, 1e-12)[:, None]
+
+    def _score(self, inputs: Mapping[str, NDArray[Any]]) -> NDArray[np.float64]:
+        assert self.mean_ is not None and self.components_ is not None
+        z = (_flat(inputs["embeddings"]) - self.mean_) @ self.components_.T
+        out = np.empty(z.shape[0])
+        for t in range(z.shape[0]):
+            w = z[max(0, t - self.window + 1) : t + 1]
+            c = w - w.mean(axis=0)
+            if self.statistic == "variance":
+                out[t] = float(np.mean(np.mean(c * c, axis=0)))
+                continue
+            den = np.sum(c * c, axis=0)
+            ok = den > 1e-12
+            if w.shape[0] < 3 or not np.any(ok):
+                out[t] = 0.5
+                continue
+            num = np.sum(c[1:] * c[:-1], axis=0)
+            out[t] = 0.5 * (1.0 + float(np.mean(num[ok] / den[ok])))
+        return out
+
+    def _params(self) -> dict[str, Any]:
+        return {
+            "window": self.window,
+            "statistic": self.statistic,
+            "n_components": self.n_components,
+        }
+
+    def _tensors(self) -> dict[str, NDArray[Any]]:
+        assert self.mean_ is not None and self.components_ is not None
+        return {"mean": self.mean_, "components": self.components_}
+
+    def _restore(self, fitted: dict[str, Any], tensors: Mapping[str, NDArray[Any]]) -> None:
+        self.mean_ = np.asarray(tensors["mean"], dtype=np.float64)
+        self.components_ = np.asarray(tensors["components"], dtype=np.float64)
+
+
+@register_score
+class ChunkConsistency(BaseScore):
+    """RMS difference of consecutive mean chunks over their overlap (cheap STAC).
+
+    The chunks sampled at t-1 cover chunk indices ``exec_horizon … H-1`` of the future that
+    the chunks sampled at t cover with indices ``0 … H-1-exec_horizon``. With m_t the mean
+    over the B samples, s(t) = RMS over the overlap and the action axes of
+    (m_{t-1}[e:] - m_t[:H-e]) / spread, where ``spread`` is the per-axis standard deviation
+    of the sampled actions over the fit rollouts; s(0) = 0.
+
+    Parameters
+    ----------
+    exec_horizon : int, default=4
+        Actions executed between two policy steps (< H).
+    dims : sequence of int, optional
+        Action dimensions to compare (default: all).
+    name : str, default="consistency"
+
+    Examples
+    --------
+    >>> from failguard import Rollout
+    >>> rng = np.random.default_rng(0)
+    >>> a = rng.normal(size=(5, 16, 8, 2))
+    >>> c = ChunkConsistency(exec_horizon=2).fit([Rollout(np.zeros((5, 1)), action_samples=a)])
+    >>> c.score(Rollout(np.zeros((5, 1)), action_samples=a)).shape
+    (5,)
+    """
+
+    requires = ("action_samples",)
+    context: ClassVar[int] = 1
+
+    def __init__(
+        self, exec_horizon: int = 4, dims: Sequence[int] | None = None, name: str = "consistency"
+    ) -> None:
+        super().__init__(name)
+        self.exec_horizon = _check_int("ChunkConsistency", "exec_horizon", exec_horizon, 1)
+        self.dims = None if dims is None else [int(d) for d in dims]
+        self.inv_spread_: NDArray[np.float64] | None = None
+
+    def _points(self, a: NDArray[Any]) -> NDArray[np.float64]:
+        x = np.asarray(a, dtype=np.float64)
+        if self.dims is not None:
+            if max(self.dims) >= x.shape[-1] or min(self.dims) < -x.shape[-1]:
+                raise RolloutError(
+                    f"ChunkConsistency: dims {self.dims} out of range for actions with "
+                    f"D={x.shape[-1]}."
+                )
+            x = x[..., self.dims]
+        return x
+
+    def _fit(self, rollouts: Sequence[Rollout], progress: bool) -> None:
+        h = rollouts[0].action_samples.shape[2]  # type: ignore[union-attr]
+        if self.exec_horizon >= h:
+            raise RolloutError(
+                f"ChunkConsistency: exec_horizon={self.exec_horizon} leaves no overlap in chunks "
+                f"of length H={h}; use exec_horizon < H."
+            )
+        pts = [self._points(r.action_samples) for r in rollouts if r.action_samples is not None]
+        flat = np.concatenate([p.reshape(-1, p.shape[-1]) for p in pts])
+        std = flat.std(axis=0)
+        self.inv_spread_ = np.where(std > 1e-12, 1.0 / np.maximum(std, 1e-12), 0.0)
+
+    def _score(self, inputs: Mapping[str, NDArray[Any]]) -> NDArray[np.float64]:
+        assert self.inv_spread_ is not None
+        m = self._points(inputs["action_samples"]).mean(axis=1)  # (T, H, D)
+        h = m.shape[1]
+        e = self.exec_horizon
+        out = np.zeros(m.shape[0])
+        if m.shape[0] > 1:
+            d = (m[:-1, e:, :] - m[1:, : h - e, :]) * self.inv_spread_
+            out[1:] = np.sqrt(np.mean(d * d, axis=(1, 2)))
+        return out
+
+    def _params(self) -> dict[str, Any]:
+        return {"exec_horizon": self.exec_horizon, "dims": self.dims}
+
+    def _tensors(self) -> dict[str, NDArray[Any]]:
+        assert self.inv_spread_ is not None
+        return {"inv_spread": self.inv_spread_}
+
+    def _restore(self, fitted: dict[str, Any], tensors: Mapping[str, NDArray[Any]]) -> None:
+        self.inv_spread_ = np.asarray(tensors["inv_spread"], dtype=np.float64)
