@@ -123,7 +123,8 @@ def test_pac_minimum_size_matches_mapie():
         p_less = compute_hoeffding_bentkus_p_value(np.array([0.0]), n - 1, a, binary=True)
         assert p[0, 0] <= d < p_less[0, 0]
         pac_quantile(np.random.default_rng(0).random(n), a, d)  # feasible at n
-    assert plan(0.1, delta=0.1).n_required == 22
+    assert plan(0.1, delta=0.1, calibration="per_indicator").n_required == 22
+    assert plan(0.1, delta=0.1).n_required == 44  # 'auto' is joint for PAC: split in two
 
 
 def test_joint_calibration_and_or_bonferroni():

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -93,9 +96,18 @@ def test_calibrate_keeps_scores_and_changes_alpha(dirs, tmp_path, capsys):
         assert all((ta[k] == tb[k]).all() for k in ta)
 
 
-def test_plan_prints_the_number(capsys):
+def test_plan_prints_the_number_fit_asks_for(dirs, tmp_path, capsys):
+    # PAC with calibration="auto" is joint: plan must count the split, as fit does.
     assert main(["plan", "--alpha", "0.1", "--delta", "0.1"]) == 0
-    assert "needs 22 successful calibration rollouts" in capsys.readouterr().out
+    assert "needs 44 successful calibration rollouts" in capsys.readouterr().out
+    for extra in ([], ["--combine", "or", "--threshold", "band"]):
+        assert main(["plan", "--alpha", "0.1", "--delta", "0.1", *extra]) == 0
+        planned = re.search(r"needs (\d+) successful", capsys.readouterr().out)
+        argv = ["-q", "fit", str(dirs["train"]), "-o", str(tmp_path / "d"), "--alpha", "0.1"]
+        code = main([*argv, "--guarantee", "pac", "--delta", "0.1", *extra])
+        assert code == EXIT_INPUT
+        asked = re.search(r"needs (\d+) with these options", capsys.readouterr().err)
+        assert planned and asked and planned.group(1) == asked.group(1)
 
 
 def test_health_exit_codes(dirs, capsys):
@@ -139,7 +151,7 @@ def test_bad_input_gives_one_line_error(dirs, tmp_path, capsys, case):
         expect = "embedding size (12,)"
     elif case == "action_mismatch":
         rs = make_rollouts(3, seed=1, **{**KW, "horizon": 6})
-        argv = ["calibrate", det, str(_write(tmp_path / "a", rs))]
+        argv = ["calibrate", det, str(_write(tmp_path / "a", rs)), "-o", str(tmp_path / "o")]
         expect = "'action_samples' shape (8, 6, 2)"
     elif case == "no_detector":
         argv = ["evaluate", str(tmp_path / "nodet"), str(dirs["test"])]
@@ -206,3 +218,175 @@ def test_console_script_runs():
         check=False,
     )
     assert proc.returncode == 0 and "19" in proc.stdout
+
+
+# ------------------------------------------------------------ issue 11: a new user's path
+def _files(directory):
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_calibrate_never_overwrites_a_detector_without_force(dirs, tmp_path, capsys):
+    det = tmp_path / "det"
+    shutil.copytree(dirs["det"], det)
+    before = _files(det)
+    assert main(["-q", "calibrate", str(det), str(dirs["new"])]) == EXIT_INPUT
+    assert "-o NEW_DIR" in capsys.readouterr().err and _files(det) == before
+    other = tmp_path / "other"
+    shutil.copytree(dirs["det"], other)
+    assert main(["-q", "calibrate", str(det), str(dirs["new"]), "-o", str(other)]) == EXIT_INPUT
+    assert "--force" in capsys.readouterr().err and _files(other) == _files(dirs["det"])
+    assert main(["-q", "calibrate", str(det), str(dirs["new"]), "-o", str(tmp_path / "v2")]) == 0
+    assert _files(det) == before and (tmp_path / "v2" / "config.json").is_file()
+    assert main(["-q", "calibrate", str(det), str(dirs["new"]), "--force"]) == 0
+    assert FailureDetector.load(det).n_calibration_ == 20
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX sh")
+def test_documented_recalibrate_line_acts_only_on_exit_4(dirs, tmp_path, capsys):
+    from failguard.cli import RECALIBRATE_LINE
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert RECALIBRATE_LINE in readme
+    assert main(["--help"]) == 0
+    assert RECALIBRATE_LINE in capsys.readouterr().out
+    # 9 new successes: health exits 5 (too few); the line must leave the detector alone.
+    cases = {
+        5: make_rollouts(9, seed=4, **KW),
+        4: make_rollouts(20, kind="ood_benign", seed=5, **KW),
+    }
+    for expected, new in cases.items():
+        work = tmp_path / f"exit{expected}"
+        shutil.copytree(dirs["det"], work / "detector")
+        _write(work / "new", new)
+        before = _files(work / "detector")
+        script = (
+            # The documented line verbatim; the function records each command's exit code.
+            'failguard() { "$PY" -m failguard.cli -q "$@"; c=$?; echo "$1=$c"; return $c; }\n'
+            + RECALIBRATE_LINE
+            + "\n"
+        )
+        proc = subprocess.run(
+            ["sh", "-c", script],
+            cwd=work,
+            env={**os.environ, "PY": sys.executable},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert f"health={expected}" in proc.stdout, proc.stderr
+        assert ("calibrate=0" in proc.stdout) == (expected == 4)
+        assert _files(work / "detector") == before
+        assert (work / "detector_v2").exists() == (expected == 4), proc.stderr
+
+
+def test_exit_codes_are_documented(capsys):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert main(["--help"]) == 0
+    helptext = capsys.readouterr().out
+    for code in ("0", "1", "2", "3", "4", "5", "130"):
+        assert re.search(rf"^  {code} ", helptext, re.M), code
+        assert re.search(rf"\b{code}\b", readme.split("Exit codes", 1)[1][:800]), code
+
+
+def test_fit_checks_every_input_before_training(dirs, tmp_path, capsys, monkeypatch):
+    calls = []
+    original = FailureDetector.fit
+    monkeypatch.setattr(
+        FailureDetector, "fit", lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
+    )
+    train = str(dirs["train"])
+    (tmp_path / "file").write_text("x")
+    few = _write(tmp_path / "few_cal", make_rollouts(5, seed=11, **KW))
+    cases = {
+        "is the log directory": ["-o", train],
+        "is a file": ["-o", str(tmp_path / "file")],
+        "already holds a detector": ["-o", str(dirs["det"])],
+        "holds rollout logs": ["-o", str(dirs["test"])],
+        "needs 9 with these options": ["-o", str(tmp_path / "d"), "--calibration-logs", str(few)],
+        "is LOGS itself": ["-o", str(tmp_path / "d"), "--calibration-logs", train],
+    }
+    for expect, extra in cases.items():
+        assert main(["-q", "fit", train, "--alpha", "0.1", *extra]) == EXIT_INPUT, expect
+        assert expect in capsys.readouterr().err
+    assert calls == []  # nothing was trained
+    assert len(list(dirs["train"].glob("*.safetensors"))) == 44
+
+
+def test_seen_logs_are_refused_unless_allowed(dirs, capsys):
+    det, train = str(dirs["det"]), str(dirs["train"])
+    for cmd in ("evaluate", "health"):
+        assert main(["-q", cmd, det, train]) == EXIT_INPUT
+        assert "--allow-seen" in capsys.readouterr().err
+    assert main(["-q", "evaluate", det, train, "--allow-seen"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("fitted or calibrated on") == 1 and "--allow-seen" in err
+    # The artifact holds the content hashes of both sets.
+    config = json.loads((dirs["det"] / "config.json").read_text())
+    assert len(config["fit_fingerprints"]) == 8 and len(config["calibration_fingerprints"]) == 32
+
+
+def test_help_texts_state_each_default_once(capsys):
+    for cmd in ("fit", "calibrate", "evaluate", "report", "plan", "health", "export"):
+        assert main([cmd, "--help"]) == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert "(default: None)" not in text and "[0." not in text, cmd
+        assert not re.search(r"default[^()]*\) \(default", text), cmd
+    assert main(["report", "--help"]) == 0
+    assert "0.01,0.02,0.05" in " ".join(capsys.readouterr().out.split())
+
+
+def test_cli_messages_name_cli_options_not_python_calls(dirs, tmp_path, capsys):
+    few = _write(tmp_path / "few", make_rollouts(6, seed=21, **KW))
+    out = str(tmp_path / "o")
+    assert main(["-q", "calibrate", str(dirs["det"]), str(few), "-o", out]) == EXIT_INPUT
+    err = capsys.readouterr().err
+    assert "`failguard plan`" in err and "plan()" not in err and "--alpha" in err
+    assert main(["-q", "health", str(dirs["det"]), str(dirs["drift"])]) == EXIT_RECALIBRATE
+    text = capsys.readouterr().out
+    assert "detector.calibrate" not in text and f"failguard calibrate {dirs['det']}" in text
+
+
+def test_health_says_it_skipped_failed_rollouts(dirs, tmp_path, capsys):
+    mixed = _write(tmp_path / "mixed", make_rollouts(20, seed=4, **KW))
+    _write(mixed, make_rollouts(3, kind="failure", seed=8, **KW), start=100)
+    assert main(["-q", "health", str(dirs["det"]), str(mixed)]) == 0
+    assert "3 failed ones skipped" in capsys.readouterr().out
+
+
+def test_no_progress_bars_when_output_is_not_a_terminal(dirs, tmp_path, capsys):
+    # capsys: stdout and stderr are not terminals, as when piped; no -q given.
+    args = ["fit", str(dirs["train"]), "-o", str(tmp_path / "d"), "--epochs", "3"]
+    assert main([*args, "--alpha", "0.1", "--fit-fraction", "0.2"]) == 0
+    err = capsys.readouterr().err
+    assert "it/s" not in err and "\r" not in err and "%|" not in err
+
+
+def test_report_default_sweep_keeps_alphas_the_set_supports(dirs):
+    from failguard.cli import DEFAULT_SWEEP, _supported_alphas
+
+    det = FailureDetector.load(dirs["det"])  # 32 calibration rollouts
+    alphas = _supported_alphas(det)
+    assert alphas == [a for a in DEFAULT_SWEEP if a >= 0.05]
+    for a in alphas:
+        assert det.with_params(alpha=a).calibration_plan().n_required <= 32
+
+
+def test_independent_repeats_option(dirs, tmp_path, capsys):
+    # Copies of fit rollouts in another directory: identical content, other files.
+    fit_files = FailureDetector.load(dirs["det"])
+    from failguard import read_rollouts
+
+    train = [r for r in read_rollouts(dirs["train"]) if r.success]
+    fit_prints = set(json.loads((dirs["det"] / "config.json").read_text())["fit_fingerprints"])
+    from failguard.detector import _fingerprint
+
+    repeats = [r for r in train if _fingerprint(r) in fit_prints]
+    assert len(repeats) == fit_files.n_fit_
+    new = _write(tmp_path / "new", make_rollouts(25, seed=31, **KW))
+    _write(new, repeats[:2], start=100)
+    argv = ["-q", "calibrate", str(dirs["det"]), str(new), "-o", str(tmp_path / "v2")]
+    assert main(argv) == EXIT_INPUT
+    err = capsys.readouterr().err
+    assert "--independent-repeats" in err and "independent_repeats=True" not in err
+    assert main([*argv, "--independent-repeats"]) == 0
+    assert FailureDetector.load(tmp_path / "v2").n_calibration_ == 27

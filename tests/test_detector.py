@@ -19,6 +19,7 @@ from failguard import (
     NotFittedError,
     PCAKMeansScore,
     RNDActionScore,
+    RNDScore,
     RolloutError,
     STACScore,
 )
@@ -356,7 +357,17 @@ def test_rnd_training_is_seeded_and_splits_by_rollout(fit_set):
     assert len(a.history_["val"]) >= 1
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", message=".*still falling")  # 3 epochs: undertrained
         small_rnd().fit(fit_set[:2])
+
+
+def test_rnd_warns_when_max_epochs_cut_a_falling_loss(fit_set):
+    with pytest.warns(UserWarning, match="still falling.*raise max_epochs"):
+        RNDScore(max_epochs=2).fit(fit_set)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rnd = RNDScore(max_epochs=400, patience=1).fit(fit_set)  # early stopping ends it
+    assert len(rnd.history_["val"]) < 400
 
 
 def test_refit_drops_the_stale_calibration(fit_set, cal_set):

@@ -8,12 +8,15 @@ Exit codes
 ----------
 0  success (``health``: the calibration still holds)
 1  bad input: missing or empty paths, unlabelled logs, too few rollouts for alpha, a detector
-   that does not match the logs, or any other failguard error (one-line message on stderr)
+   that does not match the logs, an output that would overwrite a detector (without
+   ``--force``) or a log directory, logs the detector was fitted or calibrated on (without
+   ``--allow-seen``), or any other failguard error (one-line message on stderr)
 2  bad command line (argparse usage error)
 3  an optional dependency is missing (``export`` needs failguard[export], ``report`` needs
    failguard[plots])
 4  ``health`` only: the new successful rollouts are no longer consistent with the
-   calibration; recalibrate (``failguard calibrate``)
+   calibration; recalibrate (``failguard calibrate DETECTOR NEW_LOGS -o NEW_DIR``). To act on
+   exactly this code in POSIX sh, see :data:`RECALIBRATE_LINE`
 5  ``health`` only: too few new successful rollouts to conclude anything; record more
 130 interrupted (Ctrl-C)
 
@@ -31,6 +34,7 @@ import argparse
 import json
 import math
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -118,6 +122,84 @@ def check_compatible(detector: Any, rollouts: Sequence[Any], directory: str) -> 
                         f"was fitted on {tuple(shape)}. Use logs of the same policy, or refit "
                         "with `failguard fit`."
                     )
+
+
+def _check_output_dir(
+    output: str, logs: Sequence[str | None], force: bool, what: str = "the detector"
+) -> Path:
+    """Refuse an output directory that is a file, a log directory or (without --force) an
+    existing detector; checked before anything is read or trained."""
+    from .detector import CONFIG_FILE, WEIGHTS_FILE
+
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise CliError(
+            f"-o {out}: is a file; pass a directory for {what} (it will hold {CONFIG_FILE} "
+            f"and {WEIGHTS_FILE})."
+        )
+    for d in logs:
+        if d is not None and Path(d).resolve() == out.resolve():
+            raise CliError(
+                f"-o {out}: is the log directory {d}; {what}'s {WEIGHTS_FILE} would be read "
+                "as a rollout log next time. Write it to another directory."
+            )
+    if out.is_dir():
+        logs_inside = [p.name for p in out.glob("*.safetensors") if p.name != WEIGHTS_FILE]
+        if logs_inside:
+            raise CliError(
+                f"-o {out}: holds rollout logs ({logs_inside[0]}, ...); write {what} to "
+                "another directory."
+            )
+        if ((out / CONFIG_FILE).exists() or (out / WEIGHTS_FILE).exists()) and not force:
+            raise CliError(
+                f"-o {out}: already holds a detector. Pass -o NEW_DIR to keep it, or --force "
+                "to overwrite it."
+            )
+    return out
+
+
+def _refuse_seen(detector: Any, rollouts: Sequence[Any], directory: str, allow: bool) -> None:
+    """Refuse logs the detector was fitted or calibrated on (content hashes), unless allowed."""
+    seen = detector.seen(rollouts)
+    if not seen:
+        return
+    what = (
+        f"{directory}: {len(seen)} of {len(rollouts)} rollouts (first: #{seen[0]}) have the "
+        "same content as rollouts this detector was fitted or calibrated on"
+    )
+    if not allow:
+        raise CliError(
+            f"{what}; numbers on them are in-sample and look better than the detector is. "
+            "Use held-out logs, or pass --allow-seen if they are independent episodes that "
+            "repeated step for step."
+        )
+    print(f"failguard: warning: {what} (--allow-seen).", file=sys.stderr)
+    warnings.filterwarnings("ignore", message=".*fitted or calibrated on")  # said once
+
+
+# Library messages name Python calls; on the command line, name the options instead.
+_CLI_WORDING = (
+    ("failguard.calibration.plan() tells the numbers.", "`failguard plan` tells the numbers."),
+    ("independent_repeats=True (CLI: --independent-repeats)", "--independent-repeats"),
+    ("use threshold='constant'", "use --threshold constant"),
+    ("use calibration='per_indicator'", "use --calibration per_indicator"),
+    ("guarantee='pac'", "--guarantee pac"),
+    ("raise alpha", "raise --alpha"),
+    ("raise max_epochs (CLI: --epochs)", "raise --epochs"),
+)
+
+
+def cli_wording(message: str) -> str:
+    """A library message with its Python calls replaced by the matching CLI options.
+
+    Examples
+    --------
+    >>> cli_wording("Record more, or raise alpha. failguard.calibration.plan() tells the numbers.")
+    'Record more, or raise --alpha. `failguard plan` tells the numbers.'
+    """
+    for py, cli in _CLI_WORDING:
+        message = message.replace(py, cli)
+    return message
 
 
 def _parse_floats(text: str) -> list[float]:
@@ -214,18 +296,82 @@ def _sweep_detector(detector: Any, args: argparse.Namespace, quiet: bool) -> Any
 
 
 # ---------------------------------------------------------------------------- commands
+def _check_shapes(scores: Sequence[Any], example: Any, rollouts: Sequence[Any], where: str) -> None:
+    """Before training: every rollout has the fields the scores read, shaped like ``example``."""
+    for s in scores:
+        for f in s.requires:
+            want = tuple(getattr(example, f).shape[1:])
+            for i, r in enumerate(rollouts):
+                arr = getattr(r, f)
+                if arr is None or tuple(arr.shape[1:]) != want:
+                    got = "no such field" if arr is None else f"per-step shape {arr.shape[1:]}"
+                    raise CliError(
+                        f"{where}: rollout #{i} has {got} for '{f}', which the {s.name!r} score "
+                        f"reads with per-step shape {want}. Use logs of the same policy."
+                    )
+
+
+def _check_calibration_set(
+    det: Any, fit_set: Sequence[Any], cal_set: Sequence[Any], where: str, repeats_ok: bool
+) -> None:
+    """Before training: enough calibration rollouts (per group with --mondrian), none repeating
+    a fit rollout unless declared independent."""
+    from collections import Counter
+
+    from .detector import REPEATS_HELP, _fingerprint
+
+    needed = det.calibration_plan().n_required
+    if len(cal_set) < needed:
+        raise CliError(
+            f"{where}: {len(cal_set)} successful calibration rollouts, but alpha={det.alpha:g}"
+            + (f", delta={det.delta:g}" if det.guarantee == "pac" else "")
+            + f" needs {needed} with these options (`failguard plan` tells the numbers). "
+            "Record more successful rollouts or raise --alpha."
+        )
+    if det.mondrian:
+        counts = Counter(r.group for r in cal_set if r.group is not None)
+        if not counts:
+            raise CliError(f"{where}: --mondrian needs calibration rollouts with a group label.")
+        short = {g: c for g, c in sorted(counts.items()) if c < needed}
+        if short:
+            raise CliError(
+                f"{where}: --mondrian calibrates each group on its own and needs {needed} "
+                f"successful calibration rollouts per group; too few in {short}. Record more "
+                "or drop --mondrian."
+            )
+    if not repeats_ok:
+        fit_prints = {_fingerprint(r) for r in fit_set}
+        seen: set[str] = set()
+        for i, r in enumerate(cal_set):
+            p = _fingerprint(r)
+            if p in fit_prints or p in seen:
+                raise CliError(
+                    f"{where}: calibration rollout #{i} repeats "
+                    + ("a fit rollout" if p in fit_prints else "another calibration rollout")
+                    + f" step for step. {REPEATS_HELP}"
+                )
+            seen.add(p)
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
-    from .calibration import plan
     from .detector import FailureDetector
 
+    # Everything is checked before any training starts.
+    _check_output_dir(args.output, [args.logs, args.calibration_logs], args.force)
+    if args.calibration_logs is not None and (
+        Path(args.calibration_logs).resolve() == Path(args.logs).resolve()
+    ):
+        raise CliError(
+            f"--calibration-logs {args.calibration_logs} is LOGS itself; calibration needs "
+            "other successful rollouts (or leave it out to split LOGS)."
+        )
     rollouts = _read_logs(args.logs)
     _require_labels(rollouts, args.logs, "fit")
     ok = [r for r in rollouts if r.success]
     if not ok:
         raise CliError(f"{args.logs}: no successful rollouts; fit needs successful ones.")
     scores = _make_scores(args.scores, ok[0], args.epochs)
-    if len(ok) < len(rollouts):
-        print(f"using the {len(ok)} successful of {len(rollouts)} rollouts (failures skipped)")
+    _check_shapes(scores, ok[0], ok, args.logs)
     det = FailureDetector(
         scores=scores,
         windows=args.window,
@@ -234,6 +380,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         alpha=args.alpha,
         guarantee=args.guarantee,
         delta=args.delta,
+        calibration=args.calibration,
         mondrian=args.mondrian,
         random_state=args.seed,
     )
@@ -242,31 +389,28 @@ def cmd_fit(args: argparse.Namespace) -> int:
         cal_set = _successes(
             _read_logs(args.calibration_logs), args.calibration_logs, "calibration"
         )
+        _check_shapes(scores, ok[0], cal_set, args.calibration_logs)
+        where = str(args.calibration_logs)
     else:
-        needed = plan(
-            args.alpha,
-            args.delta if args.guarantee == "pac" else None,
-            threshold=args.threshold,
-            n_indicators=len(scores),
-            combine=args.combine,
-            joint=det.settings.joint,
-        ).n_required
+        needed = det.calibration_plan().n_required
         order = np.random.default_rng(args.seed).permutation(len(ok))
         n_fit = max(1, round(args.fit_fraction * len(ok)))
         if len(ok) - n_fit < needed:
             raise CliError(
                 f"{args.logs}: {len(ok)} successful rollouts; {n_fit} fit the scores "
                 f"(--fit-fraction {args.fit_fraction:g}), leaving {len(ok) - n_fit} to "
-                f"calibrate, but alpha={args.alpha:g} needs {needed}. Record at least "
-                f"{n_fit + needed} successful rollouts, raise --alpha, or pass "
-                "--calibration-logs."
+                f"calibrate, but alpha={args.alpha:g} needs {needed} with these options "
+                f"(`failguard plan` tells the numbers). Record at least {n_fit + needed} "
+                "successful rollouts, raise --alpha, or pass --calibration-logs."
             )
         fit_set = [ok[i] for i in order[:n_fit]]
         cal_set = [ok[i] for i in order[n_fit:]]
+        where = f"{args.logs} (the calibration part)"
+    _check_calibration_set(det, fit_set, cal_set, where, args.independent_repeats)
+    if len(ok) < len(rollouts):
+        print(f"using the {len(ok)} successful of {len(rollouts)} rollouts (failures skipped)")
     det.fit(fit_set, progress=not args.quiet)
-    if args.calibration_logs is not None:
-        check_compatible(det, cal_set, args.calibration_logs)
-    det.calibrate(cal_set, progress=not args.quiet)
+    det.calibrate(cal_set, progress=not args.quiet, independent_repeats=args.independent_repeats)
     out = det.save(args.output)
     print(f"fitted on {len(fit_set)} and calibrated on {len(cal_set)} successful rollouts")
     print(f"{det}")
@@ -275,13 +419,22 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    if args.output is None and not args.force:
+        raise CliError(
+            f"calibrate would overwrite the detector in {args.detector}. Pass -o NEW_DIR to "
+            "keep it (recommended), or --force to overwrite it."
+        )
+    if args.output is not None:
+        _check_output_dir(args.output, [args.logs], args.force, "the recalibrated detector")
     det = _load_detector(args.detector)
     rollouts = _read_logs(args.logs)
     ok = _successes(rollouts, args.logs, "calibration")
+    if len(ok) < len(rollouts):
+        print(f"using the {len(ok)} successful of {len(rollouts)} rollouts (failures skipped)")
     check_compatible(det, ok, args.logs)
     if args.alpha is not None:
         det.alpha = args.alpha
-    det.calibrate(ok, progress=not args.quiet)
+    det.calibrate(ok, progress=not args.quiet, independent_repeats=args.independent_repeats)
     out = det.save(args.output or args.detector)
     print(
         f"recalibrated on {len(ok)} successful rollouts (scores unchanged, alpha={det.alpha:g}); "
@@ -297,6 +450,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     rollouts = _read_logs(args.logs)
     _require_labels(rollouts, args.logs, "evaluate")
     check_compatible(det, rollouts, args.logs)
+    _refuse_seen(det, rollouts, args.logs, args.allow_seen)
     if args.alphas and _sweep_detector(det, args, args.quiet) is None:
         raise CliError(
             "--alphas recalibrates at each alpha and needs the calibration rollouts: pass "
@@ -339,13 +493,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     rollouts = _read_logs(args.logs)
     _require_labels(rollouts, args.logs, "report")
     check_compatible(det, rollouts, args.logs)
+    _refuse_seen(det, rollouts, args.logs, args.allow_seen)
     swept = _sweep_detector(det, args, args.quiet) is not None
+    alphas = args.alphas
+    if swept and alphas is None:
+        alphas = _supported_alphas(det)
+        if not alphas:
+            print(
+                f"note: no alpha of the default sweep can be calibrated with "
+                f"{det.n_calibration_} rollouts; pass --alphas to choose others",
+                file=sys.stderr,
+            )
     try:
         path = write_report(
             det,
             rollouts,
             args.output,
-            alphas=args.alphas if swept else None,
+            alphas=alphas if swept else None,
             max_traces=args.max_traces,
             title=args.title,
             source=str(args.logs),
@@ -354,6 +518,23 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise DependencyError(str(err)) from err
     print(f"wrote {path}")
     return EXIT_OK
+
+
+DEFAULT_SWEEP = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
+
+
+def _supported_alphas(detector: Any) -> list[float]:
+    """The alphas of the default sweep that the detector's calibration set can support."""
+    from dataclasses import replace
+
+    from .calibration.planner import plan_for_settings
+
+    n, k = detector.n_calibration_, len(detector.scores)
+    return [
+        a
+        for a in DEFAULT_SWEEP
+        if plan_for_settings(replace(detector.settings, alpha=a), k).n_required <= n
+    ]
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -365,8 +546,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         n_indicators=args.n_indicators,
         combine=args.combine,
-        joint=args.joint,
+        calibration="joint" if args.joint else args.calibration,
         split=args.split,
+        mondrian=args.mondrian,
     )
     print(result.explanation)
     return EXIT_OK
@@ -378,8 +560,18 @@ def cmd_health(args: argparse.Namespace) -> int:
     det = _load_detector(args.detector)
     rollouts = _read_logs(args.logs)
     ok = _successes(rollouts, args.logs, "the health check")
+    if len(ok) < len(rollouts):
+        print(
+            f"using the {len(ok)} successful of {len(rollouts)} rollouts: the health check "
+            f"reads successes only ({len(rollouts) - len(ok)} failed ones skipped)"
+        )
     check_compatible(det, ok, args.logs)
+    _refuse_seen(det, ok, args.logs, args.allow_seen)
     result = check_calibration(det, ok, confidence=args.confidence)
+    result.message = result.message.replace(
+        "Run detector.calibrate(new_successes) (`failguard calibrate DETECTOR NEW_LOGS`)",
+        f"Run `failguard calibrate {args.detector} {args.logs} -o NEW_DIR`",
+    )
     print(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_dict(), indent=2))
@@ -389,10 +581,19 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- parser
+# The documented way to recalibrate only when `health` says so (exit 4): POSIX sh; exit 5
+# (too few to tell), 1 (bad input) and 0 leave the detector alone. README.md shows the same
+# line, and tests/test_cli.py runs it with sh.
+RECALIBRATE_LINE = (
+    "failguard health detector/ new/; [ $? -eq 4 ] && failguard calibrate detector/ new/ "
+    "-o detector_v2/"
+)
+
 EPILOG = """\
 exit codes:
   0    success (health: the calibration still holds)
-  1    bad input (paths, empty or unlabelled logs, detector/log mismatch, too few rollouts)
+  1    bad input (paths, empty or unlabelled logs, detector/log mismatch, too few rollouts,
+       an output that would overwrite a detector without --force, logs already seen)
   2    bad command line
   3    optional dependency missing (export: failguard[export]; report: failguard[plots])
   4    health: recalibrate (new successes no longer match the calibration)
@@ -404,13 +605,48 @@ typical flow:
   failguard fit logs/ -o detector/ --alpha 0.05
   failguard evaluate detector/ test_logs/
   failguard report detector/ test_logs/ -o report.html
-  failguard health detector/ new_success_logs/ || failguard calibrate detector/ new_success_logs/
+  RECALIBRATE_LINE
   failguard export detector/ -o monitor.onnx
-"""
+""".replace("RECALIBRATE_LINE", RECALIBRATE_LINE)
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's layout; adds "(default: X)" once, and only where X means something."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or "default" in text
+            or default is None
+            or default is argparse.SUPPRESS
+            or isinstance(default, bool)
+        ):
+            return text
+        if isinstance(default, (list, tuple)):
+            default = ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in default)
+        return f"{text} (default: {default})"
+
+
+def _add_repeat_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--independent-repeats",
+        action="store_true",
+        help="keep calibration rollouts that repeat a fit (or another calibration) rollout "
+        "step for step, declaring them independent episodes that happened to repeat (small "
+        "discrete worlds); the guarantee holds for independent draws. Reused files are "
+        "refused regardless",
+    )
+
+
+def _add_seen_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-seen",
+        action="store_true",
+        help="go on (with a warning) when LOGS holds rollouts whose content the detector was "
+        "fitted or calibrated on",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -485,7 +721,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="marginal (conformal) or PAC (1-delta confidence)",
     )
     p.add_argument("--delta", type=_unit_float, default=0.1, help="PAC confidence parameter")
+    p.add_argument(
+        "--calibration",
+        choices=("auto", "per_indicator", "joint"),
+        default="auto",
+        help="how alpha is shared between indicators (auto: joint for PAC)",
+    )
     p.add_argument("--mondrian", action="store_true", help="calibrate per rollout group")
+    _add_repeat_options(p)
+    p.add_argument("--force", action="store_true", help="overwrite a detector already in OUTPUT")
     p.add_argument(
         "--epochs",
         type=_positive_int,
@@ -504,8 +748,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("detector", help="detector directory")
     p.add_argument("logs", help="successful rollouts not used to fit the detector")
-    p.add_argument("-o", "--output", help="where to save (default: overwrite DETECTOR)")
+    p.add_argument(
+        "-o",
+        "--output",
+        help="new detector directory to write (without it, --force overwrites DETECTOR)",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="allow overwriting DETECTOR (or OUTPUT) in place"
+    )
     p.add_argument("--alpha", type=_unit_float, default=None, help="new alpha (default: keep)")
+    _add_repeat_options(p)
     p.set_defaults(func=cmd_calibrate)
 
     p = add(
@@ -528,6 +780,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the detector's calibration rollouts (for --alphas)",
     )
     p.add_argument("--json", metavar="PATH", help="also write the metrics as JSON")
+    _add_seen_option(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = add(
@@ -559,13 +812,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--alphas",
         type=_parse_floats,
-        default=[0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3],
-        help="alphas of the sweep",
+        default=None,
+        help="comma-separated alphas of the sweep (default: those of "
+        + ",".join(f"{a:g}" for a in DEFAULT_SWEEP)
+        + " that the calibration set can support)",
     )
     p.add_argument(
         "--max-traces", type=_positive_int, default=6, help="number of per-rollout trace plots"
     )
     p.add_argument("--title", default="failguard report", help="report title")
+    _add_seen_option(p)
     p.set_defaults(func=cmd_report)
 
     p = add(
@@ -589,7 +845,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--n-indicators", type=_positive_int, default=2, help="number of scores")
     p.add_argument("--combine", choices=("and", "or"), default="and", help="fusion rule")
-    p.add_argument("--joint", action="store_true", help="joint calibration of all indicators")
+    p.add_argument(
+        "--calibration",
+        choices=("auto", "per_indicator", "joint"),
+        default="auto",
+        help="as for fit: how alpha is shared between indicators (auto: joint for PAC)",
+    )
+    p.add_argument("--joint", action="store_true", help="same as --calibration joint")
+    p.add_argument(
+        "--mondrian", action="store_true", help="per-group thresholds: the count is per group"
+    )
     p.add_argument(
         "--split",
         type=_unit_float,
@@ -604,7 +869,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Compare newly logged successful rollouts with the calibration: their alarm rate "
         "with a Clopper-Pearson interval against alpha, and a rank test of their episode "
         "statistics against the calibration statistics. Exit code 4 means: recalibrate "
-        "(`failguard calibrate DETECTOR NEW_LOGS`).",
+        "(`failguard calibrate DETECTOR NEW_LOGS -o NEW_DIR`); 5: too few to tell, record "
+        "more; 0: fine. Failed rollouts in LOGS are skipped.",
     )
     p.add_argument("detector", help="detector directory")
     p.add_argument("logs", help="new successful rollouts (not used to fit or calibrate)")
@@ -615,6 +881,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="confidence of the interval and the tests",
     )
     p.add_argument("--json", metavar="PATH", help="also write the result as JSON")
+    _add_seen_option(p)
     p.set_defaults(func=cmd_health)
     return parser
 
@@ -626,17 +893,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help / --version (0) or a usage error (2)
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
-    args.quiet = bool(getattr(args, "quiet", False))
+    # Progress bars only on a terminal: piped or redirected output stays clean.
+    interactive = sys.stdout.isatty() and sys.stderr.isatty()
+    args.quiet = bool(getattr(args, "quiet", False)) or not interactive
     from .exceptions import FailguardError
 
     prefix = f"failguard {args.command}: error:"
+
+    def show(message: Any, category: Any, *_: Any, **__: Any) -> None:
+        text = cli_wording(" ".join(str(message).split()))
+        print(f"failguard {args.command}: warning: {text}", file=sys.stderr)
+
     try:
-        return int(args.func(args))
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = show
+            return int(args.func(args))
     except DependencyError as err:
         print(f"{prefix} {err}", file=sys.stderr)
         return EXIT_DEPENDENCY
     except (CliError, FailguardError, ValueError, OSError) as err:
-        message = " ".join(str(err).split())
+        message = cli_wording(" ".join(str(err).split()))
         print(f"{prefix} {message}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:

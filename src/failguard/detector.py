@@ -17,6 +17,7 @@ import json
 import numbers
 import os
 import warnings
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -27,7 +28,12 @@ from numpy.typing import NDArray
 
 from . import _pipeline
 from ._version import SCHEMA_VERSION, __version__
-from .calibration.calibrator import CalibrationResult, CalibrationSettings, calibrate_thresholds
+from .calibration.calibrator import (
+    CalibrationResult,
+    CalibrationSettings,
+    calibrate_thresholds,
+    resolve_joint,
+)
 from .calibration.conformal import THRESHOLD_STYLES, Profile, conformal_p_values
 from .exceptions import (
     ArtifactError,
@@ -60,9 +66,80 @@ def _check_nonfinite(value: str) -> None:
 
 
 def _fingerprint(r: Rollout) -> str:
+    """Content hash of a rollout (its embeddings), stored in the artifact."""
     h = hashlib.sha1(r.embeddings.tobytes())
     h.update(str(r.embeddings.shape).encode())
     return h.hexdigest()
+
+
+def _source_key(source: str | None) -> str | None:
+    """Hash of the file a rollout was read from (no local path ends up in the artifact)."""
+    if source is None:
+        return None
+    return hashlib.sha1(os.path.realpath(source).encode()).hexdigest()
+
+
+REPEATS_HELP = (
+    "If they are copies, drop them. If they are independent episodes that happened to "
+    "repeat step for step (small discrete worlds do), declare them so with "
+    "independent_repeats=True (CLI: --independent-repeats): independent draws keep the "
+    "guarantee, and dropping them would bias the calibration set toward atypical episodes."
+)
+
+
+class _CalibrationGate:
+    """Admits calibration rollouts one at a time: refuses reuse, and repeats unless declared.
+
+    *Reuse* (always refused) is provable: the same rollout object, or the same file with the
+    same content, given to fit (or twice to calibrate). A *repeat* has the same content
+    (embeddings) under another object or file: refused unless ``independent_repeats``.
+    """
+
+    def __init__(self, detector: FailureDetector, independent_repeats: bool) -> None:
+        self.det = detector
+        self.independent = independent_repeats
+        self.prints: dict[str, int] = {}
+        self.keys: dict[tuple[str, str], int] = {}
+        self.ids: dict[int, int] = {}
+
+    def add(self, i: int, what: str, fingerprint: str, source: str | None, obj: Any) -> None:
+        det = self.det
+        key = _source_key(source)
+        if (obj is not None and obj in det._fit_objects) or (
+            key is not None and (fingerprint, key) in det._fit_keys
+        ):
+            raise CalibrationError(
+                f"calibrate: {what} was also used to fit the scores (the same rollout object or "
+                "file). In-sample scores are too small and void the guarantee; calibrate on "
+                "other successful rollouts."
+            )
+        same = self.ids.get(id(obj)) if obj is not None else None
+        if same is None and key is not None:
+            same = self.keys.get((fingerprint, key))
+        if same is not None:
+            raise CalibrationError(
+                f"calibrate: {what} repeats rollout {same} (the same rollout object or file). "
+                "A duplicated rollout breaks the exchangeability the guarantee rests on; pass "
+                "each rollout once."
+            )
+        if not self.independent:
+            if fingerprint in det._fit_fingerprints:
+                raise CalibrationError(
+                    f"calibrate: {what} is identical, step for step, to a rollout used to fit "
+                    "the scores. Rollouts also used to fit void the guarantee (in-sample "
+                    f"scores are too small). {REPEATS_HELP}"
+                )
+            if fingerprint in self.prints:
+                raise CalibrationError(
+                    f"calibrate: {what} repeats rollout {self.prints[fingerprint]} step for "
+                    "step. A duplicated rollout breaks the exchangeability the guarantee rests "
+                    f"on. {REPEATS_HELP}"
+                )
+        self.prints.setdefault(fingerprint, i)
+        if obj is not None:
+            self.ids[id(obj)] = i
+        if key is not None:
+            self.keys[(fingerprint, key)] = i
 
 
 class FailureDetector:
@@ -222,6 +299,9 @@ class FailureDetector:
         self._fitted: bool = False
         self._shares_scores: bool = False  # set by with_params: fit must not touch the original's
         self._fit_fingerprints: set[str] = set()
+        self._fit_keys: set[tuple[str, str]] = set()  # (content, source file)
+        self._fit_objects: weakref.WeakSet[Rollout] = weakref.WeakSet()
+        self._calibration_fingerprints: set[str] = set()
         self.calibration_: CalibrationResult | None = None
         self.group_calibration_: dict[str, CalibrationResult] = {}
         self._calibration_raw: dict[str, list[NDArray[np.float64]]] | None = None
@@ -250,9 +330,7 @@ class FailureDetector:
     @property
     def settings(self) -> CalibrationSettings:
         """The calibration settings these parameters imply."""
-        joint = self.calibration == "joint" or (
-            self.calibration == "auto" and self.guarantee == "pac"
-        )
+        joint = resolve_joint(self.calibration, self.guarantee)
         return CalibrationSettings(
             style=self.threshold,
             alpha=self.alpha,
@@ -265,6 +343,24 @@ class FailureDetector:
             min_support=self.min_support,
             mode=self.mode,
         )
+
+    def calibration_plan(self) -> Any:
+        """How many successful calibration rollouts :meth:`calibrate` needs with these settings.
+
+        The same count that :meth:`calibrate` checks (per group with ``mondrian=True``).
+
+        Returns
+        -------
+        failguard.calibration.CalibrationPlan
+
+        Examples
+        --------
+        >>> FailureDetector(alpha=0.1, guarantee="pac").calibration_plan().n_required
+        44
+        """
+        from .calibration.planner import plan_for_settings
+
+        return plan_for_settings(self.settings, len(self.scores), self.mondrian)
 
     @property
     def is_calibrated(self) -> bool:
@@ -327,6 +423,11 @@ class FailureDetector:
         for s in self.scores:
             s.fit(rollouts, progress=progress)
         self._fit_fingerprints = {_fingerprint(r) for r in rollouts}
+        self._fit_keys = {
+            (_fingerprint(r), k) for r in rollouts if (k := _source_key(r.source)) is not None
+        }
+        self._fit_objects = weakref.WeakSet(rollouts)
+        self._calibration_fingerprints = set()
         self._fitted = True
         self.n_fit_ = len(rollouts)
         self.calibration_ = None
@@ -337,7 +438,12 @@ class FailureDetector:
         self.longest_calibration_ = None
         return self
 
-    def calibrate(self, rollouts: Iterable[Rollout], progress: bool = False) -> FailureDetector:
+    def calibrate(
+        self,
+        rollouts: Iterable[Rollout],
+        progress: bool = False,
+        independent_repeats: bool = False,
+    ) -> FailureDetector:
         """Compute thresholds from successful rollouts not used by :meth:`fit`.
 
         ``rollouts`` is a sequence, or an iterator such as :func:`failguard.iter_rollouts`:
@@ -346,12 +452,29 @@ class FailureDetector:
         number of rollouts fits in memory; the thresholds are the same bit for bit. A detector
         calibrated from an iterator keeps no raw scores (:attr:`can_recalibrate` is False).
 
+        Parameters
+        ----------
+        rollouts : sequence or iterable of Rollout
+            Successful rollouts, independent of those given to :meth:`fit`.
+        progress : bool, default=False
+        independent_repeats : bool, default=False
+            Declare that calibration rollouts whose content repeats a fit rollout (or another
+            calibration rollout) step for step are independent episodes that happened to
+            repeat, as in small discrete worlds, and keep them. The guarantee needs the
+            calibration rollouts to be independent draws from the same distribution as
+            future successes (and independent of the fit set); a genuine repeat is such a
+            draw, and a new success repeats a fit episode just as often, so keeping it is
+            right and dropping it would bias the calibration set. A *reused* rollout (the
+            same object, or the same file with the same content, also given to fit) is
+            refused whatever this says.
+
         Raises
         ------
         NotFittedError
             If :meth:`fit` has not run.
         CalibrationError
-            On failed rollouts, rollouts also used to fit, or too few rollouts for alpha.
+            On failed rollouts, rollouts also used to fit, repeats (unless declared
+            independent), or too few rollouts for alpha.
 
         Returns
         -------
@@ -369,28 +492,11 @@ class FailureDetector:
                 alarms=False,
                 progress=progress,
             )
-            return calibrate_from_results(self, results)
+            return calibrate_from_results(self, results, independent_repeats)
         rollouts = self._check_nominal(rollouts, "calibrate")
-        prints = [_fingerprint(r) for r in rollouts]
-        reused = [
-            r.describe(i) for i, r in enumerate(rollouts) if prints[i] in self._fit_fingerprints
-        ]
-        if reused:
-            raise CalibrationError(
-                f"calibrate: {', '.join(reused[:3])}{' and more' if len(reused) > 3 else ''} "
-                "were also used to fit the scores. In-sample "
-                "scores are too small and void the guarantee; calibrate on other successful "
-                "rollouts."
-            )
-        first: dict[str, int] = {}
-        for i, p in enumerate(prints):
-            if p in first:
-                raise CalibrationError(
-                    f"calibrate: {rollouts[i].describe(i)} repeats "
-                    f"{rollouts[first[p]].describe(first[p])}. A duplicated rollout breaks the "
-                    "exchangeability the guarantee rests on; pass each rollout once."
-                )
-            first[p] = i
+        gate = _CalibrationGate(self, independent_repeats)
+        for i, r in enumerate(rollouts):
+            gate.add(i, r.describe(i), _fingerprint(r), r.source, r)
         raw = self.raw_scores_many(rollouts, progress)
         groups = [r.group for r in rollouts]
         # Compute everything first; the detector changes only if all of it succeeds.
@@ -399,9 +505,27 @@ class FailureDetector:
         self.group_calibration_ = per_group
         self._calibration_raw = raw
         self._calibration_groups = groups
+        self._calibration_fingerprints = set(gate.prints)
         self.n_calibration_ = len(rollouts)
         self.longest_calibration_ = max(len(r) for r in rollouts)
         return self
+
+    def seen(self, rollouts: Iterable[Rollout]) -> list[int]:
+        """Indices of ``rollouts`` whose content this detector was fitted or calibrated on.
+
+        Compares content hashes (kept in saved artifacts too). Metrics on such rollouts are
+        in-sample and look better than the detector is.
+
+        Examples
+        --------
+        >>> from failguard.synthetic import make_rollouts
+        >>> fit_set, cal_set = make_rollouts(8, seed=0), make_rollouts(40, seed=1)
+        >>> det = FailureDetector(alpha=0.1).fit(fit_set, progress=False).calibrate(cal_set)
+        >>> det.seen(fit_set[:2] + make_rollouts(1, seed=9) + cal_set[:1])
+        [0, 1, 3]
+        """
+        known = self._fit_fingerprints | self._calibration_fingerprints
+        return [i for i, r in enumerate(rollouts) if _fingerprint(r) in known]
 
     @property
     def calibration_needs_curves(self) -> bool:
@@ -505,6 +629,9 @@ class FailureDetector:
         other._shares_scores = True
         other._fitted = self._fitted
         other._fit_fingerprints = set(self._fit_fingerprints)
+        other._fit_keys = set(self._fit_keys)
+        other._fit_objects = weakref.WeakSet(self._fit_objects)
+        other._calibration_fingerprints = set(self._calibration_fingerprints)
         other.n_fit_ = self.n_fit_
         if self._calibration_raw is not None:
             raw, groups = self._calibration_raw, list(self._calibration_groups)
@@ -807,6 +934,8 @@ class FailureDetector:
             "n_calibration": self.n_calibration_,
             "longest_calibration": self.longest_calibration_,
             "fit_fingerprints": sorted(self._fit_fingerprints),
+            "fit_sources": sorted([c, f] for c, f in self._fit_keys),
+            "calibration_fingerprints": sorted(self._calibration_fingerprints),
             "settings": asdict(self.settings),
             "calibration": (
                 None if self.calibration_ is None else pack("calibration.pooled", self.calibration_)
@@ -892,6 +1021,8 @@ class FailureDetector:
             }
             det._fitted = True
             det._fit_fingerprints = set(config.get("fit_fingerprints", []))
+            det._fit_keys = {(str(c), str(f)) for c, f in config.get("fit_sources", [])}
+            det._calibration_fingerprints = set(config.get("calibration_fingerprints", []))
             det.n_fit_ = int(config.get("n_fit", 0))
             det.n_calibration_ = int(config.get("n_calibration", 0))
             longest = config.get("longest_calibration")

@@ -15,9 +15,9 @@ on new successful rollouts (not used to fit or calibrate):
    up. The p-values are Bonferroni-corrected over indicators.
 
 If either says so, recalibrate: ``detector.calibrate(new_successes)`` (or
-``failguard calibrate DETECTOR NEW_LOGS``). It reuses the fitted scores (no retraining) and
-recomputes only the thresholds. New successes used for recalibration must not be reused to
-check the new calibration.
+``failguard calibrate DETECTOR NEW_LOGS -o NEW_DETECTOR``). It reuses the fitted scores (no
+retraining) and recomputes only the thresholds. New successes used for recalibration must
+not be reused to check the new calibration.
 
 Caveat: with n calibration rollouts the false-alarm rate of one calibrated detector is itself
 random around alpha (about ±sqrt(alpha (1 - alpha) / n)); only the average over calibration

@@ -18,6 +18,7 @@ only "this took longer than any success".
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -293,9 +294,27 @@ def evaluate(
                 "rollouts, not an iterator, to use them."
             )
         detector._require_calibrated()
-        results = iter_results(detector, rollouts, progress=progress)
-        return evaluate_results(results, detector.alpha, t_max, id_groups)
+        known = detector._fit_fingerprints | detector._calibration_fingerprints
+        seen_at: list[int] = []
+        count = [0]
+
+        def watched(results: Iterable[Any]) -> Iterable[Any]:
+            for i, r in enumerate(results):
+                count[0] += 1
+                if r.fingerprint in known:
+                    seen_at.append(i)
+                yield r
+
+        report = evaluate_results(
+            watched(iter_results(detector, rollouts, progress=progress)),
+            detector.alpha,
+            t_max,
+            id_groups,
+        )
+        _warn_seen(seen_at, count[0])
+        return report
     rollouts = list(rollouts)
+    _warn_seen(detector.seen(rollouts), len(rollouts))
     if raw is None:
         raw = detector.raw_scores_many(rollouts, progress)
     traces = detector.traces(rollouts, raw=raw)
@@ -313,6 +332,17 @@ def evaluate(
     if alphas:
         report.sweep = alpha_sweep(detector, rollouts, alphas, t_max, id_groups, raw)
     return report
+
+
+def _warn_seen(seen: Sequence[int], n: int) -> None:
+    if seen:
+        warnings.warn(
+            f"evaluate: {len(seen)} of {n} rollouts (first: #{seen[0]}) have the same content "
+            "as rollouts the detector was fitted or calibrated on; metrics on them are "
+            "in-sample and look better than the detector is. Evaluate on held-out rollouts.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def alpha_sweep(

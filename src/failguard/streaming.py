@@ -289,7 +289,9 @@ def iter_results(
 
 
 def calibrate_from_results(
-    detector: FailureDetector, results: Iterable[RolloutResult]
+    detector: FailureDetector,
+    results: Iterable[RolloutResult],
+    independent_repeats: bool = False,
 ) -> FailureDetector:
     """Calibrate ``detector`` from per-rollout results of successful rollouts.
 
@@ -298,7 +300,8 @@ def calibrate_from_results(
     duplicate), the same conformal order statistic, PAC threshold or Mondrian groups.
     Results must come from :func:`summarise` (or :mod:`failguard.distributed`) on this
     detector's fitted scores, with ``curves=True`` when
-    :attr:`FailureDetector.calibration_needs_curves`.
+    :attr:`FailureDetector.calibration_needs_curves`. ``independent_repeats`` as in
+    :meth:`FailureDetector.calibrate`.
 
     Returns
     -------
@@ -310,7 +313,9 @@ def calibrate_from_results(
     names = detector.names
     series: dict[str, list[NDArray[np.float64]]] = {n: [] for n in names}
     groups: list[str | None] = []
-    first: dict[str, int] = {}
+    from .detector import _CalibrationGate
+
+    gate = _CalibrationGate(detector, independent_repeats)
     unknown: list[int] = []
     n = 0
     for i, r in enumerate(results):
@@ -321,19 +326,7 @@ def calibrate_from_results(
             )
         if r.success is None:
             unknown.append(i)
-        if r.fingerprint in detector._fit_fingerprints:
-            raise CalibrationError(
-                f"calibrate: {r.describe(i)} was also used to fit the scores. In-sample "
-                "scores are too small and void the guarantee; calibrate on other successful "
-                "rollouts."
-            )
-        if r.fingerprint in first:
-            raise CalibrationError(
-                f"calibrate: {r.describe(i)} repeats rollout {first[r.fingerprint]}. A "
-                "duplicated rollout breaks the exchangeability the guarantee rests on; pass "
-                "each rollout once."
-            )
-        first[r.fingerprint] = i
+        gate.add(i, r.describe(i), r.fingerprint, r.source, None)
         for k in names:
             if need_curves:
                 if r.curves is None or k not in r.curves:
@@ -361,6 +354,7 @@ def calibrate_from_results(
     detector.group_calibration_ = per_group
     detector._calibration_raw = None
     detector._calibration_groups = groups
+    detector._calibration_fingerprints = set(gate.prints)
     detector.n_calibration_ = n
     return detector
 

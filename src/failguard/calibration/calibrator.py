@@ -43,7 +43,13 @@ from .conformal import (
 )
 from .risk_control import min_pac_calibration_size, pac_quantile
 
-__all__ = ["CalibrationResult", "CalibrationSettings", "calibrate_thresholds", "split_sizes"]
+__all__ = [
+    "CalibrationResult",
+    "CalibrationSettings",
+    "calibrate_thresholds",
+    "resolve_joint",
+    "split_sizes",
+]
 
 
 @dataclass(frozen=True)
@@ -108,8 +114,25 @@ def split_sizes(n: int, split: float) -> tuple[int, int]:
     return n1, n - n1
 
 
+def resolve_joint(calibration: str, guarantee: str) -> bool:
+    """Whether ``calibration`` ("auto", "per_indicator", "joint") calibrates jointly.
+
+    ``"auto"`` is joint for the PAC guarantee and per indicator otherwise. The detector and
+    :func:`~failguard.calibration.plan` both decide it here.
+    """
+    return calibration == "joint" or (calibration == "auto" and guarantee == "pac")
+
+
 def _needed(settings: CalibrationSettings, n_indicators: int) -> int:
-    """Fewest calibration rollouts that can give the requested guarantee."""
+    """Fewest calibration rollouts that can give the requested guarantee.
+
+    The one count both :func:`calibrate_thresholds` (which refuses fewer) and
+    :func:`~failguard.calibration.plan` report.
+    """
+    if settings.mode == "reference":
+        # The reference code checks nothing (its quantiles run on any n), and reproducing it
+        # means reproducing that too; it still needs two rollouts to split for its band.
+        return 1 + (settings.style == "band")
     alpha, delta = settings.level(n_indicators)
     n2 = (
         min_pac_calibration_size(alpha, delta)
@@ -208,13 +231,7 @@ def calibrate_thresholds(
     n = len(curves[names[0]])
     if any(len(curves[k]) != n for k in names):
         raise CalibrationError("Every indicator needs one curve per calibration rollout.")
-    # The reference code checks nothing (its quantiles run on any n), and reproducing it
-    # means reproducing that too; it still needs two rollouts to split for its band.
-    needed = (
-        _needed(settings, len(names))
-        if settings.mode != "reference"
-        else 1 + (settings.style == "band")
-    )
+    needed = _needed(settings, len(names))
     if n < needed:
         split = settings.needs_profile_split(len(names))
         what = (

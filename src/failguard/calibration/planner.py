@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .calibrator import CalibrationSettings, _needed, split_sizes
+from .calibrator import CalibrationSettings, _needed, resolve_joint, split_sizes
 
-__all__ = ["CalibrationPlan", "plan"]
+__all__ = ["CalibrationPlan", "plan", "plan_for_settings"]
 
 
 @dataclass(frozen=True)
@@ -38,10 +38,16 @@ def plan(
     threshold: str = "constant",
     n_indicators: int = 2,
     combine: str = "and",
-    joint: bool = False,
+    joint: bool | None = None,
     split: float = 0.5,
+    calibration: str = "auto",
+    mondrian: bool = False,
+    mode: str = "corrected",
 ) -> CalibrationPlan:
     """Fewest successful calibration rollouts that can give the guarantee.
+
+    The count is the one :meth:`FailureDetector.calibrate` checks for the same options (both
+    call one function), so what ``plan`` says is what calibration asks for.
 
     Parameters
     ----------
@@ -53,9 +59,16 @@ def plan(
     threshold : {"constant", "per_step", "band"}
     n_indicators : int, default=2
     combine : {"and", "or"}
-    joint : bool, default=False
+    joint : bool, optional
+        Shorthand: True is ``calibration="joint"``, False ``calibration="per_indicator"``.
     split : float, default=0.5
-        Fraction of calibration rollouts that estimate time-varying profiles.
+        Fraction of calibration rollouts that estimate time-varying profiles (or the joint
+        scale).
+    calibration : {"auto", "per_indicator", "joint"}, default="auto"
+        As in :class:`~failguard.FailureDetector`: ``"auto"`` is joint for PAC.
+    mondrian : bool, default=False
+        Per-group thresholds: every group needs this many.
+    mode : {"corrected", "reference"}, default="corrected"
 
     Examples
     --------
@@ -63,33 +76,64 @@ def plan(
     19
     >>> plan(0.05, threshold="band").n_required
     37
-    >>> plan(0.1, delta=0.1).n_required
+    >>> plan(0.1, delta=0.1).n_required  # PAC calibrates jointly ("auto"): split in two
+    44
+    >>> plan(0.1, delta=0.1, calibration="per_indicator").n_required
     22
     """
+    if joint is not None:
+        calibration = "joint" if joint else "per_indicator"
+    if calibration not in ("auto", "per_indicator", "joint"):
+        raise ValueError(
+            "The 'calibration' parameter of plan must be one of ('auto', 'per_indicator', "
+            f"'joint'). Got {calibration!r} instead."
+        )
+    guarantee = "marginal" if delta is None else "pac"
     settings = CalibrationSettings(
         style=threshold,
         alpha=alpha,
         combine=combine,
-        joint=joint,
-        guarantee="marginal" if delta is None else "pac",
+        joint=resolve_joint(calibration, guarantee),
+        guarantee=guarantee,
         delta=0.1 if delta is None else delta,
         split=split,
+        mode=mode,
     )
+    return plan_for_settings(settings, n_indicators, mondrian)
+
+
+def plan_for_settings(
+    settings: CalibrationSettings, n_indicators: int, mondrian: bool = False
+) -> CalibrationPlan:
+    """:func:`plan` for ready-made settings (what a detector's parameters imply)."""
     n = _needed(settings, n_indicators)
     if settings.needs_profile_split(n_indicators):
-        n1, n2 = split_sizes(n, split)
+        n1, n2 = split_sizes(n, settings.split)
     else:
         n1, n2 = 0, n
+    alpha = settings.alpha
     a, d = settings.level(n_indicators)
+    pac = settings.guarantee == "pac"
     what = (
-        f"P(false-alarm rate <= {alpha:g}) >= {1 - (delta or 0):g}"
-        if delta is not None
+        f"P(false-alarm rate <= {alpha:g}) >= {1 - settings.delta:g}"
+        if pac
         else f"P(a new successful rollout alarms) <= {alpha:g}"
     )
-    text = f"{what} with {threshold!r} thresholds needs {n} successful calibration rollouts"
-    if n1:
-        text += f" ({n1} estimate the threshold's shape, {n2} its conformal level)"
+    text = f"{what} with {settings.style!r} thresholds needs {n} successful calibration rollouts"
+    if mondrian:
+        text += " in every group (Mondrian: each group is calibrated on its own)"
+    if settings.mode == "reference":
+        text += " (mode='reference' checks nothing and gives no guarantee)"
+    elif n1:
+        why = (
+            "the threshold's shape"
+            if settings.style != "constant"
+            else "the indicators' common scale (joint calibration)"
+        )
+        text += f" ({n1} estimate {why}, {n2} its conformal level)"
     if (a, d) != (alpha, settings.delta):
         text += f"; OR fusion of {n_indicators} indicators calibrates each at alpha={a:g}"
+        if pac:
+            text += f", delta={d:g}"
     text += ". They must be disjoint from the rollouts used to fit the scores."
     return CalibrationPlan(n, n1, n2, text)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -324,6 +325,15 @@ class RNDScore(BaseScore):
                 stale += 1
                 if stale >= self.patience:
                     break
+        else:
+            if self.max_epochs > 1 and self.best_epoch_ == self.max_epochs - 1:
+                warnings.warn(
+                    f"RNDScore {self.name!r}: training stopped at max_epochs={self.max_epochs} "
+                    "while the validation loss was still falling (the last epoch was the "
+                    "best). The score may be undertrained; raise max_epochs (CLI: --epochs).",
+                    UserWarning,
+                    stacklevel=5,
+                )
         net.load_state_dict(best_state)
 
     # ------------------------------------------------------------------ score
