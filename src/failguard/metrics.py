@@ -269,7 +269,8 @@ def evaluate(
         Raw scores of ``rollouts`` from :meth:`FailureDetector.raw_scores_many`.
     horizon : int, optional
         Step from which alarms are dropped for ``report.no_clock``; default the detector's
-        ``longest_calibration_`` (the longest calibration success).
+        ``longest_calibration_`` (the longest calibration success). Streamed rollouts (an
+        iterator) always use the detector's.
 
     Examples
     --------

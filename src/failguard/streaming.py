@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -89,6 +89,11 @@ class RolloutResult:
         ``detector.calibration_.statistics`` (calibrated only).
     curves : dict[str, ndarray] or None
         The windowed curves η(t), kept only when calibration needs them.
+    horizon : int or None
+        The detector's ``longest_calibration_`` (calibrated only).
+    peak_fused_early : float
+        max of the fused ratio over the steps before ``horizon``: with ``first_alarm``, what
+        the metrics without the clock need (:func:`failguard.metrics.remove_clock`).
     """
 
     source: str | None
@@ -102,6 +107,19 @@ class RolloutResult:
     peak_fused: float = math.nan
     statistics: dict[str, float] = field(default_factory=dict)
     curves: dict[str, NDArray[np.float64]] | None = None
+    horizon: int | None = None
+    peak_fused_early: float = math.nan
+
+    def without_clock(self) -> RolloutResult:
+        """This result with the alarms at or after ``horizon`` removed."""
+        if self.horizon is None or self.n_steps <= self.horizon:
+            return self
+        first = self.first_alarm
+        return replace(
+            self,
+            first_alarm=None if first is None or first >= self.horizon else first,
+            peak_fused=self.peak_fused_early,
+        )
 
     # The attributes that failguard.metrics reads from a Trace, so that the very same
     # metric code runs on results.
@@ -132,6 +150,8 @@ class RolloutResult:
             "fingerprint": self.fingerprint,
             "first_alarm": self.first_alarm,
             "peak_fused": self.peak_fused,
+            "horizon": self.horizon,
+            "peak_fused_early": self.peak_fused_early,
         }
         for prefix, values in (
             ("peak_windowed", self.peak_windowed),
@@ -165,6 +185,8 @@ class RolloutResult:
         success = row.get("success")
         group = row.get("group")
         peak = row.get("peak_fused")
+        horizon = row.get("horizon")
+        early = row.get("peak_fused_early")
         return cls(
             source=row.get("source"),
             n_steps=int(row["n_steps"]),
@@ -177,6 +199,8 @@ class RolloutResult:
             peak_fused=math.nan if peak is None else float(peak),
             statistics=pick("statistic"),
             curves=curves or None,
+            horizon=None if horizon is None or _isnan(horizon) else int(horizon),
+            peak_fused_early=math.nan if early is None else float(early),
         )
 
 
@@ -228,6 +252,9 @@ def summarise(
         res.first_alarm = trace.first_alarm
         res.peak_ratio = {k: float(v.max()) for k, v in trace.ratios.items()}
         res.peak_fused = float(trace.fused.max())
+        if detector.longest_calibration_ is not None:
+            res.horizon = int(detector.longest_calibration_)
+            res.peak_fused_early = float(trace.fused[: res.horizon].max())
         # The health check's episode statistics, under the pooled calibration (as
         # failguard.health.episode_statistics computes them).
         cal = detector._require_calibrated()
@@ -395,9 +422,16 @@ def evaluate_results(
     t_max = t_max or max(r.n_steps for r in res)
     groups = list(id_groups) if id_groups is not None else None
     traces: Any = res  # RolloutResult has every attribute the metrics read from a Trace
-    return EvaluationReport(
+    report = EvaluationReport(
         metrics_from_traces(traces, t_max, groups), _per_group(traces, t_max), alpha
     )
+    horizons = {r.horizon for r in res}
+    if len(horizons) == 1 and None not in horizons:
+        clockless: Any = [r.without_clock() for r in res]
+        report.horizon = res[0].horizon
+        report.no_clock = metrics_from_traces(clockless, t_max, groups)
+        report.no_clock_per_group = _per_group(clockless, t_max)
+    return report
 
 
 def health_from_results(
