@@ -80,6 +80,21 @@ def test_streaming_equals_batch_pac_joint_mondrian(fit_set, cal_set, test_set, g
     assert_stream_matches_batch(det, test_set[::4])
 
 
+@pytest.mark.parametrize("calibration", ["per_indicator", "joint"])
+def test_vote_streams_like_batch_and_counts_legs(fit_set, cal_set, test_set, calibration):
+    scores = [small_rnd(), ActionChunkEntropy(), DiscreteActionEntropy()]
+    det = make_detector(scores=scores, alpha=0.2, combine="2-of-3", calibration=calibration)
+    det.fit(fit_set, progress=False).calibrate(cal_set)
+    assert_stream_matches_batch(det, test_set[::4])
+    for tr in det.traces(test_set):
+        above = sum((r > 1.0).astype(int) for r in tr.ratios.values())
+        np.testing.assert_array_equal(tr.alarm, above >= 2)
+    if calibration == "per_indicator":  # each leg at k * alpha / n
+        assert det.settings.level(3) == pytest.approx((0.2 * 2 / 3, 0.1 / 3))
+    with pytest.raises(ValueError, match="'combine' parameter"):
+        make_detector(scores=[small_rnd(), ActionChunkEntropy()], combine="2-of-3")
+
+
 def test_entropy_and_baseline_scores_stream_exactly(fit_set, cal_set, test_set):
     """Scores without matrix products (entropies, STAC) agree bit for bit."""
     det = make_detector(

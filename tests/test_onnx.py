@@ -207,6 +207,18 @@ def test_discrete_parity(source, fit_set, cal_set, test_set, tmp_path):
             mon.step(embedding=r.embeddings[0], action_ids=ids)
 
 
+@pytest.mark.parametrize("calibration", ["per_indicator", "joint"])
+def test_vote_parity(calibration, fit_set, cal_set, test_set, tmp_path):
+    """k-of-n voting (the k-th largest ratio, TopK in the graph) matches Python."""
+    scores = [RNDScore(max_epochs=2), ActionChunkEntropy(), DiscreteActionEntropy()]
+    det = _detector("constant", "2-of-3", "sum", scores=scores, calibration=calibration)
+    det.fit(fit_set, progress=False).calibrate(cal_set)
+    mon = OnnxMonitor(export_onnx(det, tmp_path / "v.onnx"))
+    assert mon.combine == "2-of-3"
+    assert_stream_parity(det, mon, test_set[::4])
+    assert_batch_parity(det, mon, test_set)
+
+
 def test_mondrian_parity(fit_set, tmp_path):
     cal = _rollouts(11, 30, 30, 0)
     test = _rollouts(21, 4, 4, 6)

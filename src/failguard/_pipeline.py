@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["fuse", "ratios", "threshold_at"]
+__all__ = ["fuse", "fusion_rank", "parse_combine", "ratios", "threshold_at"]
 
 
 def threshold_at(table: NDArray[np.float64], t: NDArray[np.int64] | int) -> NDArray[np.float64]:
@@ -24,10 +24,54 @@ def ratios(windowed: NDArray[np.float64], gamma: NDArray[np.float64]) -> NDArray
     return windowed / gamma
 
 
+def parse_combine(combine: str) -> tuple[int, int] | None:
+    """(k, n) of a ``"k-of-n"`` vote, or None for ``"and"`` / ``"or"`` / anything else.
+
+    Examples
+    --------
+    >>> parse_combine("2-of-3"), parse_combine("and")
+    ((2, 3), None)
+    """
+    head, sep, tail = combine.partition("-of-")
+    if not sep or not head.isdigit() or not tail.isdigit():
+        return None
+    return int(head), int(tail)
+
+
+def fusion_rank(combine: str, n: int) -> int:
+    """How many of ``n`` indicators must be above their thresholds at the same step.
+
+    AND is n-of-n, OR is 1-of-n, ``"k-of-n"`` is k. The fused ratio is the k-th largest
+    ratio, so it exceeds 1 exactly when at least k indicators do.
+
+    Examples
+    --------
+    >>> fusion_rank("and", 3), fusion_rank("or", 3), fusion_rank("2-of-3", 3)
+    (3, 1, 2)
+    """
+    if combine == "and":
+        return n
+    if combine == "or":
+        return 1
+    vote = parse_combine(combine)
+    if vote is None or vote[1] != n or not 1 <= vote[0] <= n:
+        raise ValueError(
+            f"combine must be 'and', 'or' or 'k-of-{n}' with 1 <= k <= {n} for {n} "
+            f"indicators. Got {combine!r} instead."
+        )
+    return vote[0]
+
+
 def fuse(values: Sequence[NDArray[np.float64]], combine: str) -> NDArray[np.float64]:
-    """AND fusion is the min over indicators, OR the max (elementwise over steps)."""
+    """Fused ratio, elementwise over steps: AND = min, OR = max, k-of-n = k-th largest."""
     stacked = np.stack(list(values))
-    return stacked.min(axis=0) if combine == "and" else stacked.max(axis=0)
+    if combine == "and":
+        return stacked.min(axis=0)
+    if combine == "or":
+        return stacked.max(axis=0)
+    n = stacked.shape[0]
+    k = fusion_rank(combine, n)
+    return np.sort(stacked, axis=0)[n - k]
 
 
 def fired(ratio_values: Mapping[str, float]) -> tuple[str, ...]:

@@ -155,8 +155,12 @@ class FailureDetector:
         the dict get 10).
     window_kind : {"sum", "mean", "cumulative"}, default="sum"
         Causal aggregation; the moving sum is FIPER's.
-    combine : {"and", "or"}, default="and"
-        AND (FIPER): alarm when every indicator exceeds its threshold at the same step.
+    combine : {"and", "or", "k-of-n"}, default="and"
+        AND (FIPER): alarm when every indicator exceeds its threshold at the same step; OR:
+        when any does; ``"k-of-n"`` (e.g. ``"2-of-3"``, n = the number of scores): when at
+        least k do. Every rule keeps P(false alarm on a success) <= alpha: per indicator
+        each leg is calibrated at k·alpha/n (alpha for AND, alpha/n for OR), jointly the
+        fused statistic itself is calibrated at alpha (see :mod:`failguard.calibration`).
     threshold : {"constant", "per_step", "band"}, default="constant"
         Threshold style; see :mod:`failguard.calibration`.
     alpha : float in (0, 1), default=0.05
@@ -252,9 +256,11 @@ class FailureDetector:
             if isinstance(w, bool) or not isinstance(w, numbers.Integral) or w < 1:
                 raise _param_error("windows", f"an int >= 1 (for {n!r})", w)
             self.windows[n] = int(w)
+        n_legs = len(names)
+        votes = tuple(f"{k}-of-{n_legs}" for k in range(1, n_legs + 1))
         checks = (
             ("window_kind", window_kind, WINDOW_KINDS),
-            ("combine", combine, ("and", "or")),
+            ("combine", combine, ("and", "or", *votes)),
             ("threshold", threshold, THRESHOLD_STYLES),
             ("guarantee", guarantee, ("marginal", "pac")),
             ("calibration", calibration, ("auto", "per_indicator", "joint")),

@@ -4,17 +4,26 @@ This is where the styles (:mod:`.conformal`), the guarantees (marginal conformal
 :mod:`.risk_control`) and the fusion rule meet. It works on plain arrays: the detector
 scores the rollouts, this module only sees curves.
 
-Two ways to split α over several indicators:
+Fusion rules over K indicators: AND (all K above threshold at the same step), OR (any one),
+and ``"k-of-K"`` voting (at least k; AND is K-of-K, OR is 1-of-K). The fused ratio is the k-th
+largest of the K ratios, so the alarm is "fused ratio > 1" for every rule.
+
+Two ways to split α over several indicators, and the guarantee each gives (episode level:
+P(a new successful rollout ever alarms) <= α, for exchangeable successes):
 
 ``per_indicator`` (FIPER's way)
-    Each indicator gets its own h at level α. With AND fusion the fused alarm fires only
-    when every indicator fires, so P(false alarm) <= α still holds (conservatively). With
-    OR fusion each indicator is calibrated at α/K (Bonferroni), so the union stays <= α.
-``joint``
+    Each indicator gets its own h at level α_leg = k·α/K: α for AND, α/K for OR
+    (Bonferroni), k·α/K for k-of-K. Why it holds: the number N of legs that ever alarm on a
+    success has E[N] <= K·α_leg, and the fused alarm needs N >= k, so by Markov's inequality
+    P(fused alarm) <= K·α_leg / k = α. Conservative for every rule (for AND, one leg alone
+    already gives it). With ``guarantee="pac"`` each leg gets δ for AND and δ/K otherwise
+    (union bound), so that P(fused false-alarm rate <= α) >= 1 - δ.
+``joint`` (any rule)
     The indicators are first put on a common scale (each divided by its own (1-α)
     quantile, estimated on the profile part), then one h is conformalised on the fused
     statistic max_t fuse_k D_k(t). The fused alarm then has false-alarm rate <= α exactly
-    as calibrated, which is tighter (more sensitive) than per-indicator AND.
+    as calibrated (split conformal on one statistic), which is tighter, so more sensitive,
+    than any per-indicator rule; it costs the profile split of the calibration rollouts.
 
 ``mode="reference"`` reproduces the reference code for side-by-side comparison only: numpy's
 linearly interpolated quantile (no n+1), a raw per-step quantile (a per-step, not an
@@ -30,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
+from .._pipeline import fusion_rank
 from ..exceptions import CalibrationError
 from .conformal import (
     TINY,
@@ -74,10 +84,13 @@ class CalibrationSettings:
         return self.style != "constant" or (self.joint and n_indicators > 1)
 
     def level(self, n_indicators: int) -> tuple[float, float]:
-        """(α, δ) used for each conformal step (Bonferroni for OR per indicator)."""
+        """(α, δ) used for each conformal step: k·α/K per indicator for a k-of-K rule."""
         if self.joint or self.combine == "and" or n_indicators == 1 or self.mode == "reference":
             return self.alpha, self.delta
-        return self.alpha / n_indicators, self.delta / n_indicators
+        k = fusion_rank(self.combine, n_indicators)
+        if k == n_indicators:  # "K-of-K" is AND
+            return self.alpha, self.delta
+        return self.alpha * k / n_indicators, self.delta / n_indicators
 
 
 @dataclass

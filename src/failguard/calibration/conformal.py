@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from .._pipeline import fuse
 from ..exceptions import CalibrationError
 
 __all__ = [
@@ -225,21 +226,21 @@ def episode_statistics(
     profiles: Sequence[Profile],
     combine: str = "and",
 ) -> NDArray[np.float64]:
-    """S_i = max_t fuse_k D_k,i(t) for each rollout i (fuse = min for AND, max for OR).
+    """S_i = max_t fuse_k D_k,i(t) for each rollout i (min for AND, max for OR, k-th largest
+    for k-of-n).
 
     Parameters
     ----------
     curves : sequence over indicators of sequences over rollouts of (T_i,) arrays
     profiles : one :class:`Profile` per indicator
-    combine : {"and", "or"}
-        Only matters with more than one indicator.
+    combine : {"and", "or", "k-of-n"}
+        Only matters with more than one indicator; see :func:`failguard._pipeline.fuse`.
     """
     n = len(curves[0])
     out = np.empty(n)
     for i in range(n):
         d = np.stack([p.normalise(c[i]) for c, p in zip(curves, profiles, strict=True)])
-        fused = d.min(axis=0) if combine == "and" else d.max(axis=0)
-        out[i] = fused.max()
+        out[i] = fuse(list(d), combine).max()
     return out
 
 

@@ -58,7 +58,7 @@ def plan(
         marginal conformal guarantee.
     threshold : {"constant", "per_step", "band"}
     n_indicators : int, default=2
-    combine : {"and", "or"}
+    combine : {"and", "or", "k-of-n"}
     joint : bool, optional
         Shorthand: True is ``calibration="joint"``, False ``calibration="per_indicator"``.
     split : float, default=0.5

@@ -305,6 +305,21 @@ def _logits_entropy_graph(g: _Builder, logits: str) -> str:
     return g.op("Div", g.op("Neg", total), g.f64(np.log(2.0)))
 
 
+def _fuse_graph(g: _Builder, ratios: list[str], combine: str) -> str:
+    """AND = Min, OR = Max, k-of-n = the k-th largest ratio (TopK over the stacked legs)."""
+    from .._pipeline import fusion_rank
+
+    n = len(ratios)
+    k = fusion_rank(combine, n)
+    if k == n:
+        return g.op("Min", *ratios)
+    if k == 1:
+        return g.op("Max", *ratios)
+    stacked = g.op("Concat", *[g.op("Unsqueeze", r, g.i64([0])) for r in ratios], axis=0)
+    top = g.ops("TopK", [stacked, g.i64([k])], 2, axis=0, largest=1, sorted=1)[0]
+    return g.op("Squeeze", g.op("Slice", top, g.i64([k - 1]), g.i64([k]), g.i64([0])), g.i64([0]))
+
+
 # ---------------------------------------------------------------------- detector facts
 def _groups(detector: FailureDetector) -> list[str | None]:
     """Threshold rows: pooled first, then the Mondrian groups in sorted order."""
@@ -503,10 +518,8 @@ def build_model(detector: FailureDetector) -> onnx.ModelProto:
             outputs.append(helper.make_tensor_value_info(f"{label}_{n}", _DOUBLE, ["N"]))
         g.name_output(new_state, f"new_state_{n}")
         outputs.append(helper.make_tensor_value_info(f"new_state_{n}", _DOUBLE, ["N", width[n]]))
-    if len(ratios) == 1:
-        fused = ratios[0]
-    else:  # elementwise over indicators: AND = min, OR = max
-        fused = g.op("Min" if detector.combine == "and" else "Max", *ratios)
+    # elementwise over indicators: AND = min, OR = max, k-of-n = k-th largest
+    fused = ratios[0] if len(ratios) == 1 else _fuse_graph(g, ratios, detector.combine)
     g.name_output(fused, "fused_ratio")
     nonfinite = g.op("IsNaN", fused)
     for n in detector.names:
