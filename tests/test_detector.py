@@ -354,7 +354,8 @@ def test_evaluate_far_on_in_distribution_successes(detector, test_set):
         if r.success and r.group == "id"
     ]
     assert rep.overall["far_id"] == np.mean([t.predicted_failure for t in ids])
-    assert np.isnan(evaluate(detector, test_set, id_groups=["nope"]).overall["far_id"])
+    with pytest.raises(ValueError, match="no success belongs"):  # was a silent NaN
+        evaluate(detector, test_set, id_groups=["nope"])
 
 
 def test_with_alpha_recalibrates_without_refitting(detector):

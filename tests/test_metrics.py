@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -5,6 +6,7 @@ import pytest
 
 from failguard import evaluate
 from failguard.metrics import metrics_from_traces
+from failguard.synthetic import make_rollouts
 from failguard.types import Trace
 
 
@@ -50,3 +52,71 @@ def test_evaluate_report(detector, test_set):
     # More permissive alpha never lowers the TPR.
     tprs = [s["tpr"] for s in rep.sweep if "tpr" in s]
     assert tprs == sorted(tprs)
+
+
+# ------------------------------------------------------------ issue 11, item 7
+def test_far_id_follows_the_in_distribution_group_whatever_its_name(fit_set, cal_set, tmp_path):
+    from conftest import make_detector
+    from failguard import FailureDetector
+
+    rename = {"id": "nominal", "ood": "ood-light"}
+    cal = [r.replace(group="nominal") for r in cal_set]
+    test = make_rollouts(8, seed=80, length=40, n_discrete=5) + make_rollouts(
+        6, kind="failure", seed=81, length=40, n_discrete=5
+    )
+    test = [r.replace(group=rename.get(r.group, r.group)) for r in test]
+    test += [
+        r.replace(group="ood-light")
+        for r in make_rollouts(4, kind="ood_benign", seed=82, length=40, n_discrete=5)
+    ]
+    det = make_detector(alpha=0.2).fit(fit_set, progress=False).calibrate(cal)
+    assert det.calibration_groups_ == ["nominal"]
+    far_id = evaluate(det, test).overall["far_id"]
+    nominal = [t for t in det.traces(test) if t.success and t.group == "nominal"]
+    assert far_id == sum(t.predicted_failure for t in nominal) / len(nominal)
+    loaded = FailureDetector.load(det.save(tmp_path / "d"))  # the groups are saved
+    assert evaluate(loaded, test).overall["far_id"] == far_id
+    # A detector that does not know its groups, and two success groups without "id": raise.
+    anonymous = make_detector(alpha=0.2).fit(fit_set, progress=False)
+    anonymous.calibrate([r.replace(group=None) for r in cal_set])
+    with pytest.raises(ValueError, match="id_groups"):
+        evaluate(anonymous, test)
+    with pytest.raises(ValueError, match="no success belongs"):
+        evaluate(det, test, id_groups=["id"])
+    assert math.isnan(evaluate(det, test, id_groups=None).overall["far_id"])
+
+
+def test_per_group_metrics_and_sweep(detector, test_set):
+    report = evaluate(detector, test_set, alphas=[0.1, 0.2])
+    assert set(report.by_group) == {t.group for t in test_set}
+    for g, m in report.by_group.items():
+        sel = [r for r in test_set if r.group == g]
+        assert m["n_success"] + m["n_failure"] == len(sel)
+        for k in ("balanced_accuracy", "twa", "roc_auc", "n_detected"):
+            assert k in m
+    assert not math.isnan(report.by_group["ood"]["balanced_accuracy"])
+    for row in report.sweep:
+        assert set(row["by_group"]) == set(report.by_group)
+    json.dumps(report.to_dict(), allow_nan=False)  # nested NaN cleaned too
+    assert "group ood" in report.table()
+
+
+def test_detection_time_comes_with_the_number_detected(detector, test_set):
+    report = evaluate(detector, test_set)
+    o = report.overall
+    assert o["n_detected"] == round(o["tpr"] * o["n_failure"])
+    assert f"over {o['n_detected']} of {o['n_failure']} failures detected" in report.table()
+    for key, m in report.per_group.items():
+        alarmed = [t for t in detector.traces(test_set) if t.predicted_failure]
+        assert m["n_alarmed"] == sum(
+            f"{'success' if t.success else 'fail'}/{t.group}" == key for t in alarmed
+        )
+
+
+def test_one_sided_logs_explain_their_nans(detector, test_set):
+    only_ok = evaluate(detector, [r for r in test_set if r.success])
+    assert math.isnan(only_ok.overall["balanced_accuracy"])
+    assert any("no failed rollouts" in n for n in only_ok.notes)
+    assert "note: no failed rollouts" in only_ok.table()
+    only_fail = evaluate(detector, [r for r in test_set if not r.success], id_groups=None)
+    assert any("no successful rollouts" in n for n in only_fail.notes)

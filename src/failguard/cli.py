@@ -456,9 +456,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "--alphas recalibrates at each alpha and needs the calibration rollouts: pass "
             "--calibration-logs DIR (the successful rollouts the detector was calibrated on)."
         )
-    report = evaluate(det, rollouts, progress=not args.quiet)
+    report = evaluate(det, rollouts, progress=not args.quiet, id_groups=args.id_groups)
     if args.alphas:
-        report.sweep = alpha_sweep(det, rollouts, args.alphas)
+        report.sweep = alpha_sweep(det, rollouts, args.alphas, id_groups=args.id_groups)
     print(report.table())
     if report.sweep:
         print()
@@ -513,6 +513,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             max_traces=args.max_traces,
             title=args.title,
             source=str(args.logs),
+            id_groups=args.id_groups,
         )
     except ImportError as err:
         raise DependencyError(str(err)) from err
@@ -637,6 +638,17 @@ def _add_repeat_options(p: argparse.ArgumentParser) -> None:
         "step for step, declaring them independent episodes that happened to repeat (small "
         "discrete worlds); the guarantee holds for independent draws. Reused files are "
         "refused regardless",
+    )
+
+
+def _add_id_groups_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--id-groups",
+        type=lambda text: "auto" if text == "auto" else [g.strip() for g in text.split(",")],
+        default="auto",
+        metavar="G1,G2",
+        help="in-distribution groups, whose successes give far_id (default: the detector's "
+        "calibration groups, else 'id', else the successes' only group)",
     )
 
 
@@ -780,6 +792,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the detector's calibration rollouts (for --alphas)",
     )
     p.add_argument("--json", metavar="PATH", help="also write the metrics as JSON")
+    _add_id_groups_option(p)
     _add_seen_option(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -821,6 +834,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-traces", type=_positive_int, default=6, help="number of per-rollout trace plots"
     )
     p.add_argument("--title", default="failguard report", help="report title")
+    _add_id_groups_option(p)
     _add_seen_option(p)
     p.set_defaults(func=cmd_report)
 

@@ -369,6 +369,14 @@ class FailureDetector:
         return plan_for_settings(self.settings, len(self.scores), self.mondrian)
 
     @property
+    def calibration_groups_(self) -> list[str]:
+        """Group labels of the calibration rollouts (in distribution by definition); saved.
+
+        :func:`failguard.evaluate` takes them as its in-distribution groups by default.
+        """
+        return sorted({g for g in self._calibration_groups if g is not None})
+
+    @property
     def is_calibrated(self) -> bool:
         """Whether :meth:`calibrate` has run."""
         return self.calibration_ is not None
@@ -942,6 +950,7 @@ class FailureDetector:
             "fit_fingerprints": sorted(self._fit_fingerprints),
             "fit_sources": sorted([c, f] for c, f in self._fit_keys),
             "calibration_fingerprints": sorted(self._calibration_fingerprints),
+            "calibration_groups": self.calibration_groups_,
             "settings": asdict(self.settings),
             "calibration": (
                 None if self.calibration_ is None else pack("calibration.pooled", self.calibration_)
@@ -1029,6 +1038,7 @@ class FailureDetector:
             det._fit_fingerprints = set(config.get("fit_fingerprints", []))
             det._fit_keys = {(str(c), str(f)) for c, f in config.get("fit_sources", [])}
             det._calibration_fingerprints = set(config.get("calibration_fingerprints", []))
+            det._calibration_groups = [str(g) for g in config.get("calibration_groups", [])]
             det.n_fit_ = int(config.get("n_fit", 0))
             det.n_calibration_ = int(config.get("n_calibration", 0))
             longest = config.get("longest_calibration")

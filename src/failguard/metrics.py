@@ -31,17 +31,83 @@ from .types import Rollout, Trace
 if TYPE_CHECKING:
     from .detector import FailureDetector
 
-__all__ = ["EvaluationReport", "alpha_sweep", "evaluate", "metrics_from_traces", "remove_clock"]
+__all__ = [
+    "EvaluationReport",
+    "alpha_sweep",
+    "evaluate",
+    "metrics_from_traces",
+    "remove_clock",
+    "resolve_id_groups",
+]
 
 
-def _nan_to_none(x: float) -> float | None:
+def _nan_to_none(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
     return None if (isinstance(x, float) and math.isnan(x)) else x
+
+
+def resolve_id_groups(
+    id_groups: Iterable[str | None] | str | None,
+    traces: Sequence[Any],
+    calibration_groups: Sequence[str] = (),
+) -> list[str | None] | None:
+    """The in-distribution groups that ``far_id`` counts, or an error that says what to pass.
+
+    Parameters
+    ----------
+    id_groups : iterable of str, "auto" or None
+        ``None``: no ``far_id``. A list: those groups, at least one of which must label a
+        success among ``traces``. ``"auto"``: the detector's calibration groups if known
+        (calibration rollouts are in distribution); else ``"id"`` if a success has it; else
+        the one group (or no group) that every success has.
+    traces : sequence of Trace (or anything with ``success`` and ``group``)
+    calibration_groups : sequence of str
+        ``detector.calibration_groups_``.
+
+    Raises
+    ------
+    ValueError
+        When ``"auto"`` cannot tell, or no success belongs to the given groups.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as T
+    >>> ts = [T(success=True, group="nominal"), T(success=False, group="nominal")]
+    >>> resolve_id_groups("auto", ts)
+    ['nominal']
+    >>> resolve_id_groups("auto", ts + [T(success=True, group="id")])
+    ['id']
+    """
+    if id_groups is None:
+        return None
+    present = {t.group for t in traces if t.success}
+    if isinstance(id_groups, str) and id_groups == "auto":
+        if calibration_groups:
+            return [*calibration_groups]
+        if "id" in present:
+            return ["id"]
+        if len(present) <= 1:
+            return list(present) or ["id"]
+        raise ValueError(
+            f"evaluate: cannot tell which groups are in distribution: the successes have "
+            f"groups {sorted(present, key=str)} and the detector does not know its calibration "
+            "groups. Pass id_groups=[...] (CLI: --id-groups), or id_groups=None to skip "
+            "far_id."
+        )
+    groups: list[str | None] = [id_groups] if isinstance(id_groups, str) else list(id_groups)
+    if present and not present & set(groups):
+        raise ValueError(
+            f"evaluate: no success belongs to id_groups={groups}; the successes have groups "
+            f"{sorted(present, key=str)}. Name the in-distribution ones (CLI: --id-groups)."
+        )
+    return groups
 
 
 def metrics_from_traces(
     traces: Sequence[Trace],
     t_max: int | None = None,
-    id_groups: Sequence[str] | None = None,
+    id_groups: Iterable[str | None] | str | None = None,
 ) -> dict[str, Any]:
     """Metrics of a set of traces whose ``success`` is known.
 
@@ -50,10 +116,19 @@ def metrics_from_traces(
     traces : sequence of Trace
     t_max : int, optional
         Length used to normalise detection times; default the longest trace.
-    id_groups : sequence of str, optional
+    id_groups : sequence of str or "auto", optional
         Groups that are in distribution. Adds ``far_id``: the alarm rate on successes of
         those groups, the rate that the conformal guarantee bounds. (``far`` counts every
-        success, benign out-of-distribution ones included.)
+        success, benign out-of-distribution ones included.) See :func:`resolve_id_groups`.
+
+    Returns
+    -------
+    dict
+        Counts, rates and times. ``detection_time`` is the mean over the ``n_detected``
+        detected failures (1.0, METHOD's convention, when none is detected; read it with
+        ``n_detected``). Rates whose denominator is empty are NaN: TPR, balanced accuracy,
+        TWA and ROC-AUC need failures; TNR, FAR, balanced accuracy, TWA and ROC-AUC need
+        successes.
 
     Examples
     --------
@@ -67,6 +142,8 @@ def metrics_from_traces(
     (1.0, 1.0, 0.5, 0.75)
     """
     known = [t for t in traces if t.success is not None]
+    if isinstance(id_groups, str):
+        id_groups = resolve_id_groups(id_groups, known)
     if t_max is None:
         t_max = max((len(t) for t in known), default=1)
     fails = [t for t in known if not t.success]
@@ -95,6 +172,7 @@ def metrics_from_traces(
     return {
         "n_success": len(succs),
         "n_failure": len(fails),
+        "n_detected": len(detected),
         "tpr": tpr,
         "tnr": tnr,
         "far": 1.0 - tnr if succs else math.nan,
@@ -162,7 +240,13 @@ class EvaluationReport:
         Keyed ``"success/<group>"`` and ``"fail/<group>"``: counts, alarm rate (the TPR of a
         fail group, the FAR of a success group) and mean detection time.
     sweep : list of dict
-        One ``overall`` dict per α, with the α under ``"alpha"``.
+        One ``overall`` dict per α, with the α under ``"alpha"`` and the per-group metrics
+        under ``"by_group"``.
+    by_group : dict[str, dict]
+        Every metric of :func:`metrics_from_traces` (balanced accuracy, TWA, ROC-AUC, ...)
+        within each group, successes and failures of that group together.
+    notes : list of str
+        Why a metric is NaN (no failures, no successes, no in-distribution success).
     horizon : int or None
         Length of the longest calibration success (None if unknown).
     no_clock, no_clock_per_group : dict
@@ -177,12 +261,14 @@ class EvaluationReport:
     horizon: int | None = None
     no_clock: dict[str, Any] = field(default_factory=dict)
     no_clock_per_group: dict[str, dict[str, Any]] = field(default_factory=dict)
+    by_group: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable (NaN becomes None)."""
 
         def clean(d: dict[str, Any]) -> dict[str, Any]:
-            return {k: _nan_to_none(v) for k, v in d.items()}
+            return dict(_nan_to_none(d))
 
         return {
             "alpha": self.alpha,
@@ -192,6 +278,8 @@ class EvaluationReport:
             "horizon": self.horizon,
             "no_clock": clean(self.no_clock),
             "no_clock_per_group": {k: clean(v) for k, v in self.no_clock_per_group.items()},
+            "by_group": {k: clean(v) for k, v in self.by_group.items()},
+            "notes": list(self.notes),
         }
 
     def table(self) -> str:
@@ -208,12 +296,22 @@ class EvaluationReport:
             "lead_time_steps",
             "roc_auc",
         )
-        lines.append("  ".join(f"{k}={o[k]:.3f}" for k in keys))
+        lines.append(
+            "  ".join(f"{k}={o[k]:.3f}" for k in keys)
+            + f"  (detection_time over {o['n_detected']} of {o['n_failure']} failures detected)"
+        )
         for g, m in self.per_group.items():
             lines.append(
                 f"  {g:<24} n={m['n']:<4} alarm_rate={m['alarm_rate']:.3f} "
-                f"mean_dt={m['detection_time']:.3f}"
+                f"mean_dt={m['detection_time']:.3f} (over {m['n_alarmed']} alarmed)"
             )
+        if len(self.by_group) > 1:
+            for g, m in self.by_group.items():
+                lines.append(
+                    f"  group {g:<18} balanced_accuracy={m['balanced_accuracy']:.3f} "
+                    f"twa={m['twa']:.3f} roc_auc={m['roc_auc']:.3f}"
+                )
+        lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -232,9 +330,48 @@ def _per_group(traces: Sequence[Trace], t_max: int) -> dict[str, dict[str, Any]]
         dts = [t.first_alarm / max(t_max - 1, 1) for t in alarmed]  # type: ignore[operator]
         out[f"{'success' if success else 'fail'}/{group}"] = {
             "n": len(sel),
+            "n_alarmed": len(alarmed),
             "alarm_rate": len(alarmed) / len(sel),
             "detection_time": float(np.mean(dts)) if dts else 1.0,
         }
+    return out
+
+
+def _by_group(
+    traces: Sequence[Trace], t_max: int, id_groups: Sequence[str | None] | None
+) -> dict[str, dict[str, Any]]:
+    """Every metric within each group (both outcomes of the group together)."""
+    names = sorted({t.group or "all" for t in traces if t.success is not None})
+    return {
+        g: metrics_from_traces([t for t in traces if (t.group or "all") == g], t_max, id_groups)
+        for g in names
+    }
+
+
+def _notes(traces: Sequence[Trace], id_groups: Sequence[str | None] | None) -> list[str]:
+    """Why an overall metric is NaN, in words."""
+    known = [t for t in traces if t.success is not None]
+    n_fail = sum(not t.success for t in known)
+    n_succ = len(known) - n_fail
+    out = []
+    if not n_fail:
+        out.append(
+            "no failed rollouts: TPR, detection time, balanced accuracy, TWA and ROC-AUC "
+            "need failures (NaN)."
+        )
+    if not n_succ:
+        out.append(
+            "no successful rollouts: TNR, FAR, balanced accuracy, TWA and ROC-AUC need "
+            "successes (NaN)."
+        )
+    if (
+        n_succ
+        and id_groups is not None
+        and not any(t.group in id_groups for t in known if t.success)
+    ):
+        out.append(f"no success in id_groups={list(id_groups)}: far_id is NaN.")
+    if n_fail and not any(t.predicted_failure for t in known if not t.success):
+        out.append("no failure detected: detection time is 1.0 by convention (none to average).")
     return out
 
 
@@ -244,7 +381,7 @@ def evaluate(
     alphas: Sequence[float] | None = None,
     t_max: int | None = None,
     progress: bool = False,
-    id_groups: Sequence[str] | None = ("id",),
+    id_groups: Sequence[str] | str | None = "auto",
     raw: Mapping[str, Sequence[NDArray[np.float64]]] | None = None,
     horizon: int | None = None,
 ) -> EvaluationReport:
@@ -263,8 +400,10 @@ def evaluate(
     t_max : int, optional
         Normaliser of detection times (default: longest rollout given).
     progress : bool, default=False
-    id_groups : sequence of str, default=("id",)
+    id_groups : sequence of str, "auto" or None, default="auto"
         In-distribution groups; ``overall["far_id"]`` is the alarm rate on their successes.
+        ``"auto"``: the detector's calibration groups (saved with it), else ``"id"``, else
+        the successes' only group; it raises when it cannot tell (:func:`resolve_id_groups`).
     raw : mapping, optional
         Raw scores of ``rollouts`` from :meth:`FailureDetector.raw_scores_many`.
     horizon : int, optional
@@ -295,6 +434,8 @@ def evaluate(
                 "rollouts, not an iterator, to use them."
             )
         detector._require_calibrated()
+        if isinstance(id_groups, str) and id_groups == "auto" and detector.calibration_groups_:
+            id_groups = detector.calibration_groups_
         known = detector._fit_fingerprints | detector._calibration_fingerprints
         seen_at: list[int] = []
         count = [0]
@@ -320,18 +461,23 @@ def evaluate(
         raw = detector.raw_scores_many(rollouts, progress)
     traces = detector.traces(rollouts, raw=raw)
     t_max = t_max or max(len(r) for r in rollouts)
+    groups = resolve_id_groups(id_groups, traces, detector.calibration_groups_)
     report = EvaluationReport(
-        metrics_from_traces(traces, t_max, id_groups), _per_group(traces, t_max), detector.alpha
+        metrics_from_traces(traces, t_max, groups),
+        _per_group(traces, t_max),
+        detector.alpha,
+        by_group=_by_group(traces, t_max, groups),
+        notes=_notes(traces, groups),
     )
     if horizon is None:
         horizon = getattr(detector, "longest_calibration_", None)
     if horizon is not None:
         clockless = remove_clock(traces, horizon)
         report.horizon = int(horizon)
-        report.no_clock = metrics_from_traces(clockless, t_max, id_groups)
+        report.no_clock = metrics_from_traces(clockless, t_max, groups)
         report.no_clock_per_group = _per_group(clockless, t_max)
     if alphas:
-        report.sweep = alpha_sweep(detector, rollouts, alphas, t_max, id_groups, raw)
+        report.sweep = alpha_sweep(detector, rollouts, alphas, t_max, groups, raw)
     return report
 
 
@@ -351,13 +497,14 @@ def alpha_sweep(
     rollouts: Sequence[Rollout],
     alphas: Sequence[float],
     t_max: int | None = None,
-    id_groups: Sequence[str] | None = ("id",),
+    id_groups: Sequence[str | None] | str | None = "auto",
     raw: Mapping[str, Sequence[NDArray[np.float64]]] | None = None,
 ) -> list[dict[str, Any]]:
     """Overall metrics at each α, recalibrating on the detector's calibration rollouts.
 
-    Raw scores are computed once; only thresholds change. An α that the calibration set
-    cannot support gives ``{"alpha": a, "error": message}``.
+    Raw scores are computed once; only thresholds change. Each row also holds the metrics
+    within each group under ``"by_group"``. An α that the calibration set cannot support
+    gives ``{"alpha": a, "error": message}``.
     """
     from .exceptions import CalibrationError
 
@@ -373,5 +520,12 @@ def alpha_sweep(
             out.append({"alpha": a, "error": str(err)})
             continue
         traces = other.traces(rollouts, raw=raw)
-        out.append({"alpha": a, **metrics_from_traces(traces, t_max, id_groups)})
+        groups = resolve_id_groups(id_groups, traces, detector.calibration_groups_)
+        out.append(
+            {
+                "alpha": a,
+                **metrics_from_traces(traces, t_max, groups),
+                "by_group": _by_group(traces, t_max, groups),
+            }
+        )
     return out

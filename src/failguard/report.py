@@ -118,6 +118,7 @@ def build_report(
     max_traces: int = 6,
     title: str = "failguard report",
     source: str | None = None,
+    id_groups: Sequence[str] | str | None = "auto",
 ) -> str:
     """The HTML text of the report.
 
@@ -135,6 +136,8 @@ def build_report(
     title : str
     source : str, optional
         Where the rollouts came from (shown in the header).
+    id_groups : sequence of str, "auto" or None
+        In-distribution groups, as in :func:`failguard.evaluate`.
 
     Returns
     -------
@@ -145,11 +148,11 @@ def build_report(
 
     rollouts = list(rollouts)
     traces = detector.traces(rollouts)
-    report = evaluate(detector, rollouts)
+    report = evaluate(detector, rollouts, id_groups=id_groups)
     sweep_note = ""
     if alphas:
         if detector.can_recalibrate:
-            report.sweep = alpha_sweep(detector, rollouts, alphas)
+            report.sweep = alpha_sweep(detector, rollouts, alphas, id_groups=id_groups)
         else:
             sweep_note = (
                 "The alpha sweep needs the calibration rollouts: calibrate the detector in "
@@ -281,6 +284,7 @@ def write_report(
     max_traces: int = 6,
     title: str = "failguard report",
     source: str | None = None,
+    id_groups: Sequence[str] | str | None = "auto",
 ) -> Path:
     """Write :func:`build_report` to ``path`` (one self-contained HTML file).
 
@@ -300,7 +304,7 @@ def write_report(
     out = Path(path)
     if out.suffix.lower() not in (".html", ".htm"):
         out = out.with_name(out.name + ".html")
-    text = build_report(detector, rollouts, alphas, max_traces, title, source)
+    text = build_report(detector, rollouts, alphas, max_traces, title, source, id_groups)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     return out

@@ -399,7 +399,7 @@ def evaluate_results(
     results: Iterable[RolloutResult],
     alpha: float,
     t_max: int | None = None,
-    id_groups: Iterable[str] | None = ("id",),
+    id_groups: Iterable[str] | str | None = "auto",
 ) -> EvaluationReport:
     """:func:`failguard.evaluate` from per-rollout results (the same numbers, bit for bit).
 
@@ -411,19 +411,31 @@ def evaluate_results(
         The detector's alpha (reported).
     t_max : int, optional
         Normaliser of detection times (default: the longest rollout).
-    id_groups : iterable of str, default=("id",)
+    id_groups : iterable of str, "auto" or None, default="auto"
+        As in :func:`failguard.evaluate`.
     """
-    from .metrics import EvaluationReport, _per_group, metrics_from_traces
+    from .metrics import (
+        EvaluationReport,
+        _by_group,
+        _notes,
+        _per_group,
+        metrics_from_traces,
+        resolve_id_groups,
+    )
 
     res = list(results)
     if not res:
         raise FailguardError("evaluate: no rollouts given.")
     _require_alarms(res, "evaluate")
     t_max = t_max or max(r.n_steps for r in res)
-    groups = list(id_groups) if id_groups is not None else None
     traces: Any = res  # RolloutResult has every attribute the metrics read from a Trace
+    groups = resolve_id_groups(id_groups, traces)
     report = EvaluationReport(
-        metrics_from_traces(traces, t_max, groups), _per_group(traces, t_max), alpha
+        metrics_from_traces(traces, t_max, groups),
+        _per_group(traces, t_max),
+        alpha,
+        by_group=_by_group(traces, t_max, groups),
+        notes=_notes(traces, groups),
     )
     horizons = {r.horizon for r in res}
     if len(horizons) == 1 and None not in horizons:
