@@ -251,3 +251,32 @@ def test_vote_levels_per_indicator():
         ]
         fars.append(np.mean(hits))
     assert np.mean(fars) > 1.5 * ALPHA  # so the harness above can see a wrong per-leg alpha
+
+
+def test_reference_mode_claims_only_what_it_reproduces():
+    """Constant and per-step are the reference formulas exactly; the band is not claimed."""
+    from pathlib import Path
+
+    from failguard.calibration import CalibrationSettings, calibrate_thresholds
+
+    rng = np.random.default_rng(3)
+    cs = [rng.random(int(rng.integers(5, 30))) for _ in range(11)]
+    const = calibrate_thresholds(
+        {"a": cs}, CalibrationSettings(mode="reference", alpha=0.1), np.random.default_rng(0)
+    )
+    assert const.tables["a"][0] == np.quantile([c.max() for c in cs], 0.9)
+    per_step = calibrate_thresholds(
+        {"a": cs},
+        CalibrationSettings(mode="reference", alpha=0.1, style="per_step"),
+        np.random.default_rng(0),
+    )
+    stack = np.full((len(cs), max(len(c) for c in cs)), np.nan)
+    for i, c in enumerate(cs):
+        stack[i, : len(c)] = c
+    np.testing.assert_array_equal(per_step.tables["a"], np.nanquantile(stack, 0.9, axis=0))
+    root = Path(__file__).resolve().parents[1]
+    row = next(ln for ln in (root / "README.md").read_text().splitlines() if "| `mode` |" in ln)
+    assert "not its band exactly" in row
+    import failguard
+
+    assert "*not* the reference band exactly" in failguard.FailureDetector.__doc__

@@ -160,3 +160,51 @@ def test_plots_name_the_extra_when_matplotlib_is_missing(monkeypatch):
     monkeypatch.undo()
     importlib.import_module("failguard.plots")
     assert np.isfinite(1.0)
+
+
+# ------------------------------------------------------------ issue 11, item 9
+def test_alpha_sweep_plot_legend_covers_no_curve_and_bounds_only_id_successes():
+    pytest.importorskip("matplotlib")
+    from failguard.plots import plot_alpha_sweep
+
+    rows = [
+        {"alpha": a, "tpr": 0.9, "tnr": 0.5, "far_id": a / 2, "detection_time": 0.4}
+        for a in (0.05, 0.1, 0.2)
+    ]
+    fig = plot_alpha_sweep(rows)
+    ax1 = fig.axes[0]
+    assert ax1.get_legend() is None and fig.legends  # the legend is outside the panels
+    lines = {ln.get_label(): ln for ln in ax1.get_lines()}
+    np.testing.assert_allclose(
+        lines["TNR, in-distribution successes"].get_ydata(), [0.975, 0.95, 0.9]
+    )
+    assert "1 − alpha (guaranteed mean)" in lines
+    # Without far_id the TNR counts benign OOD successes too: no 1 - alpha line beside it.
+    bare = plot_alpha_sweep([{k: v for k, v in r.items() if k != "far_id"} for r in rows])
+    labels = [ln.get_label() for ln in bare.axes[0].get_lines()]
+    assert "TNR, all successes" in labels and not any("1 − alpha" in x for x in labels)
+
+
+def test_trace_plot_marks_where_calibration_data_ends():
+    pytest.importorskip("matplotlib")
+    from failguard.plots import plot_trace
+    from failguard.types import Trace
+
+    w = np.linspace(0, 2, 20)
+    tr = Trace({"rnd": w}, {"rnd": w}, {"rnd": np.ones(20)}, {"rnd": w}, w, w > 1, False)
+    fig = plot_trace(tr, horizon=12)
+    marks = [ln for ln in fig.axes[0].get_lines() if ln.get_label() == "end of calibration data"]
+    assert len(marks) == 1 and marks[0].get_xdata()[0] == 11.5
+
+
+def test_robot_benchmark_titles_are_readable():
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "robot"))
+    try:
+        report = importlib.import_module("report")
+        title = report.describe_setting({"windows": {"rnd": 10, "ace": 5}, "threshold": "band"})
+    finally:
+        sys.path.pop(0)
+        sys.modules.pop("report", None)
+    assert "{" not in title and "RND-OE 10" in title

@@ -190,8 +190,13 @@ class FailureDetector:
         Calibrate separately for each ``Rollout.group`` (per-group guarantee). The monitor
         then needs the group at ``reset``.
     mode : {"corrected", "reference"}, default="corrected"
-        ``"reference"`` reproduces the reference code's calibration (no n+1, raw per-step
-        quantile, reversed band sign) for side-by-side comparison only; no guarantee.
+        ``"reference"``, for side-by-side comparison only (no guarantee): the reference
+        code's constant and per-step thresholds exactly (linear quantile without n+1; raw
+        per-step quantile). Its band keeps the reference's flaws (reversed sign, linear
+        quantile) but is *not* the reference band exactly: the reference splits
+        deterministically (longest curve plus the first (n-1)//2), trims by a quantile of
+        the curves' maximum deviation and has its own one-curve tail rule; here the split is
+        random and ``trim``/``min_support`` apply.
     random_state : int, default=0
         Seeds the calibration split.
 

@@ -44,7 +44,7 @@ def figure_to_png(fig: Figure, dpi: int = 110) -> bytes:
     return buf.getvalue()
 
 
-def plot_trace(trace: Trace, title: str | None = None) -> Figure:
+def plot_trace(trace: Trace, title: str | None = None, horizon: int | None = None) -> Figure:
     """Windowed score of each indicator against its threshold, and the fused ratio.
 
     One panel per indicator shows η(t) with γ(t) dashed and the steps where it exceeds its
@@ -56,6 +56,10 @@ def plot_trace(trace: Trace, title: str | None = None) -> Figure:
     trace : Trace
         From :meth:`FailureDetector.score`.
     title : str, optional
+    horizon : int, optional
+        Length of the longest calibration success (``detector.longest_calibration_``): a
+        dotted line marks where the calibration data ends, past which time-varying
+        thresholds repeat their last value.
 
     Examples
     --------
@@ -99,6 +103,15 @@ def plot_trace(trace: Trace, title: str | None = None) -> Figure:
     ax.set_ylabel("fused")
     ax.set_xlabel("policy step t")
     ax.margins(x=0)
+    if horizon is not None and horizon < len(trace):
+        for i, a in enumerate(axes):
+            a.axvline(
+                horizon - 0.5,
+                color="#777777",
+                ls=":",
+                lw=1.2,
+                label="end of calibration data" if i == 0 else None,
+            )
     if first is not None:
         for a in axes:
             a.axvline(first, color=_ALARM, lw=1.2)
@@ -129,7 +142,10 @@ def plot_trace(trace: Trace, title: str | None = None) -> Figure:
 def plot_alpha_sweep(sweep: Sequence[Mapping[str, Any]]) -> Figure:
     """TPR, TNR and detection time against alpha (from :func:`failguard.alpha_sweep`).
 
-    The dotted line is 1 - alpha, the TNR the guarantee promises on average.
+    The TNR is that of in-distribution successes (1 - ``far_id``) when the rows hold it, with
+    the dotted line 1 - alpha: the TNR the guarantee promises for them on average. The TNR
+    over every success (benign out-of-distribution ones included) is not bounded, so it gets
+    no such line. The legend sits below the panels, over no curve.
 
     Examples
     --------
@@ -145,12 +161,16 @@ def plot_alpha_sweep(sweep: Sequence[Mapping[str, Any]]) -> Figure:
         ax1.text(0.5, 0.5, "no alpha could be calibrated", ha="center", va="center")
         return fig
     a = np.array([r["alpha"] for r in rows], dtype=float)
+    far_id = np.array([r.get("far_id", np.nan) for r in rows], dtype=float)
     ax1.plot(a, [r["tpr"] for r in rows], "o-", color=_FAIL, label="TPR (failures caught)")
-    ax1.plot(a, [r["tnr"] for r in rows], "s-", color=_OK, label="TNR (successes quiet)")
-    ax1.plot(a, 1 - a, ":", color=_THRESH, label="1 − alpha")
+    if np.isfinite(far_id).all():
+        ax1.plot(a, 1 - far_id, "s-", color=_OK, label="TNR, in-distribution successes")
+        ax1.plot(a, 1 - a, ":", color=_THRESH, label="1 − alpha (guaranteed mean)")
+    else:
+        ax1.plot(a, [r["tnr"] for r in rows], "s-", color=_OK, label="TNR, all successes")
     ax1.set_xlabel("alpha")
     ax1.set_ylim(-0.03, 1.03)
-    ax1.legend(fontsize=7, frameon=False, loc="lower left")
+    fig.legend(loc="outside lower center", ncols=3, fontsize=7, frameon=False)
     ax1.set_title("detection rates", fontsize=9)
     ax2.plot(a, [r["detection_time"] for r in rows], "o-", color="#6a51a3")
     ax2.set_xlabel("alpha")

@@ -270,7 +270,7 @@ def build_report(
     parts.append('<div class="row traces">')
     for i, category in picks:
         name = str(rollouts[i].metadata.get("file", f"rollout #{i}"))
-        fig = plot_trace(traces[i], title=f"#{i} {category}")
+        fig = plot_trace(traces[i], title=f"#{i} {category}", horizon=detector.longest_calibration_)
         parts.append(f'<div class="card">{_img(figure_to_png(fig), name)}</div>')
     parts.append("</div></main></body></html>")
     return "\n".join(parts)

@@ -25,10 +25,12 @@ P(a new successful rollout ever alarms) <= α, for exchangeable successes):
     as calibrated (split conformal on one statistic), which is tighter, so more sensitive,
     than any per-indicator rule; it costs the profile split of the calibration rollouts.
 
-``mode="reference"`` reproduces the reference code for side-by-side comparison only: numpy's
-linearly interpolated quantile (no n+1), a raw per-step quantile (a per-step, not an
-episode-level, guarantee) and the band statistic with the sign of a *lower* band. It does
-not give the guarantee, and the statistical tests show it.
+``mode="reference"`` imitates the reference code for side-by-side comparison only: numpy's
+linearly interpolated quantile (no n+1) and a raw per-step quantile (a per-step, not an
+episode-level, guarantee) give its constant and per-step thresholds exactly; the band has the
+statistic with the sign of a *lower* band and the linear quantile, but not the reference's
+deterministic split, trimming or tail rule, so its thresholds are not the reference band's.
+It does not give the guarantee, and the statistical tests show it.
 """
 
 from __future__ import annotations
@@ -174,6 +176,9 @@ def _reference(
     order: NDArray[np.int64],
 ) -> CalibrationResult:
     """The reference code's thresholds (no n+1, raw per-step quantile, lower-band sign).
+
+    Constant and per-step: exactly the reference's. Band: its sign and quantile, on a random
+    split and failguard's band profile (not the reference's split, trim or tail rule).
 
     Its episode statistics use other signs and quantiles than the corrected ones, so
     conformal p-values and the health check do not apply: the result keeps no statistics.
