@@ -390,3 +390,20 @@ def test_independent_repeats_option(dirs, tmp_path, capsys):
     assert "--independent-repeats" in err and "independent_repeats=True" not in err
     assert main([*argv, "--independent-repeats"]) == 0
     assert FailureDetector.load(tmp_path / "v2").n_calibration_ == 27
+
+
+def test_fit_with_validation_logs_selects(dirs, tmp_path, capsys):
+    val = _write(
+        tmp_path / "val",
+        make_rollouts(24, seed=20, **KW) + make_rollouts(6, kind="stuck", seed=21, **KW),
+    )
+    out = tmp_path / "sel"
+    args = ["fit", str(dirs["train"]), "-o", str(out), "--alpha", "0.2", "--epochs", "3"]
+    assert main([*args, "--validation-logs", str(val)]) == 0
+    printed = capsys.readouterr().out
+    assert "criterion: TWA on 6 validation failures" in printed
+    det = FailureDetector.load(out)
+    assert det.is_calibrated and det.alpha == 0.2
+    code = main([*args, "--force", "--validation-logs", str(dirs["train"])])
+    assert code == EXIT_INPUT
+    assert "--validation-logs" in capsys.readouterr().err

@@ -26,6 +26,9 @@ from .types import Rollout, Trace, Verdict
 # edge runtime (``import failguard.runtime``) never pulls torch in.
 _LAZY: dict[str, str] = {
     "plan": ".calibration",
+    "select": ".calibration.selection",
+    "SelectionReport": ".calibration.selection",
+    "candidate_grid": ".calibration.selection",
     "FailureDetector": ".detector",
     "Recorder": ".logs",
     "iter_rollouts": ".logs",
@@ -52,6 +55,7 @@ _LAZY: dict[str, str] = {
 
 if TYPE_CHECKING:
     from .calibration import plan
+    from .calibration.selection import SelectionReport, candidate_grid, select
     from .detector import FailureDetector
     from .logs import Recorder, iter_rollouts, read_rollout, read_rollouts, write_rollout
     from .metrics import EvaluationReport, alpha_sweep, evaluate
@@ -122,15 +126,18 @@ __all__ = [
     "Rollout",
     "RolloutError",
     "STACScore",
+    "SelectionReport",
     "SlowingDown",
     "Trace",
     "Verdict",
     "__version__",
     "alpha_sweep",
+    "candidate_grid",
     "evaluate",
     "iter_rollouts",
     "plan",
     "read_rollout",
     "read_rollouts",
+    "select",
     "write_rollout",
 ]

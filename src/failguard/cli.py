@@ -357,7 +357,21 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from .detector import FailureDetector
 
     # Everything is checked before any training starts.
-    _check_output_dir(args.output, [args.logs, args.calibration_logs], args.force)
+    _check_output_dir(
+        args.output, [args.logs, args.calibration_logs, args.validation_logs], args.force
+    )
+    if args.validation_logs is not None:
+        others = [Path(p).resolve() for p in (args.logs, args.calibration_logs) if p is not None]
+        if Path(args.validation_logs).resolve() in others:
+            raise CliError(
+                f"--validation-logs {args.validation_logs} is also LOGS or --calibration-logs; "
+                "selection needs rollouts used neither to fit nor to calibrate."
+            )
+        if args.guarantee != "marginal" or args.mondrian:
+            raise CliError(
+                "--validation-logs selects among marginal, pooled detectors; drop --guarantee "
+                "pac / --mondrian, or fit without --validation-logs."
+            )
     if args.calibration_logs is not None and (
         Path(args.calibration_logs).resolve() == Path(args.logs).resolve()
     ):
@@ -409,8 +423,26 @@ def cmd_fit(args: argparse.Namespace) -> int:
     _check_calibration_set(det, fit_set, cal_set, where, args.independent_repeats)
     if len(ok) < len(rollouts):
         print(f"using the {len(ok)} successful of {len(rollouts)} rollouts (failures skipped)")
-    det.fit(fit_set, progress=not args.quiet)
-    det.calibrate(cal_set, progress=not args.quiet, independent_repeats=args.independent_repeats)
+    if args.validation_logs is not None:
+        from .calibration.selection import default_candidates, select
+
+        val = _read_logs(args.validation_logs)
+        _require_labels(val, args.validation_logs, "select")
+        det = select(
+            fit_set,
+            cal_set,
+            val,
+            alpha=args.alpha,
+            candidates=default_candidates(ok[0], seed=args.seed, epochs=args.epochs),
+            random_state=args.seed,
+            progress=not args.quiet,
+        )
+        print(det.selection_.table(top=5))
+    else:
+        det.fit(fit_set, progress=not args.quiet)
+        det.calibrate(
+            cal_set, progress=not args.quiet, independent_repeats=args.independent_repeats
+        )
     out = det.save(args.output)
     print(f"fitted on {len(fit_set)} and calibrated on {len(cal_set)} successful rollouts")
     print(f"{det}")
@@ -699,6 +731,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibration-logs",
         metavar="DIR",
         help="separate successful rollouts to calibrate on (default: split LOGS)",
+    )
+    p.add_argument(
+        "--validation-logs",
+        metavar="DIR",
+        help="labelled rollouts (successes, and failures if you have any) on which "
+        "failguard.select chooses indicators, windows, threshold style and fusion among its "
+        "default candidates before calibrating; --scores, --window, --combine and --threshold "
+        "are then ignored",
     )
     p.add_argument(
         "--fit-fraction",

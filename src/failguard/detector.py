@@ -320,6 +320,8 @@ class FailureDetector:
         self.n_fit_: int = 0
         self.n_calibration_: int = 0
         self.longest_calibration_: int | None = None
+        #: set by failguard.select: what was compared and why this configuration won
+        self.selection_: Any = None
 
     # ------------------------------------------------------------------ properties
     @property
@@ -441,6 +443,13 @@ class FailureDetector:
             self._shares_scores = False
         for s in self.scores:
             s.fit(rollouts, progress=progress)
+        return self._record_fit(rollouts)
+
+    def _record_fit(self, rollouts: list[Rollout]) -> FailureDetector:
+        """Mark the detector fitted on ``rollouts`` (its scores already are), drop calibration.
+
+        :func:`failguard.select` uses it to hand back scores it fitted once for many candidates.
+        """
         self._fit_fingerprints = {_fingerprint(r) for r in rollouts}
         self._fit_keys = {
             (_fingerprint(r), k) for r in rollouts if (k := _source_key(r.source)) is not None

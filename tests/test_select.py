@@ -1,0 +1,109 @@
+"""fg.select: choice on validation only, both criteria, errors, and the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import small_rnd
+from failguard import (
+    ActionChunkEntropy,
+    CalibrationError,
+    Deviation,
+    Movement,
+    RolloutError,
+    candidate_grid,
+    select,
+)
+from failguard.calibration.selection import default_candidates, pseudo_failures
+from failguard.synthetic import make_rollouts
+
+
+@pytest.fixture(scope="module")
+def sets():
+    fit = make_rollouts(10, seed=30, length=30)
+    cal = make_rollouts(30, seed=31, length=30)
+    cal2 = make_rollouts(30, seed=35, length=30)
+    val = (
+        make_rollouts(30, seed=32, length=30)
+        + make_rollouts(8, "stuck", seed=33, length=30)
+        + make_rollouts(8, "failure", seed=34, length=30)
+    )
+    return fit, cal, cal2, val
+
+
+def _grid():
+    legs = {
+        "rnd": small_rnd(),
+        "ace": ActionChunkEntropy(),
+        "still": Deviation(Movement(lag=4), side="low"),
+    }
+    structures = [(["rnd", "ace"], "and"), (["still"], "and"), (["rnd", "ace", "still"], "2-of-3")]
+    return candidate_grid(legs, structures, windows=(3, 8), thresholds=("constant",))
+
+
+def test_select_chooses_on_validation_only(sets):
+    fit, cal, cal2, val = sets
+    det = select(fit, cal, val, alpha=0.1, candidates=_grid())
+    rep = det.selection_
+    assert rep.criterion == "twa" and "validation failures" in rep.reason
+    assert len(rep.candidates) == 6 and rep.best["value"] == max(
+        c["value"] for c in rep.candidates if c["value"] is not None
+    )
+    # FIPER cannot see the stuck failures; a detector with the stagnation leg wins
+    assert "movement_low" in det.names
+    assert det.is_calibrated and det.n_calibration_ == len(cal) and det.alpha == 0.1
+    # the choice does not depend on the calibration set, only the thresholds do
+    other = select(fit, cal2, val, alpha=0.1, candidates=_grid())
+    assert other.selection_.best["label"] == rep.best["label"]
+    assert other.selection_.candidates == rep.candidates
+    assert not np.array_equal(other.thresholds_[det.names[0]], det.thresholds_[det.names[0]])
+    assert rep.table().splitlines()[0] == rep.reason
+
+
+def test_select_with_successes_only_uses_the_synthetic_criterion(sets):
+    fit, cal, _, val = sets
+    ok = [r for r in val if r.success]
+    det = select(fit, cal, ok, alpha=0.1, candidates=_grid())
+    assert det.selection_.criterion == "synthetic"
+    assert "no failed validation rollouts given" in det.selection_.reason
+    assert det.selection_.n_validation_failures == 0
+    with pytest.raises(RolloutError, match="criterion='synthetic'"):
+        select(fit, cal, ok, alpha=0.1, candidates=_grid(), criterion="twa")
+
+
+def test_pseudo_failures_keep_length_and_fields(sets):
+    _, _, _, val = sets
+    ok = [r for r in val if r.success][:4]
+    out = pseudo_failures(ok, np.random.default_rng(0))
+    assert len(out) == 12
+    for i, p in out:
+        assert len(p) == len(ok[i]) and p.success is False
+        assert p.action_samples is not None and p.group.startswith("synthetic-")
+    frozen = out[0][1]
+    assert np.all(frozen.embeddings[-1] == frozen.embeddings[-2])
+
+
+def test_select_errors(sets):
+    fit, cal, _, val = sets
+    few = [r for r in val if r.success][:10] + [r for r in val if not r.success]
+    with pytest.raises(CalibrationError, match="validation successes"):
+        select(fit, cal, few, alpha=0.05, candidates=_grid())
+    with pytest.raises(ValueError, match="'criterion' parameter"):
+        select(fit, cal, val, candidates=_grid(), criterion="auc")
+    unlabelled = make_rollouts(3, seed=40, length=30)
+    object.__setattr__(unlabelled[0], "success", None)
+    with pytest.raises(RolloutError, match="success label"):
+        select(fit, cal, unlabelled, candidates=_grid())
+
+
+def test_default_candidates_cover_fiper_and_each_new_leg(sets):
+    fit, *_ = sets
+    grid = default_candidates(fit[0], windows=(5,), thresholds=("constant",))
+    labels = {(*d.names, d.combine) for d in grid}
+    assert ("rnd", "ace", "and") in labels
+    for leg in ("ace_z", "progress", "movement_low", "consistency"):
+        assert (leg, "and") in labels
+        assert ("rnd", "ace", leg, "2-of-3") in labels and ("rnd", "ace", leg, "or") in labels
+    # shared score objects: one RND for every candidate
+    assert len({id(d.scores[0]) for d in grid if d.names[0] == "rnd"}) == 1
