@@ -203,10 +203,13 @@ def test_policy_that_ignores_repeated_batch_is_sampled_one_by_one(tmp_path):
         n_samples=B,
         record_dir=tmp_path,
     )
-    _run(wrapped, 4)
+    assert wrapped.backend == "generic"
+    with pytest.warns(RuntimeWarning, match="one call at a time") as caught:
+        _run(wrapped, 8)  # two chunks: warned once
+    assert len(caught) == 1
     wrapped.end_episode(success=True)
     samples = read_rollouts(tmp_path)[0].action_samples
-    assert samples is not None and samples.shape == (1, B, 8, 2)
+    assert samples is not None and samples.shape == (2, B, 8, 2)
     assert np.unique(samples[0, :, -1, 0]).size > 1  # B distinct draws
 
 

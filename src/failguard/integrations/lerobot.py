@@ -9,44 +9,59 @@ A LeRobot policy (``ACTPolicy``, ``DiffusionPolicy``, ``PI0Policy``, ...) is a
 - ``predict_action_chunk(batch)``: the chunk ``(N, H, D)`` for a batch of N observations.
 
 :class:`LeRobotPolicyWrapper` keeps that interface. One FIPER step is one policy inference,
-so the wrapper runs the monitor **once per new chunk**, not once per queued action. When a
-chunk starts, it draws B chunks in one batched call by repeating the observation B times
-along the batch dimension, takes the observation embedding from a callable or from a forward
-hook on a named submodule, and steps the monitor. It never changes what the policy returns:
-the extra sampling runs under ``torch.no_grad()`` inside ``torch.random.fork_rng`` with its
-own seed, so the policy's random stream, queues and outputs are exactly those of the
-unwrapped policy.
+so the wrapper runs the monitor **once per new chunk**, not once per queued action. It never
+changes what the policy returns: its own work runs after the policy's ``select_action``,
+under ``torch.no_grad()`` inside ``torch.random.fork_rng`` with its own seed, so the policy's
+random stream, queues and outputs are exactly those of the unwrapped policy.
 
-Real usage (LeRobot itself is not a dependency of failguard)::
+How the B chunks and the embedding are obtained depends on the policy:
+
+- **LeRobot's** ``DiffusionPolicy`` (recognised by its parts: ``policy._queues``,
+  ``policy.config.n_obs_steps`` and ``policy.diffusion`` with ``_prepare_global_conditioning``
+  and ``conditional_sample``). Its ``predict_action_chunk`` reads the policy's observation
+  queues, not the batch it is given, and only ``select_action`` stacks the camera images into
+  ``observation.images``. So after ``select_action`` has queued the current observation, the
+  wrapper stacks the queues (the last ``n_obs_steps`` observations), encodes them once with
+  ``_prepare_global_conditioning`` and draws the B chunks in **one** batched
+  ``conditional_sample`` call conditioned on that encoding, keeping the ``n_action_steps``
+  actions from the current step on, as ``predict_action_chunk`` does. The default embedding
+  is that conditioning vector **of the current frame** (state, image features and
+  environment state of the newest of the ``n_obs_steps`` observations): the input the
+  denoiser is conditioned on. With ``embed_module`` (e.g. ``"diffusion.rgb_encoder"``) it is
+  that submodule's output for the current frame (all cameras).
+- **Any other policy**: ``predict_action_chunk`` on the observation repeated B times along
+  the batch dimension, and the embedding from ``embed`` or from a forward hook on
+  ``embed_module``. A policy that answers a repeated batch with a single chunk is sampled
+  one call at a time (B times slower; a warning says so: pass ``sample_chunks``).
+
+Real usage (LeRobot itself is not a dependency of failguard; ``scripts/lerobot_integration.sh``
+runs this against LeRobot 0.4.4)::
 
     from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
+    from lerobot.policies.factory import make_pre_post_processors
     from failguard import FailureDetector
     from failguard.integrations import LeRobotPolicyWrapper
 
     policy = DiffusionPolicy.from_pretrained("lerobot/diffusion_pusht").eval()
+    preprocess, postprocess = make_pre_post_processors(policy.config, "lerobot/diffusion_pusht")
 
     # 1. Deploy in record mode to collect successful rollouts (no detector needed).
-    wrapped = LeRobotPolicyWrapper(policy, embed_module="diffusion.rgb_encoder",
-                                   n_samples=32, record_dir="logs/pusht")
+    wrapped = LeRobotPolicyWrapper(policy, n_samples=32, record_dir="logs/pusht")
     wrapped.reset()
-    ...  # action = wrapped.select_action(batch) in the control loop
+    ...  # action = postprocess(wrapped.select_action(preprocess(observation)))
     wrapped.end_episode(success=True)
 
     # 2. failguard fit logs/pusht -o detector/   (or FailureDetector().fit(...).calibrate(...))
 
     # 3. Deploy in monitor mode.
     wrapped = LeRobotPolicyWrapper(policy, detector=FailureDetector.load("detector"),
-                                   embed_module="diffusion.rgb_encoder", n_samples=32,
-                                   on_alarm=lambda v: robot.stop())
-
-LeRobot's ``DiffusionPolicy.predict_action_chunk`` reads its observation queue rather than
-the batch it is given, so a repeated batch gives back one chunk; the wrapper detects this
-and then draws the B chunks one call at a time (slower; or pass ``sample_chunks``).
+                                   n_samples=32, on_alarm=lambda v: robot.stop())
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -104,6 +119,23 @@ def _default_hook_transform(output: Any) -> torch.Tensor:
     return output[0] if output.ndim >= 2 else output
 
 
+def _lerobot_diffusion(policy: Any) -> Any:
+    """LeRobot's inner ``DiffusionModel`` when ``policy`` is built like LeRobot's
+    ``DiffusionPolicy`` (duck-typed: LeRobot is never imported), else None."""
+    model = getattr(policy, "diffusion", None)
+    n_obs_steps = getattr(getattr(policy, "config", None), "n_obs_steps", None)
+    if (
+        model is None
+        or not isinstance(getattr(policy, "_queues", None), Mapping)
+        or isinstance(n_obs_steps, bool)
+        or not isinstance(n_obs_steps, int)
+        or n_obs_steps < 1
+    ):
+        return None
+    parts = ("_prepare_global_conditioning", "conditional_sample")
+    return model if all(callable(getattr(model, m, None)) for m in parts) else None
+
+
 class LeRobotPolicyWrapper:
     """Monitor (and/or record) a LeRobot-style policy, once per new action chunk.
 
@@ -118,11 +150,16 @@ class LeRobotPolicyWrapper:
     embed_module : str, optional
         Dotted name of a submodule (``policy.get_submodule(name)``) whose forward output is
         the embedding; a forward hook captures it. Give exactly one of ``embed`` and
-        ``embed_module``.
+        ``embed_module``, or, for LeRobot's ``DiffusionPolicy``, neither: the embedding is
+        then the denoiser's conditioning of the current frame. A submodule of a diffusion
+        policy's denoiser (``"diffusion.unet"``) is refused: its output is a noise
+        prediction, not an observation embedding.
     hook_transform : callable ``output -> tensor``, optional
-        Maps the hooked module's output to the embedding of the first batch element.
-        Default: first element of a tuple output, then row 0 (batch-first outputs). Pass one
-        for sequence-first or dict outputs.
+        Maps the hooked module's output to the embedding of the current observation.
+        Default: first element of a tuple output, then row 0 (batch-first outputs); for
+        LeRobot's ``DiffusionPolicy`` the rows of the current frame (LeRobot encodes the
+        ``n_obs_steps`` frames of one observation as rows ordered by frame, then camera; the
+        current frame is last). Pass one for sequence-first or dict outputs.
     n_samples : int, default=32
         B, the number of chunks drawn per policy inference for the action-chunk entropy.
     n_action_steps : int, optional
@@ -135,7 +172,8 @@ class LeRobotPolicyWrapper:
         of ``select_action`` since :meth:`reset`. ``"auto"``: the queue if one is found, else
         steps.
     sample_chunks : callable ``(policy, batch, n) -> tensor (n, H, D)``, optional
-        Replace the default sampler (``predict_action_chunk`` on the repeated batch).
+        Replace the default sampler (one batched ``conditional_sample`` for LeRobot's
+        ``DiffusionPolicy``, else ``predict_action_chunk`` on the repeated batch).
     record_dir : str or path-like, optional
         Record every monitored step into rollout logs there (see :meth:`end_episode`).
     on_alarm : callable ``Verdict -> Any``, optional
@@ -147,6 +185,8 @@ class LeRobotPolicyWrapper:
 
     Attributes
     ----------
+    backend : {"lerobot-diffusion", "generic"}
+        How chunks and embeddings are obtained (see the module docstring).
     session : MonitoringSession
         Monitor, recorder and verdict history.
     last_verdict : Verdict or None
@@ -187,8 +227,14 @@ class LeRobotPolicyWrapper:
         for method in ("reset", "select_action"):
             if not callable(getattr(policy, method, None)):
                 raise TypeError(f"policy has no '{method}' method; is it a LeRobot-style policy?")
-        if (embed is None) == (embed_module is None):
-            raise ValueError("Give exactly one of 'embed' (a callable) and 'embed_module'.")
+        diffusion = _lerobot_diffusion(policy)
+        if (embed is not None and embed_module is not None) or (
+            embed is None and embed_module is None and diffusion is None
+        ):
+            raise ValueError(
+                "Give exactly one of 'embed' (a callable) and 'embed_module' (LeRobot's "
+                "DiffusionPolicy may take neither: its observation conditioning is the default)."
+            )
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
             raise ValueError(f"'n_samples' must be an int >= 1. Got {n_samples!r} instead.")
         if chunk_boundary not in ("auto", "queue", "steps"):
@@ -196,7 +242,11 @@ class LeRobotPolicyWrapper:
                 "The 'chunk_boundary' parameter must be one of ('auto', 'queue', 'steps'). "
                 f"Got {chunk_boundary!r} instead."
             )
-        if sample_chunks is None and not callable(getattr(policy, "predict_action_chunk", None)):
+        if (
+            sample_chunks is None
+            and diffusion is None
+            and not callable(getattr(policy, "predict_action_chunk", None))
+        ):
             raise TypeError("policy has no 'predict_action_chunk'; pass sample_chunks=... .")
         check_n_samples(detector, n_samples, "LeRobotPolicyWrapper")
         if n_action_steps is None:
@@ -205,12 +255,16 @@ class LeRobotPolicyWrapper:
         if n_action_steps < 1:
             raise ValueError(f"'n_action_steps' must be >= 1. Got {n_action_steps!r} instead.")
         self.policy = policy
+        self._diffusion = diffusion
+        self.backend = "generic" if diffusion is None else "lerobot-diffusion"
         self.session = MonitoringSession(
             detector=detector, record_dir=record_dir, on_alarm=on_alarm, group=group
         )
         self.embed = embed
         self.embed_module = embed_module
-        self.hook_transform = hook_transform or _default_hook_transform
+        self.hook_transform = hook_transform or (
+            _default_hook_transform if diffusion is None else self._current_frame_rows
+        )
         self.n_samples = n_samples
         self.n_action_steps = n_action_steps
         self.sample_chunks = sample_chunks
@@ -218,6 +272,7 @@ class LeRobotPolicyWrapper:
         self._captured: list[Any] = []
         self._capturing = False
         self._hook: Any = None
+        self._warned_sequential = False
         if embed_module is not None:
             try:
                 module = policy.get_submodule(embed_module)
@@ -226,6 +281,14 @@ class LeRobotPolicyWrapper:
                     f"policy has no submodule {embed_module!r} ({err}). Submodules: "
                     f"{[n for n, _ in policy.named_modules()][:20]}"
                 ) from err
+            denoiser = getattr(diffusion, "unet", None)
+            if isinstance(denoiser, nn.Module) and any(m is module for m in denoiser.modules()):
+                raise ValueError(
+                    f"embed_module={embed_module!r} is (part of) the diffusion denoiser: its "
+                    "output is a noise prediction, not an observation embedding. Omit "
+                    "embed_module to use the denoiser's conditioning of the current frame, or "
+                    "hook the observation encoder (e.g. 'diffusion.rgb_encoder')."
+                )
             self._hook = module.register_forward_hook(self._on_forward)
         if chunk_boundary == "queue" and self._queue() is None:
             raise ValueError(
@@ -240,6 +303,25 @@ class LeRobotPolicyWrapper:
     def _on_forward(self, module: nn.Module, args: Any, output: Any) -> None:
         if self._capturing:
             self._captured.append(output)
+
+    def _current_frame_rows(self, output: Any) -> torch.Tensor:
+        """Default hook transform of the diffusion backend: the current frame's rows."""
+        if isinstance(output, (tuple, list)):
+            output = output[0]
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(
+                f"The hooked submodule returned a {type(output).__name__}; pass "
+                "hook_transform=... (output -> tensor) or embed=... instead."
+            )
+        n_obs_steps = int(self.policy.config.n_obs_steps)
+        rows = output.shape[0] if output.ndim >= 1 else 0
+        if rows == 0 or rows % n_obs_steps:
+            raise ValueError(
+                f"The submodule {self.embed_module!r} returned shape {tuple(output.shape)} for "
+                f"one observation of n_obs_steps={n_obs_steps} frames; expected a multiple of "
+                f"{n_obs_steps} rows (frame-major, current frame last). Pass hook_transform=... ."
+            )
+        return output[rows - rows // n_obs_steps :]
 
     def _queue(self) -> Any:
         queues = getattr(self.policy, "_queues", None)
@@ -281,6 +363,55 @@ class LeRobotPolicyWrapper:
             out = self.hook_transform(self._captured[0])
         return to_numpy(out).reshape(-1).astype(np.float32)
 
+    def _observe(self, batch: Batch) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """The embedding and the B chunks of the step that just started a chunk."""
+        if self._diffusion is None:
+            return self._embedding(batch), self._sample(batch)
+        policy, model, n = self.policy, self._diffusion, self.n_samples
+        n_obs_steps = int(policy.config.n_obs_steps)
+        # select_action has queued the current observation (images already stacked into
+        # "observation.images"): the policy's own input for this chunk, oldest frame first.
+        obs = {
+            k: torch.stack(list(q), dim=1)
+            for k, q in policy._queues.items()
+            if k != "action" and len(q) > 0
+        }
+        self._captured = []
+        self._capturing = self.embed_module is not None
+        try:
+            cond = model._prepare_global_conditioning(obs)
+        finally:
+            self._capturing = False
+        if not isinstance(cond, torch.Tensor) or cond.ndim != 2 or cond.shape[0] != 1:
+            raise ValueError(
+                "LeRobotPolicyWrapper monitors one observation at a time (batch size 1); the "
+                f"policy's conditioning has shape {tuple(getattr(cond, 'shape', ()))}."
+            )
+        if self.embed is not None:
+            out: Any = self.embed(batch)
+        elif self.embed_module is not None:
+            if not self._captured:
+                raise RuntimeError(
+                    f"The submodule {self.embed_module!r} did not run while the policy encoded "
+                    "the observation; hook the observation encoder or omit embed_module."
+                )
+            out = self.hook_transform(self._captured[0])
+            self._captured = []
+        else:  # the denoiser's conditioning, (1, n_obs_steps * F): keep the current frame
+            out = cond.reshape(n_obs_steps, -1)[-1]
+        embedding = to_numpy(out).reshape(-1).astype(np.float32)
+        if self.sample_chunks is not None:
+            chunks = to_numpy(self.sample_chunks(policy, batch, n))
+        else:  # B chunks in one denoising call, all conditioned on this observation
+            sample = model.conditional_sample(n, global_cond=cond.expand(n, -1))
+            start = n_obs_steps - 1  # the chunk's first action is the current step's
+            chunks = to_numpy(sample[:, start : start + int(policy.config.n_action_steps)])
+        if chunks.ndim != 3 or chunks.shape[0] != n:
+            raise ValueError(
+                f"Expected {n} action chunks of shape ({n}, H, D); got {chunks.shape}."
+            )
+        return embedding, chunks.astype(np.float32)
+
     def _sample(self, batch: Batch) -> NDArray[np.float32]:
         n = self.n_samples
         if self.sample_chunks is not None:
@@ -289,6 +420,15 @@ class LeRobotPolicyWrapper:
             first = to_numpy(self.policy.predict_action_chunk(repeat_batch(batch, n)))
             parts = [first]
             if first.shape[0] == 1 and n > 1:  # the policy ignored the repeated batch
+                if not self._warned_sequential:
+                    self._warned_sequential = True
+                    warnings.warn(
+                        "The policy's predict_action_chunk returned one chunk for a batch "
+                        f"repeated {n} times: drawing the {n} chunks one call at a time "
+                        f"({n}x the inference cost). Pass sample_chunks=... to batch them.",
+                        RuntimeWarning,
+                        stacklevel=4,
+                    )
                 parts += [to_numpy(self.policy.predict_action_chunk(batch)) for _ in range(n - 1)]
             chunks = np.concatenate(parts, axis=0)
         if chunks.ndim != 3 or chunks.shape[0] != n:
@@ -309,7 +449,9 @@ class LeRobotPolicyWrapper:
         """The policy's action, unchanged; monitors the step when a new chunk starts."""
         new_chunk = self._starts_new_chunk()
         self._captured = []
-        self._capturing = new_chunk and self.embed_module is not None
+        # the generic backend reuses the policy's own encoder pass; the diffusion one
+        # encodes the queued observation itself (see _observe)
+        self._capturing = new_chunk and self.embed_module is not None and self._diffusion is None
         try:
             action = self.policy.select_action(batch)
         finally:
@@ -318,8 +460,7 @@ class LeRobotPolicyWrapper:
             if new_chunk:
                 with torch.no_grad(), torch.random.fork_rng(devices=self._rng_devices()):
                     torch.manual_seed(self.seed + self.n_chunks)
-                    embedding = self._embedding(batch)
-                    chunks = self._sample(batch)
+                    embedding, chunks = self._observe(batch)
                 self._captured = []
                 self.session.process(embedding=embedding, action_samples=chunks)
                 self.n_chunks += 1
