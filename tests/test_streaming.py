@@ -35,6 +35,8 @@ def same_calibration(a, b):
         assert (ca.n_profile, ca.n_conformal) == (cb.n_profile, cb.n_conformal)
     assert sorted(a.group_calibration_) == sorted(b.group_calibration_)
     assert a.n_calibration_ == b.n_calibration_
+    assert a.longest_calibration_ == b.longest_calibration_
+    assert a._calibration_fingerprints == b._calibration_fingerprints
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +73,9 @@ def test_streamed_evaluate_and_health_are_identical(detector, test_set, cal_set)
     assert listed == streamed
     results = list(iter_results(detector, test_set))
     rows = [RolloutResult.from_row(r.to_row()) for r in results]  # a Parquet round trip
+    horizon = detector.longest_calibration_
     assert evaluate_results(rows, detector.alpha).to_dict() == listed
+    assert listed["no_clock"] and listed["horizon"] == horizon
     new = make_rollouts(30, seed=7, length=40, n_discrete=5)
     assert (
         check_calibration(detector, new).to_dict()

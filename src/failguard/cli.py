@@ -1,4 +1,4 @@
-"""The ``failguard`` command line: fit, calibrate, evaluate, export, report, plan, health.
+"""The ``failguard`` command line: fit, calibrate, evaluate, score, export, report, plan, health.
 
 It works on rollout log directories (``*.safetensors`` files written by
 :class:`failguard.Recorder` or :func:`failguard.write_rollout`) and on detector directories
@@ -160,7 +160,11 @@ def _check_output_dir(
 
 def _refuse_seen(detector: Any, rollouts: Sequence[Any], directory: str, allow: bool) -> None:
     """Refuse logs the detector was fitted or calibrated on (content hashes), unless allowed."""
-    seen = detector.seen(rollouts)
+    if rollouts and hasattr(rollouts[0], "fingerprint"):  # per-rollout results
+        known = detector._fit_fingerprints | detector._calibration_fingerprints
+        seen = [i for i, r in enumerate(rollouts) if r.fingerprint in known]
+    else:
+        seen = detector.seen(rollouts)
     if not seen:
         return
     what = (
@@ -293,6 +297,99 @@ def _sweep_detector(detector: Any, args: argparse.Namespace, quiet: bool) -> Any
     cal = _successes(_read_logs(args.calibration_logs), args.calibration_logs, "an alpha sweep")
     check_compatible(detector, cal, args.calibration_logs)
     return detector.calibrate(cal, progress=not quiet)
+
+
+# ---------------------------------------------------------------------------- engines
+def _check_one(detector: Any, rollout: Any, index: int, directory: str) -> None:
+    """:func:`check_compatible` for one rollout of a stream (its index in the message)."""
+    try:
+        check_compatible(detector, [rollout], directory)
+    except CliError as err:
+        raise CliError(str(err).replace("rollout #0 ", f"rollout #{index} ", 1)) from None
+
+
+def _gather(
+    args: argparse.Namespace, detector: Any, curves: bool = False, alarms: bool = True
+) -> Any:
+    """Per-rollout results of LOGS, in file-name order, by the engine the user chose.
+
+    ``inprocess`` streams the files one at a time (constant memory); ``ray`` scores them on a
+    Ray cluster (failguard.distributed). Both give the same results. Unreadable files are
+    skipped and listed on stderr, unless ``--strict``.
+    """
+    from .exceptions import RolloutError
+
+    logs = str(args.logs)
+    if "://" not in logs:
+        d = Path(logs)
+        if not d.exists():
+            raise CliError(f"{d}: no such directory (rollout logs). Check the path.")
+        if not d.is_dir():
+            raise CliError(f"{d}: is a file; pass the directory that holds the *.safetensors logs.")
+    strict = bool(getattr(args, "strict", False))
+    try:
+        if getattr(args, "engine", "inprocess") == "ray":
+            try:
+                from . import distributed
+
+                distributed.init(address=args.address, num_cpus=args.num_cpus)
+            except ImportError as err:
+                raise DependencyError(
+                    f"--engine ray needs Ray Data ({err}). Install it with "
+                    "`pip install failguard[ray]`, or leave --engine out to run in process."
+                ) from err
+            if "://" not in logs:  # the friendly mismatch message, from the first file
+                from .logs import iter_rollouts
+
+                first = next(iter_rollouts(logs, errors=[]), None)
+                if first is not None:
+                    _check_one(detector, first, 0, logs)
+            run = distributed.score(
+                detector,
+                logs,
+                num_workers=args.num_cpus,
+                strict=strict,
+                curves=curves,
+                alarms=alarms,
+                progress=not args.quiet,
+            )
+            results, skipped = run.results, run.skipped
+        else:
+            import warnings
+
+            from .logs import iter_rollouts
+
+            if "://" in logs:
+                raise CliError(f"{logs}: a URI; read it with --engine ray (failguard[ray]).")
+            from .streaming import iter_results
+
+            errors: list[tuple[str, str]] | None = None if strict else []
+
+            def checked() -> Any:
+                for i, r in enumerate(iter_rollouts(logs, errors)):
+                    _check_one(detector, r, i, logs)
+                    yield r
+
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="skipped unreadable rollout file")
+                results = list(
+                    iter_results(detector, checked(), curves, alarms, progress=not args.quiet)
+                )
+            skipped = errors or []
+    except RolloutError as err:
+        raise CliError(
+            f"{logs}: {err} Use logs of the same policy, or refit with `failguard fit`."
+        ) from err
+    if skipped:
+        print(
+            f"skipped {len(skipped)} unreadable rollout file(s) (--strict stops instead):",
+            file=sys.stderr,
+        )
+        for _, message in skipped:
+            print(f"  {message}", file=sys.stderr)
+    if not results:
+        raise CliError(f"{logs}: no readable rollout file.")
+    return results
 
 
 # ---------------------------------------------------------------------------- commands
@@ -458,15 +555,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         )
     if args.output is not None:
         _check_output_dir(args.output, [args.logs], args.force, "the recalibrated detector")
+    from .streaming import calibrate_from_results
+
     det = _load_detector(args.detector)
-    rollouts = _read_logs(args.logs)
-    ok = _successes(rollouts, args.logs, "calibration")
-    if len(ok) < len(rollouts):
-        print(f"using the {len(ok)} successful of {len(rollouts)} rollouts (failures skipped)")
-    check_compatible(det, ok, args.logs)
     if args.alpha is not None:
         det.alpha = args.alpha
-    det.calibrate(ok, progress=not args.quiet, independent_repeats=args.independent_repeats)
+    det._require_fitted()
+    # streamed in process, or on Ray: the same per-rollout results
+    results = _gather(args, det, curves=det.calibration_needs_curves, alarms=False)
+    ok = _successes(results, args.logs, "calibration")
+    if len(ok) < len(results):
+        print(f"using the {len(ok)} successful of {len(results)} rollouts (failures skipped)")
+    calibrate_from_results(det, ok, independent_repeats=args.independent_repeats)
     out = det.save(args.output or args.detector)
     print(
         f"recalibrated on {len(ok)} successful rollouts (scores unchanged, alpha={det.alpha:g}); "
@@ -479,17 +579,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .metrics import alpha_sweep, evaluate
 
     det = _load_detector(args.detector)
-    rollouts = _read_logs(args.logs)
-    _require_labels(rollouts, args.logs, "evaluate")
-    check_compatible(det, rollouts, args.logs)
-    _refuse_seen(det, rollouts, args.logs, args.allow_seen)
-    if args.alphas and _sweep_detector(det, args, args.quiet) is None:
-        raise CliError(
-            "--alphas recalibrates at each alpha and needs the calibration rollouts: pass "
-            "--calibration-logs DIR (the successful rollouts the detector was calibrated on)."
-        )
-    report = evaluate(det, rollouts, progress=not args.quiet, id_groups=args.id_groups)
-    if args.alphas:
+    if not args.alphas:  # streamed in process, or on Ray: the same per-rollout results
+        from .streaming import evaluate_results
+
+        det._require_calibrated()
+        results = _gather(args, det)
+        _require_labels(results, args.logs, "evaluate")
+        _refuse_seen(det, results, args.logs, args.allow_seen)
+        id_groups = args.id_groups
+        if id_groups == "auto" and det.calibration_groups_:
+            id_groups = det.calibration_groups_
+        report = evaluate_results(results, det.alpha, id_groups=id_groups)
+    else:
+        if args.engine == "ray":
+            raise CliError("--alphas rescoring runs in process; leave --engine ray out to use it.")
+        rollouts = _read_logs(args.logs)
+        _require_labels(rollouts, args.logs, "evaluate")
+        check_compatible(det, rollouts, args.logs)
+        _refuse_seen(det, rollouts, args.logs, args.allow_seen)
+        if _sweep_detector(det, args, args.quiet) is None:
+            raise CliError(
+                "--alphas recalibrates at each alpha and needs the calibration rollouts: pass "
+                "--calibration-logs DIR (the successful rollouts the detector was calibrated on)."
+            )
+        report = evaluate(det, rollouts, progress=not args.quiet, id_groups=args.id_groups)
         report.sweep = alpha_sweep(det, rollouts, args.alphas, id_groups=args.id_groups)
     print(report.table())
     if report.sweep:
@@ -498,6 +611,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
         print(f"wrote {args.json}")
+    return EXIT_OK
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    det = _load_detector(args.detector)
+    det._require_fitted()
+    results = _gather(args, det, curves=args.curves)
+    out = Path(args.output)
+    if out.suffix == ".jsonl":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w") as handle:
+            for r in results:
+                handle.write(json.dumps(r.to_row()) + "\n")
+    else:
+        try:
+            from .distributed import write_parquet
+
+            write_parquet(results, out)
+        except ImportError as err:
+            raise DependencyError(
+                f"Parquet output needs pyarrow ({err}); `pip install failguard[ray]`, or "
+                "write JSON lines with -o RESULTS.jsonl."
+            ) from err
+    steps = sum(r.n_steps for r in results)
+    alarms = sum(r.predicted_failure for r in results)
+    what = f", {alarms} with an alarm" if det.is_calibrated else " (not calibrated: no alarms)"
+    print(f"scored {len(results)} rollouts ({steps} steps){what}; wrote {out}")
     return EXIT_OK
 
 
@@ -588,19 +728,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    from .health import check_calibration
+    from .streaming import health_from_results
 
     det = _load_detector(args.detector)
-    rollouts = _read_logs(args.logs)
-    ok = _successes(rollouts, args.logs, "the health check")
-    if len(ok) < len(rollouts):
+    det._require_calibrated()
+    results = _gather(args, det)
+    ok = _successes(results, args.logs, "the health check")
+    if len(ok) < len(results):
         print(
-            f"using the {len(ok)} successful of {len(rollouts)} rollouts: the health check "
-            f"reads successes only ({len(rollouts) - len(ok)} failed ones skipped)"
+            f"using the {len(ok)} successful of {len(results)} rollouts: the health check "
+            f"reads successes only ({len(results) - len(ok)} failed ones skipped)"
         )
-    check_compatible(det, ok, args.logs)
     _refuse_seen(det, ok, args.logs, args.allow_seen)
-    result = check_calibration(det, ok, confidence=args.confidence)
+    result = health_from_results(det, ok, confidence=args.confidence)
     result.message = result.message.replace(
         "Run detector.calibrate(new_successes) (`failguard calibrate DETECTOR NEW_LOGS`)",
         f"Run `failguard calibrate {args.detector} {args.logs} -o NEW_DIR`",
@@ -690,6 +830,31 @@ def _add_seen_option(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="go on (with a warning) when LOGS holds rollouts whose content the detector was "
         "fitted or calibrated on",
+    )
+
+
+def _add_engine(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine (fleet-sized logs)")
+    g.add_argument(
+        "--engine",
+        choices=("inprocess", "ray"),
+        default="inprocess",
+        help="inprocess streams the logs one file at a time; ray scores them on a Ray "
+        "cluster (needs failguard[ray]); both give identical output",
+    )
+    g.add_argument(
+        "--address", default=None, help="Ray cluster address (default: start a local one)"
+    )
+    g.add_argument(
+        "--num-cpus",
+        type=_positive_int,
+        default=None,
+        help="Ray: CPUs of the local cluster and number of workers (default: all)",
+    )
+    g.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first unreadable rollout file (default: skip it and name it)",
     )
 
 
@@ -810,6 +975,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--alpha", type=_unit_float, default=None, help="new alpha (default: keep)")
     _add_repeat_options(p)
+    _add_engine(p)
     p.set_defaults(func=cmd_calibrate)
 
     p = add(
@@ -834,6 +1000,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="also write the metrics as JSON")
     _add_id_groups_option(p)
     _add_seen_option(p)
+    _add_engine(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = add(
@@ -936,7 +1103,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", metavar="PATH", help="also write the result as JSON")
     _add_seen_option(p)
+    _add_engine(p)
     p.set_defaults(func=cmd_health)
+
+    p = add(
+        "score",
+        "per-rollout results (first alarm, peak ratios, episode statistics) as Parquet",
+        "Score every rollout of LOGS into one row each: source, steps, success, group, "
+        "first alarm step, peak ratio per indicator, peak fused ratio and episode "
+        "statistics. Parquet (needs pyarrow, in failguard[ray]) or, for a .jsonl output, "
+        "JSON lines.",
+    )
+    p.add_argument("detector", help="detector directory (fitted; calibrated for alarms)")
+    p.add_argument("logs", help="directory (or fsspec URI with --engine ray) of rollout logs")
+    p.add_argument("-o", "--output", default="results.parquet", help="Parquet or .jsonl file")
+    p.add_argument("--curves", action="store_true", help="also keep each rollout's windowed curves")
+    _add_engine(p)
+    p.set_defaults(func=cmd_score)
     return parser
 
 

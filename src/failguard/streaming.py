@@ -344,7 +344,7 @@ def calibrate_from_results(
 
     gate = _CalibrationGate(detector, independent_repeats)
     unknown: list[int] = []
-    n = 0
+    n = longest = 0
     for i, r in enumerate(results):
         if r.success is False:
             raise CalibrationError(
@@ -366,6 +366,7 @@ def calibrate_from_results(
             else:
                 series[k].append(np.array([r.peak_windowed[k]]))
         groups.append(r.group)
+        longest = max(longest, r.n_steps)
         n += 1
     if n == 0:
         raise CalibrationError("calibrate: no rollouts given; pass successful rollouts.")
@@ -383,6 +384,7 @@ def calibrate_from_results(
     detector._calibration_groups = groups
     detector._calibration_fingerprints = set(gate.prints)
     detector.n_calibration_ = n
+    detector.longest_calibration_ = longest
     return detector
 
 
