@@ -221,7 +221,7 @@ def run_config(root: Path, engine: str, workers: int, n: int, batch_size: int) -
         t0 = time.perf_counter()
         det.calibrate(stream(cal, []))
         results = list(iter_results(det, stream(test, skipped)))
-        report = evaluate_results(results, det.alpha, horizon=det.longest_calibration_)
+        report = evaluate_results(results, det.alpha)
         out["seconds"] = time.perf_counter() - t0
         steps = counted[0]
     out["steps"] = int(steps)

@@ -99,10 +99,7 @@ def test_ray_calibration_metrics_and_health_equal_in_process(fitted, logs):
     back = distributed.read_parquet(path)
     horizon = det.longest_calibration_
     assert any(r.n_steps > horizon for r in back)  # the clock matters: without_clock is used
-    assert (
-        evaluate_results(back, det.alpha).to_dict()
-        == evaluate(det, test).to_dict()
-    )
+    assert evaluate_results(back, det.alpha).to_dict() == evaluate(det, test).to_dict()
     # an fsspec URI reads the same files
     uri = distributed.score(det, f"file://{logs['test']}", num_workers=1, batch_size=16)
     assert rows(uri.results) == rows(scored.results)
