@@ -167,3 +167,58 @@ def test_remove_clock_and_no_clock_report(fit_set, cal_set, stuck_set):
     assert "no_clock" in report.to_dict()
     with pytest.raises(ValueError, match="horizon"):
         remove_clock(det.traces(test[:1]), 0)
+
+
+def _far_cases():
+    cheap = [
+        ("movement_low", lambda: Deviation(Movement(lag=3), side="low"), "and", 40),
+        ("entropy_z", lambda: Deviation(DiscreteActionEntropy(), side="both"), "and", 40),
+    ]
+    slow = [
+        ("progress", lambda: ProgressScore(epochs=20), "and", 150),
+        ("progress_shortfall", lambda: ProgressScore(mode="shortfall", epochs=20), "and", 150),
+        ("ews_var_z", lambda: Deviation(SlowingDown(window=6, statistic="variance")), "and", 150),
+        ("ews_ac", lambda: SlowingDown(window=6), "and", 150),
+        ("consistency", lambda: ChunkConsistency(exec_horizon=3), "and", 150),
+        ("movement_low", lambda: Deviation(Movement(lag=3), side="low"), "and", 150),
+        ("entropy_z", lambda: Deviation(DiscreteActionEntropy(), side="both"), "and", 150),
+    ]
+    out = [pytest.param(*c, id=f"{c[0]}-{c[3]}") for c in cheap]
+    out += [pytest.param(*c, id=f"{c[0]}-{c[3]}", marks=pytest.mark.slow) for c in slow]
+    out.append(
+        pytest.param(
+            "fiper+movement_low",
+            lambda: Deviation(Movement(lag=3), side="low"),
+            "2-of-3",
+            150,
+            id="fiper-2of3-movement_low-150",
+            marks=pytest.mark.slow,
+        )
+    )
+    return out
+
+
+@pytest.mark.parametrize(("label", "make", "combine", "n_seeds"), _far_cases())
+def test_new_scores_keep_the_false_alarm_guarantee(fit_set, label, make, combine, n_seeds):
+    """Realised episode FAR on fresh successes <= alpha (+3 SE) over many calibration draws.
+
+    The scores (and their profiles) are fitted once on the fit rollouts and frozen; every seed
+    draws new calibration and test successes.
+    """
+    from conftest import small_rnd
+    from failguard import ActionChunkEntropy
+
+    alpha = 0.2
+    scores = [make()] if combine == "and" else [small_rnd(), ActionChunkEntropy(), make()]
+    det = FailureDetector(scores=scores, windows=4, combine=combine, alpha=alpha)
+    det.fit(fit_set, progress=False)
+    fars = []
+    for seed in range(n_seeds):
+        cal = make_rollouts(12, seed=5000 + seed, length=40, n_discrete=5)
+        test = make_rollouts(20, seed=90000 + seed, length=40, n_discrete=5)
+        det.calibrate(cal)
+        fars.append(float(det.predict(test).mean()))
+    far, se = np.mean(fars), np.std(fars, ddof=1) / np.sqrt(n_seeds)
+    assert far <= alpha + 3 * se, f"{label}: FAR {far:.3f} > {alpha} + 3 SE"
+    if combine == "and":  # calibrated on exactly this statistic: not vacuous
+        assert far > alpha / 3, f"{label}: FAR {far:.3f}"

@@ -219,6 +219,37 @@ def test_vote_parity(calibration, fit_set, cal_set, test_set, tmp_path):
     assert_batch_parity(det, mon, test_set)
 
 
+def test_new_scores_parity(fit_set, cal_set, test_set, tmp_path):
+    """Progress (completion) and two-sided scores export; their graphs match Python."""
+    from failguard import Deviation, ProgressScore
+
+    scores = [
+        ProgressScore(epochs=5),
+        Deviation(ActionChunkEntropy(), side="both"),
+        Deviation(DiscreteActionEntropy(), side="low"),
+        Deviation(RNDScore(max_epochs=2), side="high", profile_split=0.5),
+    ]
+    det = FailureDetector(scores=scores, windows=4, combine="2-of-4", alpha=0.2)
+    det.fit(fit_set, progress=False).calibrate(cal_set)
+    mon = OnnxMonitor(export_onnx(det, tmp_path / "n.onnx"))
+    assert_stream_parity(det, mon, test_set[::4])
+    assert_batch_parity(det, mon, test_set)
+
+
+def test_scores_with_history_are_not_exported(fit_set, cal_set, tmp_path):
+    from failguard import ChunkConsistency, Deviation, Movement, ProgressScore, SlowingDown
+
+    for score in (
+        Deviation(Movement(), side="low"),
+        SlowingDown(window=4),
+        ChunkConsistency(exec_horizon=3),
+        ProgressScore(mode="shortfall", epochs=1),
+    ):
+        det = FailureDetector([score], alpha=0.2).fit(fit_set, progress=False).calibrate(cal_set)
+        with pytest.raises(ExportError, match=type(score).__name__):
+            export_onnx(det, tmp_path / "x.onnx")
+
+
 def test_mondrian_parity(fit_set, tmp_path):
     cal = _rollouts(11, 30, 30, 0)
     test = _rollouts(21, 4, 4, 6)

@@ -339,19 +339,47 @@ def _threshold_table(
     return np.stack([np.concatenate([r, np.full(width - r.shape[0], r[-1])]) for r in rows])
 
 
-def _check_exportable(detector: FailureDetector) -> None:
+def _has_graph(score: Any) -> bool:
     from ..scores import ActionChunkEntropy, DiscreteActionEntropy, RNDScore
 
-    bad = [
-        f"{s.name} ({type(s).__name__})"
-        for s in detector.scores
-        if not getattr(s, "exportable", False)
-        or not isinstance(s, (RNDScore, ActionChunkEntropy, DiscreteActionEntropy))
-    ]
+    if not getattr(score, "exportable", False):
+        return False
+    builtin = isinstance(score, (RNDScore, ActionChunkEntropy, DiscreteActionEntropy))
+    return builtin or (hasattr(score, "onnx_graph") and score.context == 0)
+
+
+def _score_graph(
+    g: _Builder, score: Any, shapes: dict[str, tuple[int, ...]]
+) -> tuple[str, str | None]:
+    """One score's subgraph: its (N,) float64 value and an optional (N,) bool overflow flag.
+
+    FIPER's scores are written here; any other score brings its own subgraph through an
+    ``onnx_graph(builder, emit)`` method, where ``emit(score)`` builds a wrapped score's
+    subgraph (graph inputs are named after the rollout fields, plus ``t``).
+    """
+    from ..scores import ActionChunkEntropy, DiscreteActionEntropy, RNDScore
+
+    if isinstance(score, RNDScore):
+        return _rnd_graph(g, score, "embeddings"), None
+    if isinstance(score, ActionChunkEntropy):
+        return _ace_graph(g, score, "action_samples", shapes["action_samples"])
+    if isinstance(score, DiscreteActionEntropy):
+        if score.source == "logits":
+            return _logits_entropy_graph(g, "action_logits"), None
+        ids = g.op("Cast", "action_ids", to=_DOUBLE)  # exact for |id| < 2**53
+        g.ranks[ids] = 2
+        return _keys_entropy(g, ids, shapes["action_ids"][0]), None
+    value, flag = score.onnx_graph(g, lambda inner: _score_graph(g, inner, shapes))
+    return value, flag
+
+
+def _check_exportable(detector: FailureDetector) -> None:
+    bad = [f"{s.name} ({type(s).__name__})" for s in detector.scores if not _has_graph(s)]
     if bad:
         raise ExportError(
             f"export_onnx: these scores have no ONNX form: {', '.join(bad)}. Exportable scores "
-            "are RNDScore, ActionChunkEntropy and DiscreteActionEntropy; monitor the others "
+            "are RNDScore, ActionChunkEntropy, DiscreteActionEntropy, ProgressScore "
+            "(mode='completion') and Deviation of an exportable score; monitor the others "
             "with failguard.Monitor in Python, or leave them out of the exported detector."
         )
     if not detector.is_calibrated:
@@ -422,8 +450,6 @@ def build_model(detector: FailureDetector) -> onnx.ModelProto:
     import onnx
     from onnx import helper
 
-    from ..scores import ActionChunkEntropy, DiscreteActionEntropy, RNDScore
-
     _check_exportable(detector)
     g = _Builder()
     shapes: dict[str, tuple[int, ...]] = {}
@@ -445,19 +471,10 @@ def build_model(detector: FailureDetector) -> onnx.ModelProto:
     raw: dict[str, str] = {}
     overflows: list[str] = []
     for s in detector.scores:
-        if isinstance(s, RNDScore):
-            raw[s.name] = _rnd_graph(g, s, "embeddings")
-        elif isinstance(s, ActionChunkEntropy):
-            value, flag = _ace_graph(g, s, "action_samples", shapes["action_samples"])
-            raw[s.name] = value
+        value, flag = _score_graph(g, s, shapes)
+        raw[s.name] = value
+        if flag is not None:
             overflows.append(flag)
-        elif isinstance(s, DiscreteActionEntropy):
-            if s.source == "logits":
-                raw[s.name] = _logits_entropy_graph(g, "action_logits")
-            else:
-                ids = g.op("Cast", "action_ids", to=_DOUBLE)  # exact for |id| < 2**53
-                g.ranks[ids] = 2
-                raw[s.name] = _keys_entropy(g, ids, shapes["action_ids"][0])
 
     groups = _groups(detector)
     tables = {n: _threshold_table(detector, n, groups) for n in detector.names}

@@ -190,6 +190,20 @@ class Deviation(BaseScore):
         idx = np.minimum(t, self.mean_.shape[0] - 1)
         return (values - self.mean_[idx]) / self.scale_[idx]
 
+    def onnx_graph(self, g: Any, emit: Any) -> tuple[str, str | None]:
+        """ONNX subgraph: the wrapped score's, then the profile lookup at min(t, L-1)."""
+        assert self.mean_ is not None and self.scale_ is not None
+        value, flag = emit(self.inner)
+        idx = g.op("Min", "t", g.i64(self.mean_.shape[0] - 1))
+        mean = g.op("Gather", g.const(self.mean_, np.float64, "profile_mean"), idx)
+        scale = g.op("Gather", g.const(self.scale_, np.float64, "profile_scale"), idx)
+        z = g.op("Div", g.op("Sub", value, mean), scale)
+        if self.side == "high":
+            return g.op("Relu", z), flag
+        if self.side == "low":
+            return g.op("Relu", g.op("Neg", z)), flag
+        return g.op("Abs", z), flag
+
     def _score(self, inputs: Mapping[str, NDArray[Any]]) -> NDArray[np.float64]:
         values = self.inner.score_steps(inputs)
         z = self.standardise(values, step_index(inputs, values.shape[0]))

@@ -136,6 +136,33 @@ class ProgressScore(BaseScore):
         """``"shortfall"`` reads rows t-lag … t; ``"completion"`` row t only."""
         return self.lag if self.mode == "shortfall" else 0
 
+    @property
+    def exportable(self) -> bool:  # type: ignore[override]
+        """``"completion"`` exports to ONNX (``"shortfall"`` would need the past r̂ as state)."""
+        return self.mode == "completion"
+
+    def onnx_graph(self, g: Any, emit: Any) -> tuple[str, str | None]:
+        """(t + L·r̂) / L, with the MLP in float32 (Gemm + Relu) as torch computes it."""
+        assert self.network_ is not None and self.length_ is not None
+        net = self.network_
+        z = g.op(
+            "Mul",
+            g.op("Sub", "embeddings", g.const(net.mean.numpy(), np.float32, "progress_mean")),
+            g.const(net.inv_std.numpy(), np.float32, "progress_inv_std"),
+        )
+        linears = [m for m in net.net if isinstance(m, nn.Linear)]
+        for i, lin in enumerate(linears):
+            w = lin.weight.detach().numpy()
+            b = lin.bias.detach().numpy()
+            z = g.op("Gemm", z, g.const(w, np.float32, "w"), g.const(b, np.float32, "b"), transB=1)
+            if i < len(linears) - 1:
+                z = g.op("Relu", z)
+        frac = g.op("Cast", g.op("Squeeze", g.op("Relu", z), g.i64([1])), to=11)  # float64
+        length = g.f64(self.length_)
+        remaining = g.op("Mul", frac, length)
+        t = g.op("Cast", "t", to=11)
+        return g.op("Div", g.op("Add", t, remaining), length), None
+
     def _fit(self, rollouts: Sequence[Rollout], progress: bool) -> None:
         from tqdm.auto import tqdm
 
