@@ -95,6 +95,9 @@ def test_progress_score_modes_and_validation(fit_set):
     s = p.score(fit_set[0])
     assert s.shape == (len(fit_set[0]),) and s.min() >= 0 and p.context == 4
     assert ProgressScore(epochs=5).context == 0
+    assert ProgressScore(mode="shortfall", lag=4, history=3).context == 7
+    with pytest.raises(ValueError, match="'history' parameter"):
+        ProgressScore(history=-1)
 
 
 def test_movement_and_consistency_values():
@@ -120,6 +123,7 @@ def _new_scores():
     return [
         ProgressScore(epochs=5),
         ProgressScore(mode="shortfall", lag=3, epochs=5),
+        ProgressScore(history=2, epochs=5, name="progress_h2"),
         Deviation(Movement(lag=3), side="low"),
         SlowingDown(window=6, statistic="variance"),
         Deviation(SlowingDown(window=5), side="both", name="ews_ac_z"),
@@ -148,7 +152,8 @@ def test_new_scores_save_and_load_bit_exact(tmp_path, fit_set, cal_set, stuck_se
         a, b = det.score(r), loaded.score(r)
         for n in det.names:
             np.testing.assert_array_equal(a.scores[n], b.scores[n])
-    assert repr(loaded.scores[2]).startswith("Deviation(Movement(")
+    assert repr(loaded.scores[3]).startswith("Deviation(Movement(")
+    assert loaded.scores[2].history == 2 and loaded.scores[2].context == 2
 
 
 def test_remove_clock_and_no_clock_report(fit_set, cal_set, stuck_set):

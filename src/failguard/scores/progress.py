@@ -69,6 +69,10 @@ class ProgressScore(BaseScore):
         See the module docstring.
     lag : int, default=10
         Steps over which ``"shortfall"`` measures progress.
+    history : int, default=0
+        The model also reads the embeddings of the ``history`` previous steps (steps before the
+        first repeat the first), so it can tell where a rollout is going, not just where it is.
+        Only ``history=0`` exports to ONNX.
     hidden : sequence of int, default=(128, 128)
     epochs : int, default=150
     lr : float, default=1e-3
@@ -100,6 +104,7 @@ class ProgressScore(BaseScore):
         self,
         mode: str = "completion",
         lag: int = 10,
+        history: int = 0,
         hidden: Sequence[int] = (128, 128),
         epochs: int = 150,
         lr: float = 1e-3,
@@ -120,8 +125,14 @@ class ProgressScore(BaseScore):
                     f"The '{label}' parameter of ProgressScore must be an int >= 1. "
                     f"Got {value!r} instead."
                 )
+        if isinstance(history, bool) or not isinstance(history, int) or history < 0:
+            raise ValueError(
+                "The 'history' parameter of ProgressScore must be an int >= 0. "
+                f"Got {history!r} instead."
+            )
         self.mode = mode
         self.lag = lag
+        self.history = history
         self.hidden = tuple(int(h) for h in hidden)
         self.epochs = epochs
         self.lr = float(lr)
@@ -133,13 +144,22 @@ class ProgressScore(BaseScore):
 
     @property
     def context(self) -> int:  # type: ignore[override]
-        """``"shortfall"`` reads rows t-lag … t; ``"completion"`` row t only."""
-        return self.lag if self.mode == "shortfall" else 0
+        """Rows read before t: ``history``, plus ``lag`` for ``"shortfall"``."""
+        return self.history + (self.lag if self.mode == "shortfall" else 0)
 
     @property
     def exportable(self) -> bool:  # type: ignore[override]
-        """``"completion"`` exports to ONNX (``"shortfall"`` would need the past r̂ as state)."""
-        return self.mode == "completion"
+        """``"completion"`` without history exports to ONNX (the others need past rows)."""
+        return self.mode == "completion" and self.history == 0
+
+    def features(self, embeddings: NDArray[Any]) -> NDArray[np.float32]:
+        """The model's input per row: the embedding and its ``history`` predecessors."""
+        x = np.asarray(embeddings, dtype=np.float32)
+        if not self.history:
+            return np.array(x, dtype=np.float32)
+        rows = np.arange(x.shape[0])
+        lagged = [x[np.maximum(rows - k, 0)] for k in range(self.history + 1)]
+        return np.ascontiguousarray(np.concatenate(lagged, axis=1))
 
     def onnx_graph(self, g: Any, emit: Any) -> tuple[str, str | None]:
         """(t + L·r̂) / L, with the MLP in float32 (Gemm + Relu) as torch computes it."""
@@ -168,7 +188,7 @@ class ProgressScore(BaseScore):
 
         lengths = np.array([len(r) for r in rollouts], dtype=np.float64)
         length = float(max(np.median(lengths), 1.0))
-        x = torch.from_numpy(np.concatenate([r.embeddings for r in rollouts]).astype(np.float32))
+        x = torch.from_numpy(np.concatenate([self.features(r.embeddings) for r in rollouts]))
         y = torch.from_numpy(
             np.concatenate([(len(r) - 1 - np.arange(len(r))) / length for r in rollouts]).astype(
                 np.float32
@@ -203,7 +223,7 @@ class ProgressScore(BaseScore):
         """r̂ in steps for each row of ``embeddings`` (T, d)."""
         self._check_fitted()
         assert self.network_ is not None and self.length_ is not None
-        x = torch.from_numpy(np.array(embeddings, dtype=np.float32))
+        x = torch.from_numpy(self.features(embeddings))
         with torch.no_grad():
             frac = self.network_(x).double().numpy()
         return np.asarray(frac * self.length_, dtype=np.float64)
@@ -223,6 +243,7 @@ class ProgressScore(BaseScore):
         return {
             "mode": self.mode,
             "lag": self.lag,
+            "history": self.history,
             "hidden": list(self.hidden),
             "epochs": self.epochs,
             "lr": self.lr,
