@@ -407,3 +407,16 @@ def test_fit_with_validation_logs_selects(dirs, tmp_path, capsys):
     code = main([*args, "--force", "--validation-logs", str(dirs["train"])])
     assert code == EXIT_INPUT
     assert "--validation-logs" in capsys.readouterr().err
+
+
+def test_combine_accepts_k_of_n(capsys):
+    # 2-of-3 per indicator: each leg at 2 * 0.05 / 3, so fewer rollouts than OR needs
+    assert main(["plan", "--alpha", "0.05", "--n-indicators", "3", "--combine", "2-of-3"]) == 0
+    vote = int(re.search(r"needs (\d+) successful", capsys.readouterr().out).group(1))
+    assert main(["plan", "--alpha", "0.05", "--n-indicators", "3", "--combine", "or"]) == 0
+    union = int(re.search(r"needs (\d+) successful", capsys.readouterr().out).group(1))
+    assert vote < union
+    assert main(["plan", "--alpha", "0.05", "--combine", "two"]) == 2
+    assert "k-of-n" in capsys.readouterr().err
+    assert main(["plan", "--alpha", "0.05", "--n-indicators", "2", "--combine", "2-of-3"]) != 0
+    assert "k-of-2" in capsys.readouterr().err

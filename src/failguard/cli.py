@@ -226,6 +226,16 @@ def _unit_float(text: str) -> float:
     return v
 
 
+def _fusion(text: str) -> str:
+    from ._pipeline import parse_combine
+
+    if text in ("and", "or") or parse_combine(text) is not None:
+        return text
+    raise argparse.ArgumentTypeError(
+        f"expected 'and', 'or' or 'k-of-n' (at least k of the n scores), got {text!r}"
+    )
+
+
 def _positive_int(text: str) -> int:
     try:
         v = int(text)
@@ -918,7 +928,12 @@ def build_parser() -> argparse.ArgumentParser:
         "auto = rnd plus ace or entropy, whichever the logs allow",
     )
     p.add_argument("--window", type=_positive_int, default=10, help="window length w (steps)")
-    p.add_argument("--combine", choices=("and", "or"), default="and", help="fusion rule")
+    p.add_argument(
+        "--combine",
+        type=_fusion,
+        default="and",
+        help="fusion rule: and, or, or k-of-n (e.g. 2-of-3: at least 2 of the 3 scores)",
+    )
     p.add_argument(
         "--threshold",
         choices=("constant", "per_step", "band"),
@@ -1065,7 +1080,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="threshold style",
     )
     p.add_argument("--n-indicators", type=_positive_int, default=2, help="number of scores")
-    p.add_argument("--combine", choices=("and", "or"), default="and", help="fusion rule")
+    p.add_argument(
+        "--combine",
+        type=_fusion,
+        default="and",
+        help="fusion rule: and, or, or k-of-n (e.g. 2-of-3: at least 2 of the 3 scores)",
+    )
     p.add_argument(
         "--calibration",
         choices=("auto", "per_indicator", "joint"),
