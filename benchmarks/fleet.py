@@ -204,8 +204,6 @@ def run_config(root: Path, engine: str, workers: int, n: int, batch_size: int) -
         steps = cal_run.n_steps + test_run.n_steps
         skipped = test_run.skipped
     else:
-        from failguard.streaming import evaluate_results, iter_results
-
         counted = [0]
 
         def stream(files: list[str], errors: list[tuple[str, str]]) -> Any:
@@ -220,8 +218,7 @@ def run_config(root: Path, engine: str, workers: int, n: int, batch_size: int) -
 
         t0 = time.perf_counter()
         det.calibrate(stream(cal, []))
-        results = list(iter_results(det, stream(test, skipped)))
-        report = evaluate_results(results, det.alpha)
+        report = fg.evaluate(det, stream(test, skipped))  # an iterator: streamed
         out["seconds"] = time.perf_counter() - t0
         steps = counted[0]
     out["steps"] = int(steps)
