@@ -190,6 +190,7 @@ _CLI_WORDING = (
     ("guarantee='pac'", "--guarantee pac"),
     ("raise alpha", "raise --alpha"),
     ("raise max_epochs (CLI: --epochs)", "raise --epochs"),
+    ("mondrian=True needs", "--mondrian needs"),
 )
 
 
