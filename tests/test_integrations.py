@@ -18,6 +18,7 @@ from failguard import (
     read_rollouts,
 )
 from failguard.integrations import LeRobotPolicyWrapper, PolicyAdapter, ToyChunkPolicy
+from failguard.integrations.lerobot import repeat_batch
 from failguard.synthetic import make_rollouts
 
 B = 8
@@ -122,15 +123,22 @@ def test_a_rejected_step_does_not_shift_later_chunks(toy_detector):
     wrapped = LeRobotPolicyWrapper(
         policy, toy_detector, embed=embed, n_samples=B, chunk_boundary="steps"
     )
+    plain = ToyChunkPolicy(obs_dim=OBS_DIM, n_action_steps=4)
     wrapped.reset()
+    plain.reset()
+    torch.manual_seed(5)
+    got = []
     for step in range(12):
-        if step == 4:
-            with pytest.raises(RolloutError, match="NaN"):
-                wrapped.select_action(_obs(step, 0.3))
-        else:
-            wrapped.select_action(_obs(step, 0.3))
+        got.append(wrapped.select_action(_obs(step, 0.3)))
+        if step == 4:  # the monitor rejected the step: reported, and the action delivered
+            v = wrapped.last_verdict
+            assert v.status == "error" and v.alarm and "NaN" in v.error
+    torch.manual_seed(5)
+    want = [plain.select_action(_obs(step, 0.3)) for step in range(12)]
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))  # none lost
     assert embedded_at == [0, 4, 8]  # later chunks still start where the policy's do
-    assert wrapped.n_chunks == 2  # the rejected chunk is not counted
+    assert wrapped.n_chunks == 3 and wrapped.session.n_errors == 1
+    assert [v.status for v in wrapped.verdicts] == ["ok", "error", "ok"]
 
 
 def test_session_rejected_step_is_not_recorded(tmp_path, toy_detector):
@@ -145,12 +153,22 @@ def test_session_rejected_step_is_not_recorded(tmp_path, toy_detector):
     good = {"e": np.zeros(shapes["embeddings"]), "a": np.zeros(shapes["action_samples"])}
     adapter.reset(group="id")
     adapter.step(good)
-    with pytest.raises(RolloutError):
-        adapter.step({"e": np.zeros(3), "a": good["a"]})  # wrong embedding size
+    bad = adapter.step({"e": np.zeros(3), "a": good["a"]})  # wrong embedding size
+    assert bad is not None and bad.status == "error" and bad.alarm
     adapter.step(good)
-    assert [v.step for v in adapter.verdicts] == [0, 1]
+    assert [(v.step, v.status) for v in adapter.verdicts] == [(0, "ok"), (1, "error"), (1, "ok")]
     adapter.end_episode(success=True)
     assert len(read_rollouts(tmp_path)[0]) == 2
+    strict = PolicyAdapter(
+        embed=lambda o: o["e"],
+        sample=lambda o, n: o["a"],
+        n_samples=B,
+        detector=toy_detector,
+        strict=True,
+    )
+    strict.reset()
+    with pytest.raises(RolloutError):
+        strict.step({"e": np.zeros(3), "a": good["a"]})
 
 
 def test_wrapper_alarms_off_distribution_and_calls_hook(toy_detector):
@@ -282,8 +300,8 @@ def test_adapter_validates_callables(discrete_detector, toy_detector):
         detector=toy_detector,
     )
     bad.reset()
-    with pytest.raises(ValueError, match="must return shape"):
-        bad.step(None)
+    v = bad.step(None)
+    assert v is not None and v.status == "error" and "must return shape" in v.error
 
 
 def test_adapter_record_mode_writes_success_logs(tmp_path):
@@ -387,3 +405,147 @@ def test_gym_module_names_the_extra_when_gymnasium_is_missing(monkeypatch):
     monkeypatch.delitem(sys.modules, "failguard.integrations.gym", raising=False)
     with pytest.raises(ImportError, match=r"failguard\[gym\]"):
         importlib.import_module("failguard.integrations.gym")
+
+
+# ---------------------------------------------------------------- faults never stop the loop
+def _faulty(kind: str, policy: ToyChunkPolicy, calls: list[int]):
+    """Wrapper keyword arguments that make the monitoring side fail on the third chunk."""
+
+    def embed(batch):
+        calls.append(1)
+        e = policy.encoder(batch["observation.state"])[0].detach().numpy()
+        if len(calls) == 3:
+            if kind == "embed_raises":
+                raise RuntimeError("camera driver hiccup")
+            if kind == "nan_embedding":
+                return np.full_like(e, np.nan)
+            if kind == "wrong_size":
+                return e[:3]
+        return e
+
+    def sample(pol, batch, n):
+        out = pol.predict_action_chunk(repeat_batch(batch, n))
+        if len(calls) == 3 and kind == "sampler_raises":
+            raise ValueError("sampler broke")
+        if len(calls) == 3 and kind == "nan_chunks":
+            out = out.clone()
+            out[0, 0, 0] = float("nan")
+        return out
+
+    def on_alarm(v):
+        raise RuntimeError("the alarm hook broke")
+
+    kw: dict = {"embed": embed, "sample_chunks": sample}
+    if kind == "on_alarm_raises":
+        kw["on_alarm"] = on_alarm
+    return kw
+
+
+FAULTS = [
+    "embed_raises",
+    "nan_embedding",
+    "wrong_size",
+    "sampler_raises",
+    "nan_chunks",
+    "on_alarm_raises",
+]
+
+
+@pytest.mark.parametrize("kind", FAULTS)
+@pytest.mark.parametrize("strict", [False, True])
+def test_wrapper_faults_never_lose_or_reorder_actions(toy_detector, kind, strict):
+    """Before: the error re-raised after the policy popped its action (10 of 40 lost when
+    on_alarm raised). Now every action is delivered, in order; strict raises before the
+    policy is called again."""
+    policy = ToyChunkPolicy(obs_dim=OBS_DIM, n_action_steps=4)
+    plain = ToyChunkPolicy(obs_dim=OBS_DIM, n_action_steps=4)
+    calls: list[int] = []
+    errors: list[BaseException] = []
+    wrapped = LeRobotPolicyWrapper(
+        policy,
+        toy_detector,
+        n_samples=B,
+        strict=strict,
+        on_error=errors.append,
+        **_faulty(kind, policy, calls),
+    )
+    scale = 3.0 if kind == "on_alarm_raises" else 0.3  # far out: alarms fire
+    torch.manual_seed(7)
+    plain.reset()
+    want = [plain.select_action(_obs(t, scale)) for t in range(40)]
+    torch.manual_seed(7)
+    wrapped.reset()
+    got, raised = [], 0
+    t = 0
+    while len(got) < 40:
+        try:
+            got.append(wrapped.select_action(_obs(t, scale)))
+            t += 1
+        except Exception:
+            assert strict
+            raised += 1
+    assert len(got) == 40 and all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    assert errors and wrapped.session.n_errors >= 1
+    assert raised == (len(errors) if strict else 0)
+    statuses = [v.status for v in wrapped.verdicts]
+    if kind != "on_alarm_raises":
+        assert statuses[2] == "error" and wrapped.verdicts[2].alarm
+        assert statuses.count("error") == 1
+
+
+def test_adapter_and_session_memory_is_flat(toy_detector):
+    """Before: every Verdict was kept (+116 MiB per 1e5 steps) and `alarmed` was O(n)."""
+    shapes = {f: s for score in toy_detector.scores for f, s in score.input_shapes_.items()}
+    e = np.zeros(shapes["embeddings"], dtype=np.float32)
+    a = np.zeros(shapes["action_samples"], dtype=np.float32)
+    adapter = PolicyAdapter(
+        embed=lambda o: o,
+        sample=lambda o, n: a,
+        n_samples=B,
+        detector=toy_detector,
+        keep_verdicts=16,
+    )
+    adapter.reset()
+    for _ in range(300):
+        adapter.step(e)
+    assert len(adapter.verdicts) == 16 and adapter.n_steps == 300
+    assert adapter.verdicts[-1].step == 299
+    far = adapter.step(e + 50.0)
+    assert far is not None
+    assert adapter.alarmed == (adapter.first_alarm is not None)
+
+
+def test_gym_wrapper_never_loses_a_transition(cartpole_detector):
+    from failguard.integrations import FailguardEnv
+
+    fail_at = {"n": 5}
+    count = {"n": 0}
+
+    def embed(o):
+        count["n"] += 1
+        if count["n"] == fail_at["n"]:
+            raise RuntimeError("sensor driver failed")
+        return o
+
+    for strict in (False, True):
+        count["n"] = 0
+        adapter = PolicyAdapter(embed=embed, detector=cartpole_detector, strict=strict)
+        inner = gym.make("CartPole-v1")
+        env = FailguardEnv(inner, adapter)
+        env.reset(seed=0)
+        statuses = []
+        raised = 0
+        n_env_steps = 0
+        while n_env_steps < 8:
+            try:
+                info = env.step(0 if n_env_steps % 2 else 1)[-1]
+            except RuntimeError:
+                assert strict
+                raised += 1
+                continue
+            n_env_steps += 1
+            statuses.append(info["failguard"].status)
+        assert statuses[3] == "error" and statuses.count("error") == 1
+        assert raised == int(strict)
+        assert adapter.n_errors == 1
+        assert inner._elapsed_steps == 8  # the raising call did not step the environment

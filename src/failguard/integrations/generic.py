@@ -17,8 +17,10 @@ own actions are whatever the caller's code does with it.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
+from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from ..exceptions import RolloutError
 from ..logs import Recorder
 from ..types import Verdict
 
@@ -33,10 +36,21 @@ if TYPE_CHECKING:
     from ..detector import FailureDetector
     from ..monitor import Monitor
 
-__all__ = ["AlarmHook", "MonitoringSession", "PolicyAdapter", "check_n_samples", "to_numpy"]
+__all__ = [
+    "AlarmHook",
+    "ErrorHook",
+    "MonitoringSession",
+    "PolicyAdapter",
+    "check_n_samples",
+    "to_numpy",
+]
 
 AlarmHook = Callable[[Verdict], Any]
 """Signature of ``on_alarm``: called with the alarming :class:`~failguard.Verdict`."""
+ErrorHook = Callable[[BaseException], Any]
+"""Signature of ``on_error``: called with the exception the monitor (or a hook) raised."""
+
+logger = logging.getLogger("failguard")
 
 
 def to_numpy(value: Any) -> NDArray[Any]:
@@ -85,6 +99,27 @@ class MonitoringSession:
         Called with the :class:`~failguard.Verdict` of every step that alarms.
     group : str, optional
         Default group (Mondrian thresholds and the ``group`` of recorded rollouts).
+    on_error : callable, optional
+        Called with the exception whenever the monitor, the recorder or a hook fails.
+    strict : bool, default=False
+        Re-raise monitor failures. The integrations never lose or reorder an action: a
+        wrapper that has already obtained the policy's action returns it, and raises the
+        stored error at its next call, before the policy runs again.
+    nonfinite : {"raise", "alarm"}, default="raise"
+        Passed to :class:`~failguard.Monitor`. With ``"raise"``, a step with a NaN or inf
+        score is a monitor failure (an ``"error"`` verdict, which alarms); with ``"alarm"``
+        it is scored as an alarm (a ``"nonfinite"`` verdict) and stays in the windows.
+    keep_verdicts : int, default=1000
+        How many of the latest verdicts :attr:`verdicts` keeps: memory stays flat however
+        long the session runs. :attr:`alarmed`, :attr:`first_alarm` and the counters cover
+        the whole episode.
+
+    The monitor never takes the policy down: a failure of the monitor (a bad or non-finite
+    input, a score that raises, a non-finite score, a raising ``on_alarm`` hook) is caught,
+    counted in :attr:`n_errors`, logged on the ``"failguard"`` logger, passed to
+    ``on_error`` and reported as a :class:`~failguard.Verdict` with ``status="error"`` and
+    ``alarm=True`` (never silently quiet). A step the monitor rejects is not recorded, so the
+    recording and the monitor stay aligned.
 
     Raises
     ------
@@ -108,20 +143,41 @@ class MonitoringSession:
         record_dir: str | os.PathLike[str] | None = None,
         on_alarm: AlarmHook | None = None,
         group: str | None = None,
+        *,
+        on_error: ErrorHook | None = None,
+        strict: bool = False,
+        nonfinite: str = "raise",
+        keep_verdicts: int = 1000,
     ) -> None:
         if detector is None and record_dir is None:
             raise ValueError(
                 "Give a calibrated 'detector' (monitor mode), a 'record_dir' (record mode), "
                 "or both."
             )
+        if (
+            isinstance(keep_verdicts, bool)
+            or not isinstance(keep_verdicts, int)
+            or keep_verdicts < 0
+        ):
+            raise ValueError(f"'keep_verdicts' must be an int >= 0. Got {keep_verdicts!r} instead.")
         self.detector = detector
-        self.monitor: Monitor | None = detector.monitor(group=group) if detector else None
+        self.monitor: Monitor | None = (
+            detector.monitor(group=group, nonfinite=nonfinite) if detector else None
+        )
         self.recorder: Recorder | None = Recorder(record_dir) if record_dir is not None else None
         self.on_alarm = on_alarm
+        self.on_error = on_error
+        self.strict = bool(strict)
         self.group = group
         self.last_verdict: Verdict | None = None
-        self.verdicts: list[Verdict] = []
+        self.verdicts: deque[Verdict] = deque(maxlen=keep_verdicts)
         self.n_steps = 0
+        #: monitor, recorder or hook failures since this session was created
+        self.n_errors = 0
+        self.last_error: BaseException | None = None
+        self.n_alarms = 0
+        self._first_alarm: Verdict | None = None
+        self._pending: BaseException | None = None
 
     @property
     def mode(self) -> str:
@@ -131,13 +187,70 @@ class MonitoringSession:
 
     @property
     def alarmed(self) -> bool:
-        """Whether any step of the current episode alarmed."""
-        return any(v.alarm for v in self.verdicts)
+        """Whether any step of the current episode alarmed (O(1))."""
+        return self._first_alarm is not None
 
     @property
     def first_alarm(self) -> Verdict | None:
         """The first alarming verdict of the current episode, or None."""
-        return next((v for v in self.verdicts if v.alarm), None)
+        return self._first_alarm
+
+    # ------------------------------------------------------------------ failures
+    def report_error(self, err: BaseException, where: str) -> Verdict | None:
+        """Count, log and report a failure of the monitoring side; never raises.
+
+        Returns the ``"error"`` verdict of the step (None in record-only mode). With
+        ``strict=True`` the error is kept for :meth:`raise_pending`.
+        """
+        self.n_errors += 1
+        self.last_error = err
+        if self.strict:
+            self._pending = err
+        logger.warning(
+            "failguard: %s failed (%s: %s); the policy's action is unaffected and the step "
+            "counts as an alarm.",
+            where,
+            type(err).__name__,
+            err,
+        )
+        if self.on_error is not None:
+            try:
+                self.on_error(err)
+            except Exception as hook_err:
+                logger.error("failguard: the on_error hook raised %r; ignored.", hook_err)
+        if self.monitor is None or self.detector is None:
+            return None
+        verdict = Verdict.from_error(self.monitor.t, self.detector.names, err)
+        self._deliver(verdict)
+        return verdict
+
+    def raise_pending(self) -> None:
+        """With ``strict=True``: raise a stored monitor failure (once), else do nothing."""
+        err, self._pending = self._pending, None
+        if err is not None:
+            raise err
+
+    def _deliver(self, verdict: Verdict) -> None:
+        self.last_verdict = verdict
+        self.verdicts.append(verdict)
+        if verdict.alarm:
+            self.n_alarms += 1
+            if self._first_alarm is None:
+                self._first_alarm = verdict
+            if self.on_alarm is not None:
+                try:
+                    self.on_alarm(verdict)
+                except Exception as err:
+                    self.n_errors += 1
+                    self.last_error = err
+                    if self.strict:
+                        self._pending = err
+                    logger.warning("failguard: the on_alarm hook raised %r.", err)
+                    if self.on_error is not None:
+                        try:
+                            self.on_error(err)
+                        except Exception as hook_err:
+                            logger.error("failguard: the on_error hook raised %r.", hook_err)
 
     def reset(self, group: str | None = None, metadata: Mapping[str, Any] | None = None) -> None:
         """Start a new episode: reset the monitor and start a new recorded rollout.
@@ -147,7 +260,10 @@ class MonitoringSession:
         """
         g = group if group is not None else self.group
         if self.monitor is not None:
-            self.monitor.reset(g)
+            try:
+                self.monitor.reset(g)
+            except Exception as err:  # e.g. another thread inside the monitor
+                self.report_error(err, "Monitor.reset")
         if self.recorder is not None:
             if self.recorder.recording and self.n_steps:
                 warnings.warn(
@@ -158,8 +274,10 @@ class MonitoringSession:
                 )
             self.recorder.start(group=g, metadata=metadata)
         self.last_verdict = None
-        self.verdicts = []
+        self.verdicts.clear()
         self.n_steps = 0
+        self.n_alarms = 0
+        self._first_alarm = None
 
     def process(
         self,
@@ -170,33 +288,41 @@ class MonitoringSession:
     ) -> Verdict | None:
         """Score and/or record one policy step; returns the verdict (None in record mode).
 
-        The monitor runs first: a step it rejects is neither recorded nor counted, so the
+        Never raises: a failure gives an ``"error"`` verdict (see the class docstring). The
+        monitor runs first: a step it rejects is neither recorded nor counted, so the
         recording, the step count and the verdicts stay aligned.
         """
         verdict = None
         if self.monitor is not None:
-            verdict = self.monitor.step(
-                embedding=embedding,
-                action_samples=action_samples,
-                action_logits=action_logits,
-                action_ids=action_ids,
-            )
+            try:
+                verdict = self.monitor.step(
+                    embedding=embedding,
+                    action_samples=action_samples,
+                    action_logits=action_logits,
+                    action_ids=action_ids,
+                )
+            except Exception as err:
+                return self.report_error(err, "Monitor.step")
         if self.recorder is not None:
-            if not self.recorder.recording:
-                self.recorder.start(group=self.group)
-            self.recorder.step(
-                embedding=embedding,
-                action_samples=action_samples,
-                action_logits=action_logits,
-                action_ids=action_ids,
-            )
+            try:
+                if not self.recorder.recording:
+                    self.recorder.start(group=self.group)
+                self.recorder.step(
+                    embedding=embedding,
+                    action_samples=action_samples,
+                    action_logits=action_logits,
+                    action_ids=action_ids,
+                )
+            except Exception as err:
+                if verdict is None:  # record-only: nothing else to report
+                    return self.report_error(err, "Recorder.step")
+                self.n_errors += 1  # the verdict stands; the recording lacks this step
+                self.last_error = err
+                logger.warning("failguard: Recorder.step failed (%r); step not recorded.", err)
         self.n_steps += 1
         if verdict is None:
             return None
-        self.last_verdict = verdict
-        self.verdicts.append(verdict)
-        if verdict.alarm and self.on_alarm is not None:
-            self.on_alarm(verdict)
+        self._deliver(verdict)
         return verdict
 
     def end_episode(
@@ -215,6 +341,7 @@ class MonitoringSession:
         if self.monitor is not None:
             first = self.first_alarm
             meta.setdefault("failguard_alarm_step", None if first is None else first.step)
+            meta.setdefault("failguard_errors", self.n_errors)
         return self.recorder.end(success=success, metadata=meta)
 
 
@@ -239,6 +366,10 @@ class PolicyAdapter(MonitoringSession):
         If > 0, also sample that many discrete action ids per step from ``softmax(logits)``
         (for ``DiscreteActionEntropy(source="ids")``), with a generator seeded by ``seed``.
     seed : int, default=0
+    on_error, strict, nonfinite, keep_verdicts
+        See :class:`MonitoringSession`. A failure of ``embed``, ``sample`` or ``logits`` is a
+        monitor failure too. The adapter never holds the policy's action, so with
+        ``strict=True`` :meth:`step` raises at once.
 
     Examples
     --------
@@ -272,6 +403,11 @@ class PolicyAdapter(MonitoringSession):
         group: str | None = None,
         n_action_ids: int = 0,
         seed: int = 0,
+        *,
+        on_error: ErrorHook | None = None,
+        strict: bool = False,
+        nonfinite: str = "raise",
+        keep_verdicts: int = 1000,
     ) -> None:
         if not callable(embed):
             raise TypeError("'embed' must be a callable obs -> embedding of shape (d,).")
@@ -279,7 +415,16 @@ class PolicyAdapter(MonitoringSession):
             raise ValueError(f"'n_samples' must be an int >= 1. Got {n_samples!r} instead.")
         if n_action_ids and logits is None:
             raise ValueError("'n_action_ids' > 0 samples ids from 'logits'; give 'logits' too.")
-        super().__init__(detector=detector, record_dir=record_dir, on_alarm=on_alarm, group=group)
+        super().__init__(
+            detector=detector,
+            record_dir=record_dir,
+            on_alarm=on_alarm,
+            group=group,
+            on_error=on_error,
+            strict=strict,
+            nonfinite=nonfinite,
+            keep_verdicts=keep_verdicts,
+        )
         self.embed = embed
         self.sample = sample
         self.logits = logits
@@ -317,7 +462,7 @@ class PolicyAdapter(MonitoringSession):
             if chunks.ndim == 2:  # (n, D): single-step actions are chunks of length 1
                 chunks = chunks[:, None, :]
             if chunks.ndim != 3 or chunks.shape[0] != self.n_samples:
-                raise ValueError(
+                raise RolloutError(
                     f"sample(obs, {self.n_samples}) must return shape ({self.n_samples}, H, D); "
                     f"got {chunks.shape}."
                 )
@@ -337,6 +482,23 @@ class PolicyAdapter(MonitoringSession):
         Returns
         -------
         Verdict or None
-            The monitor's verdict; None in record-only mode.
+            The monitor's verdict (``status="error"`` if monitoring failed); None in
+            record-only mode.
+
+        Raises
+        ------
+        Exception
+            Only with ``strict=True``: the monitoring failure.
         """
-        return self.process(**self.arrays(obs))
+        verdict = self.observe(obs)
+        self.raise_pending()
+        return verdict
+
+    def observe(self, obs: Any) -> Verdict | None:
+        """:meth:`step` that never raises, whatever ``strict`` says (failures are kept for
+        :meth:`raise_pending`); what wrappers that hold an action call."""
+        try:
+            arrays = self.arrays(obs)
+        except Exception as err:
+            return self.report_error(err, "PolicyAdapter.arrays")
+        return self.process(**arrays)

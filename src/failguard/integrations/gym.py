@@ -55,6 +55,12 @@ class FailguardEnv(gym.Wrapper):
         written with :meth:`PolicyAdapter.end_episode`. Without it, call
         ``env.adapter.end_episode(success=...)`` yourself.
 
+    The environment's transition is never lost: a failure of the monitor, the recorder or
+    ``success_fn`` is reported by the adapter (an ``"error"`` verdict, which alarms; see
+    :class:`~failguard.integrations.MonitoringSession`) and the transition is returned. With
+    the adapter's ``strict=True`` the failure is raised at the next :meth:`step` or
+    :meth:`reset`, before the environment moves again.
+
     Examples
     --------
     >>> import gymnasium as gym, numpy as np, tempfile
@@ -101,16 +107,30 @@ class FailguardEnv(gym.Wrapper):
 
     def _watch(self, obs: Any) -> Verdict | None:
         if self._env_steps % self.every == 0:
-            self.adapter.step(obs)
+            self.adapter.observe(obs)  # never raises; strict failures wait for the next call
         return self.adapter.last_verdict
+
+    def _end_episode(self, info: dict[str, Any], terminated: bool, truncated: bool) -> None:
+        if self.success_fn is None:
+            return
+        stopped = bool(info.get("failguard_stopped"))
+        try:
+            success = self.success_fn(info, terminated, truncated)
+            self.adapter.end_episode(success=success, metadata={"stopped_on_alarm": stopped})
+        except Exception as err:
+            self.adapter.report_error(err, "FailguardEnv: success_fn / end_episode")
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[Any, dict[str, Any]]:
         """Reset the environment and the monitor; ``info["failguard"]`` has the first verdict."""
+        self.adapter.raise_pending()  # strict: a failure of the last step, before resetting
         obs, info = self.env.reset(seed=seed, options=options)
         group = (options or {}).get("failguard_group")
-        self.adapter.reset(group=group, metadata={"seed": seed} if seed is not None else None)
+        try:
+            self.adapter.reset(group=group, metadata={"seed": seed} if seed is not None else None)
+        except Exception as err:
+            self.adapter.report_error(err, "FailguardEnv.reset")
         self._env_steps = 0
         info = dict(info)
         info["failguard"] = self._watch(obs)
@@ -122,6 +142,7 @@ class FailguardEnv(gym.Wrapper):
         ``info["failguard"]`` holds the verdict (or None), ``info["failguard_stopped"]``
         is True when this step's alarm ended the episode.
         """
+        self.adapter.raise_pending()  # strict: a failure of the last step, before stepping
         obs, reward, terminated, truncated, info = self.env.step(action)
         self._env_steps += 1
         info = dict(info)
@@ -142,7 +163,6 @@ class FailguardEnv(gym.Wrapper):
                 truncated = True
         info["failguard"] = verdict
         info["failguard_stopped"] = stopped
-        if (terminated or truncated) and self.success_fn is not None:
-            success = self.success_fn(info, bool(terminated), bool(truncated))
-            self.adapter.end_episode(success=success, metadata={"stopped_on_alarm": stopped})
+        if terminated or truncated:
+            self._end_episode(info, bool(terminated), bool(truncated))
         return obs, reward, terminated, truncated, info

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections import deque
 from collections.abc import Callable, Mapping
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -182,6 +183,11 @@ class LeRobotPolicyWrapper:
         Mondrian group and group label of recorded rollouts.
     seed : int, default=0
         Seeds the monitor's own sampling (chunk k of an episode uses ``seed + k``).
+    on_error, strict, nonfinite, keep_verdicts
+        See :class:`~failguard.integrations.MonitoringSession`. The policy's action is
+        always returned: a monitoring failure (``embed``, the hook, the sampler, the monitor,
+        ``on_alarm``) gives an ``"error"`` verdict; with ``strict=True`` it is raised at the
+        next :meth:`select_action` or :meth:`reset`, before the policy runs again.
 
     Attributes
     ----------
@@ -223,6 +229,10 @@ class LeRobotPolicyWrapper:
         on_alarm: AlarmHook | None = None,
         group: str | None = None,
         seed: int = 0,
+        on_error: Callable[[BaseException], Any] | None = None,
+        strict: bool = False,
+        nonfinite: str = "raise",
+        keep_verdicts: int = 1000,
     ) -> None:
         for method in ("reset", "select_action"):
             if not callable(getattr(policy, method, None)):
@@ -258,7 +268,14 @@ class LeRobotPolicyWrapper:
         self._diffusion = diffusion
         self.backend = "generic" if diffusion is None else "lerobot-diffusion"
         self.session = MonitoringSession(
-            detector=detector, record_dir=record_dir, on_alarm=on_alarm, group=group
+            detector=detector,
+            record_dir=record_dir,
+            on_alarm=on_alarm,
+            group=group,
+            on_error=on_error,
+            strict=strict,
+            nonfinite=nonfinite,
+            keep_verdicts=keep_verdicts,
         )
         self.embed = embed
         self.embed_module = embed_module
@@ -440,13 +457,19 @@ class LeRobotPolicyWrapper:
     # ------------------------------------------------------------------ policy interface
     def reset(self, group: str | None = None, metadata: Mapping[str, Any] | None = None) -> None:
         """Reset the policy, the monitor and start a new recorded episode."""
+        self.session.raise_pending()  # strict: a monitoring failure of the last chunk
         self.policy.reset()
         self.session.reset(group=group, metadata=metadata)
         self._t = 0
         self.n_chunks = 0
 
     def select_action(self, batch: Batch) -> Any:
-        """The policy's action, unchanged; monitors the step when a new chunk starts."""
+        """The policy's action, unchanged; monitors the step when a new chunk starts.
+
+        A monitoring failure never loses the action (see the class docstring); only the
+        policy's own exceptions propagate.
+        """
+        self.session.raise_pending()  # strict: before the policy pops another action
         new_chunk = self._starts_new_chunk()
         self._captured = []
         # the generic backend reuses the policy's own encoder pass; the diffusion one
@@ -461,10 +484,13 @@ class LeRobotPolicyWrapper:
                 with torch.no_grad(), torch.random.fork_rng(devices=self._rng_devices()):
                     torch.manual_seed(self.seed + self.n_chunks)
                     embedding, chunks = self._observe(batch)
-                self._captured = []
                 self.session.process(embedding=embedding, action_samples=chunks)
-                self.n_chunks += 1
+        except Exception as err:  # the action is the policy's: it is returned regardless
+            self.session.report_error(err, "LeRobotPolicyWrapper (embedding / sampling)")
         finally:
+            self._captured = []
+            if new_chunk:
+                self.n_chunks += 1
             self._t += 1  # the policy has taken this step, whatever the monitor said
         return action
 
@@ -490,8 +516,8 @@ class LeRobotPolicyWrapper:
         return self.session.last_verdict
 
     @property
-    def verdicts(self) -> list[Verdict]:
-        """Verdicts of this episode, one per chunk."""
+    def verdicts(self) -> deque[Verdict]:
+        """The latest verdicts of this episode (up to ``keep_verdicts``), one per chunk."""
         return self.session.verdicts
 
     @property
