@@ -11,9 +11,13 @@ so a crash never leaves a half-written rollout under a final name.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
-import tempfile
+import secrets
+import socket
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,7 @@ from .types import _FIELDS, Rollout, as_step_array
 
 __all__ = [
     "Recorder",
+    "clean_stale_temp_files",
     "iter_rollouts",
     "read_rollout",
     "read_rollouts",
@@ -39,18 +44,169 @@ __all__ = [
 SUFFIX = ".safetensors"
 
 
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+_TMP_SUFFIX = ".fgtmp"
+#: temporary files of the old naming (tempfile.mkstemp) older than this are stale
+_LEGACY_TMP_AGE_S = 3600.0
+
+
+def _host_tag() -> str:
+    """A short tag of this machine (temporary file names carry it with the writer's pid)."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX); a no-op where directories can't be
+    opened (Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_temp(directory: Path, name: str, payload: bytes) -> Path:
+    """Write ``payload`` to a new temporary file in ``directory`` and fsync it.
+
+    The file is created like ``open()`` creates files (mode 0o666 less the umask, unlike
+    ``tempfile.mkstemp``'s 0o600), and its name says who wrote it:
+    ``.<name>.<host>.<pid>.<random>.fgtmp``, so that a later writer can remove it if that
+    process died (see :func:`clean_stale_temp_files`).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = directory / (
+            f".{name}.{_host_tag()}.{os.getpid()}.{secrets.token_hex(4)}{_TMP_SUFFIX}"
+        )
+        try:
+            fd = os.open(tmp, flags, 0o666)
+            break
+        except FileExistsError:  # pragma: no cover - 32 random bits collided
+            continue
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _publish_new(tmp: Path, path: Path) -> bool:
+    """Give the temporary file ``tmp`` the name ``path`` only if no file has that name.
+
+    Atomic and never overwrites: a hard link (fails with EEXIST if the name is taken), or,
+    where links are not supported, an ``O_EXCL`` claim of the name and a rename onto it.
+    Returns False if the name is taken (``tmp`` is kept for another try).
+    """
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links here (some network or FAT file systems): claim the name
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            return False
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        return True
+    tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return True
+
+
+def _atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write ``path`` atomically (temporary file, fsync, rename, fsync of the directory),
+    replacing any file of that name; created with the umask's mode like ``open()``."""
+    tmp = _write_temp(path.parent, path.name, payload)
+    try:
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's), or we cannot tell: keep its files
+    return True
+
+
+def clean_stale_temp_files(directory: str | os.PathLike[str]) -> list[Path]:
+    """Remove temporary files that crashed failguard writers left in ``directory``.
+
+    A temporary file is removed only when its writer is provably gone: it was written on
+    this machine by a process that no longer exists, or it has the older naming (no pid)
+    and is over an hour old. Files of live writers, and of other machines sharing the
+    directory, are left alone. Returns the removed paths.
+    """
+    d = Path(directory)
+    removed: list[Path] = []
+    if not d.is_dir():
+        return removed
+    host = _host_tag()
+    now = time.time()
+    for f in d.iterdir():
+        name = f.name
+        if not name.startswith("."):
+            continue
+        stale = False
+        if name.endswith(_TMP_SUFFIX):
+            parts = name[: -len(_TMP_SUFFIX)].rsplit(".", 3)
+            if len(parts) == 4 and parts[1] == host and parts[2].isdigit():
+                stale = not _pid_alive(int(parts[2]))
+        elif name.endswith(".tmp") and (name.startswith(".rollout") or SUFFIX in name):
+            with contextlib.suppress(OSError):
+                stale = now - f.stat().st_mtime > _LEGACY_TMP_AGE_S
+        if stale:
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
+                removed.append(f)
+    return removed
+
+
+def _rollout_digest(tensors: Mapping[str, NDArray[Any]], header: Mapping[str, Any]) -> str:
+    """SHA-256 of a rollout's arrays (name, dtype, shape, bytes) and of its header."""
+    h = hashlib.sha256()
+    h.update(json.dumps(dict(header), sort_keys=True).encode())
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[name])
+        h.update(f"\0{name}\0{arr.dtype.str}\0{arr.shape}\0".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def _rollout_payload(rollout: Rollout) -> bytes:
+    from safetensors.numpy import save
+
+    header: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "success": rollout.success,
+        "group": rollout.group,
+        "metadata": dict(rollout.metadata),
+    }
+    tensors = {k: np.ascontiguousarray(v) for k, v in rollout.arrays().items()}
+    try:
+        header["sha256"] = _rollout_digest(tensors, header)
+        meta = json.dumps(header)
+    except (TypeError, ValueError) as err:
+        raise RolloutError(f"Rollout metadata must be JSON-serialisable: {err}") from err
+    return bytes(save(tensors, metadata={"failguard": meta}))
 
 
 def write_rollout(rollout: Rollout, path: str | os.PathLike[str]) -> Path:
@@ -83,20 +239,7 @@ def rollout_to_bytes(rollout: Rollout) -> bytes:
     >>> rollout_from_bytes(raw, "r0").success
     True
     """
-    from safetensors.numpy import save
-
-    header = {
-        "schema": SCHEMA_VERSION,
-        "success": rollout.success,
-        "group": rollout.group,
-        "metadata": dict(rollout.metadata),
-    }
-    try:
-        meta = json.dumps(header)
-    except TypeError as err:
-        raise RolloutError(f"Rollout metadata must be JSON-serialisable: {err}") from err
-    tensors = {k: np.ascontiguousarray(v) for k, v in rollout.arrays().items()}
-    return bytes(save(tensors, metadata={"failguard": meta}))
+    return _rollout_payload(rollout)
 
 
 def read_rollout(path: str | os.PathLike[str]) -> Rollout:
@@ -133,17 +276,25 @@ def rollout_from_bytes(raw: bytes, name: str) -> Rollout:
     try:
         arrays = load(raw)
         header_len = int.from_bytes(raw[:8], "little")
-        meta = json.loads(raw[8 : 8 + header_len]).get("__metadata__", {})
-    except (SafetensorError, ValueError, OSError, AttributeError, TypeError) as err:
+        meta = json.loads(raw[8 : 8 + header_len]).get("__metadata__") or {}
+    except (
+        SafetensorError,
+        ValueError,
+        OSError,
+        AttributeError,
+        TypeError,
+        RecursionError,
+        MemoryError,
+    ) as err:
         raise ArtifactError(f"{p}: not a readable safetensors rollout ({err}).") from err
-    if "failguard" not in meta:
+    if not isinstance(meta, dict) or "failguard" not in meta:
         raise ArtifactError(f"{p}: missing the 'failguard' header; not a failguard rollout log.")
     try:
         info = json.loads(meta["failguard"])
-        if not isinstance(info, dict):
-            raise json.JSONDecodeError("not a JSON object", str(meta["failguard"]), 0)
-    except json.JSONDecodeError as err:
+    except (TypeError, ValueError, RecursionError) as err:
         raise ArtifactError(f"{p}: corrupt 'failguard' header ({err}).") from err
+    if not isinstance(info, dict):
+        raise ArtifactError(f"{p}: corrupt 'failguard' header (not a JSON object).")
     if info.get("schema") != SCHEMA_VERSION:
         raise ArtifactError(
             f"{p}: rollout schema version {info.get('schema')!r}, but this failguard reads "
@@ -152,6 +303,21 @@ def rollout_from_bytes(raw: bytes, name: str) -> Rollout:
     unknown = set(arrays) - set(_FIELDS)
     if unknown:
         raise ArtifactError(f"{p}: unknown arrays {sorted(unknown)} in rollout file.")
+    stored = info.pop("sha256", None)
+    if stored is not None:  # files written before failguard stored checksums have none
+        try:
+            digest = _rollout_digest(arrays, info)
+        except (TypeError, ValueError) as err:
+            raise ArtifactError(f"{p}: corrupt 'failguard' header ({err}).") from err
+        if digest != stored:
+            raise ArtifactError(
+                f"{p}: checksum mismatch (SHA-256 of its arrays and header is {digest[:12]}..., "
+                f"the file says {str(stored)[:12]}...): the file is corrupt or was edited. "
+                "Restore it from a copy or remove it from the directory."
+            )
+    for key in ("metadata",):
+        if info.get(key) is not None and not isinstance(info[key], dict):
+            raise ArtifactError(f"{p}: corrupt 'failguard' header ('{key}' is not an object).")
     try:
         return Rollout(
             **arrays,
@@ -256,6 +422,14 @@ class Recorder:
     ``directory``. A crash mid-rollout loses only the unfinished rollout; finished files are
     never touched again. Numbering continues after the files already in ``directory``.
 
+    Any number of recorders (threads, processes, machines sharing a file system) may write
+    to one directory: a rollout is written to a temporary file, fsynced, and then given the
+    next free name atomically (a hard link, or an ``O_EXCL`` claim where links are not
+    supported), never overwriting a file; the directory is fsynced after. A recorder removes
+    the temporary files that crashed writers on this machine left behind
+    (:func:`clean_stale_temp_files`). Files are created with the umask's mode, like
+    ``open()``. Each file holds a SHA-256 of its arrays and header, checked on read.
+
     Parameters
     ----------
     directory : str or path-like
@@ -280,12 +454,18 @@ class Recorder:
         self._steps: dict[str, list[NDArray[Any]]] | None = None
         self._group: str | None = None
         self._metadata: dict[str, Any] = {}
+        clean_stale_temp_files(self.directory)
+        self._next_index = self._scan()
+
+    def _scan(self) -> int:
+        """1 + the largest index among the files already in the directory."""
+        n = len(self.prefix) + 1
         existing = [
-            int(f.stem[len(prefix) + 1 :])
-            for f in self.directory.glob(f"{prefix}_*{SUFFIX}")
-            if f.stem[len(prefix) + 1 :].isdigit()
+            int(f.stem[n:])
+            for f in self.directory.glob(f"{self.prefix}_*{SUFFIX}")
+            if f.stem[n:].isdigit()
         ]
-        self._next_index = max(existing, default=-1) + 1
+        return max(existing, default=-1) + 1
 
     @property
     def recording(self) -> bool:
@@ -353,8 +533,17 @@ class Recorder:
             group=self._group,
             metadata=meta,
         )
-        path = write_rollout(rollout, self.directory / f"{self.prefix}_{self._next_index:06d}")
-        self._next_index += 1
+        tmp = _write_temp(self.directory, f"{self.prefix}{SUFFIX}", _rollout_payload(rollout))
+        try:
+            index = self._next_index
+            while True:
+                path = self.directory / f"{self.prefix}_{index:06d}{SUFFIX}"
+                if _publish_new(tmp, path):
+                    break
+                index = max(index + 1, self._scan())  # another writer took it: skip ahead
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._next_index = index + 1
         self._steps = None
         return path
 
