@@ -302,8 +302,10 @@ def test_corrupt_artifacts_raise_artifact_error(tmp_path, detector):
     cfg = json.loads((path / "config.json").read_text())
     cfg["scores"][0]["type"] = "Mystery"
     (path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ArtifactError, match="Mystery"):
+    with pytest.raises(ArtifactError, match="checksum mismatch"):
         FailureDetector.load(path)
+    with pytest.raises(ArtifactError, match="Mystery"):
+        FailureDetector.load(path, verify=False)
 
 
 def test_p_values_fall_on_failures(detector, test_set):

@@ -70,7 +70,14 @@ if TYPE_CHECKING:
 
     from ..detector import FailureDetector
 
-__all__ = ["METADATA_KEY", "OPSET", "ExportError", "build_model", "export_onnx"]
+__all__ = [
+    "METADATA_KEY",
+    "OPSET",
+    "ExportError",
+    "build_model",
+    "export_onnx",
+    "serialize_with_checksum",
+]
 
 #: ONNX opset the graph is written in (``ScatterElements`` with ``reduction="add"`` needs 16+,
 #: ``Reduce*`` with axes as an input 18+).
@@ -634,5 +641,36 @@ def export_onnx(detector: FailureDetector, path: str | os.PathLike[str]) -> Path
     model = build_model(detector)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(out, model.SerializeToString())
+    _atomic_write_bytes(out, serialize_with_checksum(model))
     return out
+
+
+#: The checksum's place in the metadata JSON while the file is hashed (same length).
+_PLACEHOLDER = "0" * 64
+
+
+def _checksum_field(digest: str) -> bytes:
+    return f'"sha256": "{digest}"'.encode()
+
+
+def serialize_with_checksum(model: onnx.ModelProto) -> bytes:
+    """The model's bytes, with a SHA-256 of the whole file in its failguard metadata.
+
+    The digest is computed over the serialised file with the digest's own 64 characters set
+    to zeros, then written in their place (same length, so every other byte is unchanged).
+    :class:`failguard.runtime.OnnxMonitor` checks it with hashlib alone (no ``onnx``): it
+    covers the graph, every weight and table, and the metadata.
+    """
+    import hashlib
+
+    props = {p.key: p for p in model.metadata_props}
+    meta = json.loads(props[METADATA_KEY].value)
+    meta["sha256"] = _PLACEHOLDER
+    props[METADATA_KEY].value = json.dumps(meta)
+    raw = model.SerializeToString()
+    if raw.count(_checksum_field(_PLACEHOLDER)) != 1:  # pragma: no cover - cannot happen
+        raise ExportError("export_onnx: could not place the checksum in the metadata.")
+    digest = hashlib.sha256(raw).hexdigest()
+    meta["sha256"] = digest
+    props[METADATA_KEY].value = json.dumps(meta)
+    return raw.replace(_checksum_field(_PLACEHOLDER), _checksum_field(digest))

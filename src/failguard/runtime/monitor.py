@@ -9,6 +9,7 @@ wrong alarm).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -139,6 +140,31 @@ def _read_metadata(session: ort.InferenceSession, path: Path) -> dict[str, Any]:
     return meta
 
 
+def _verify_checksum(raw: bytes, meta: dict[str, Any], path: Path, verify: bool) -> None:
+    """Check the SHA-256 written by ``serialize_with_checksum`` (hashlib only, no onnx)."""
+    digest = meta.get("sha256")
+    if digest is None:
+        warnings.warn(
+            f"{path}: exported without a checksum (before failguard stored one), so it cannot "
+            "be verified. Export the detector again (failguard.exporters.export_onnx) to add "
+            "one.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return
+    if not verify:
+        return
+    field = f'"sha256": "{digest}"'.encode() if isinstance(digest, str) else b""
+    if not field or raw.count(field) != 1:
+        raise ArtifactError(f"{path}: the checksum in its metadata is malformed; re-export it.")
+    actual = hashlib.sha256(raw.replace(field, b'"sha256": "' + b"0" * 64 + b'"')).hexdigest()
+    if actual != digest:
+        raise ArtifactError(
+            f"{path}: checksum mismatch (SHA-256 {actual[:12]}..., the metadata says "
+            f"{digest[:12]}...): the file is corrupt or was edited. Export the detector again."
+        )
+
+
 class OnnxMonitor:
     """Watch rollouts with an exported monitor; behaves like :class:`failguard.Monitor`.
 
@@ -157,6 +183,10 @@ class OnnxMonitor:
         Used as given (``intra_op_threads`` is then ignored).
     nonfinite : {"raise", "alarm"}, default="raise"
         What a step whose score is NaN or inf does; as in :class:`failguard.Monitor`.
+    verify : bool, default=True
+        Check the SHA-256 that :func:`~failguard.exporters.export_onnx` stored in the
+        metadata against the file (graph, weights, tables and metadata). Files exported
+        before failguard stored checksums load with a warning.
 
     Notes
     -----
@@ -190,6 +220,7 @@ class OnnxMonitor:
         intra_op_threads: int | None = 1,
         session_options: ort.SessionOptions | None = None,
         nonfinite: str = "raise",
+        verify: bool = True,
     ) -> None:
         if nonfinite not in ("raise", "alarm"):
             raise ValueError(
@@ -207,14 +238,19 @@ class OnnxMonitor:
                 session_options.intra_op_num_threads = int(intra_op_threads)
                 session_options.inter_op_num_threads = 1
         try:
+            raw = self.path.read_bytes()
+        except OSError as err:
+            raise ArtifactError(f"{self.path}: cannot be read ({err}).") from err
+        try:  # from the bytes that are verified below, not the path (no swap in between)
             self.session = ort.InferenceSession(
-                str(self.path),
+                raw,
                 session_options,
                 providers=list(providers) if providers else ["CPUExecutionProvider"],
             )
         except Exception as err:  # onnxruntime raises its own exception types
             raise ArtifactError(f"{self.path}: onnxruntime cannot load it ({err}).") from err
         meta = _read_metadata(self.session, self.path)
+        _verify_checksum(raw, meta, self.path, verify)
         self.metadata: dict[str, Any] = meta
         self.names: list[str] = list(meta["names"])
         self.requires: tuple[str, ...] = tuple(meta["requires"])

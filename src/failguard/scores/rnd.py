@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import numbers
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 PAPER_TARGET = (1024, 2048, 4096)
 PAPER_PREDICTOR = (1024, 2048, 4096, 2048, 1024)
 PAPER_OUTPUT = 512
+#: Largest layer width (and input size) a saved RNDScore may declare; checked before anything
+#: is allocated (the paper's widest layer is 4096).
+MAX_WIDTH = 65536
 
 
 @contextmanager
@@ -44,6 +48,23 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def _check_widths(label: str, widths: Any) -> None:
+    ok = (
+        not isinstance(widths, (str, bytes))
+        and isinstance(widths, Sequence)
+        and len(widths) <= 16
+        and all(
+            not isinstance(h, bool) and isinstance(h, numbers.Integral) and 1 <= int(h) <= MAX_WIDTH
+            for h in widths
+        )
+    )
+    if not ok:
+        raise ValueError(
+            f"The '{label}' parameter of RNDScore must be at most 16 ints in [1, {MAX_WIDTH}]. "
+            f"Got {widths!r} instead."
+        )
 
 
 def _mlp(d_in: int, hidden: Sequence[int], d_out: int) -> nn.Sequential:
@@ -195,9 +216,12 @@ class RNDScore(BaseScore):
             )
         if not lr > 0:
             raise ValueError(f"The 'lr' parameter of RNDScore must be > 0. Got {lr!r} instead.")
+        _check_widths("target_hidden", target_hidden)
+        _check_widths("predictor_hidden", predictor_hidden)
+        _check_widths("output_dim", [output_dim])
         self.target_hidden = tuple(int(h) for h in target_hidden)
         self.predictor_hidden = tuple(int(h) for h in predictor_hidden)
-        self.output_dim = output_dim
+        self.output_dim = int(output_dim)
         self.standardize = bool(standardize)
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
@@ -381,9 +405,30 @@ class RNDScore(BaseScore):
         return {k: v.detach().cpu().numpy() for k, v in self.network_.state_dict().items()}
 
     def _restore(self, fitted: dict[str, Any], tensors: Mapping[str, NDArray[Any]]) -> None:
-        net = RNDNetwork(
-            int(fitted["d_in"]), self.target_hidden, self.predictor_hidden, self.output_dim
-        )
+        d_in = fitted["d_in"]
+        if isinstance(d_in, bool) or not isinstance(d_in, int) or not 1 <= d_in <= MAX_WIDTH:
+            raise ValueError(f"RNDScore: 'd_in' must be an int in [1, {MAX_WIDTH}]; got {d_in!r}.")
+        # Check every tensor's shape against the config before allocating the network, so an
+        # edited config cannot make the loader allocate more than the weights file holds.
+        expected: dict[str, tuple[int, ...]] = {"mean": (d_in,), "inv_std": (d_in,)}
+        for part, hidden in (("target", self.target_hidden), ("predictor", self.predictor_hidden)):
+            width = d_in
+            for i, h in enumerate([*hidden, self.output_dim]):
+                expected[f"{part}.{2 * i}.weight"] = (h, width)
+                expected[f"{part}.{2 * i}.bias"] = (h,)
+                width = h
+        got = {k: tuple(np.shape(v)) for k, v in tensors.items()}
+        if got != expected:
+            diff = sorted(set(got) ^ set(expected)) or [
+                f"{k}: {got[k]} != {expected[k]}" for k in expected if got[k] != expected[k]
+            ]
+            raise ValueError(
+                f"RNDScore: the weights do not match the configured network ({diff[:3]})."
+            )
+        for k, v in tensors.items():
+            if np.asarray(v).dtype != np.float32 or not np.all(np.isfinite(v)):
+                raise ValueError(f"RNDScore: tensor {k!r} must be finite float32.")
+        net = RNDNetwork(d_in, self.target_hidden, self.predictor_hidden, self.output_dim)
         net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()})
         net.eval()
         self.network_ = net
