@@ -18,6 +18,7 @@ from .exceptions import (
     FailguardError,
     NonFiniteScoreError,
     NotFittedError,
+    ParameterError,
     RolloutError,
 )
 from .types import Rollout, Trace, Verdict
@@ -119,6 +120,7 @@ __all__ = [
     "NonFiniteScoreError",
     "NotFittedError",
     "PCAKMeansScore",
+    "ParameterError",
     "ProgressScore",
     "RNDActionScore",
     "RNDScore",

@@ -40,6 +40,7 @@ from .exceptions import (
     CalibrationError,
     NonFiniteScoreError,
     NotFittedError,
+    ParameterError,
 )
 from .scores._base import BaseScore, score_from_config
 from .scores.entropy import ActionChunkEntropy
@@ -218,8 +219,8 @@ def _check_calibration(res: CalibrationResult, names: Sequence[str], where: str)
             raise ArtifactError(f"{where}: the calibration statistics {k!r} are not finite.")
 
 
-def _param_error(name: str, expected: str, value: Any) -> ValueError:
-    return ValueError(
+def _param_error(name: str, expected: str, value: Any) -> ParameterError:
+    return ParameterError(
         f"The '{name}' parameter of FailureDetector must be {expected}. Got {value!r} instead."
     )
 
@@ -410,7 +411,7 @@ class FailureDetector:
             raise _param_error("scores", "a non-empty sequence of scores", scores)
         names = [s.name for s in self.scores]
         if len(set(names)) != len(names):
-            raise ValueError(
+            raise ParameterError(
                 f"Scores of a FailureDetector need unique names; got {names}. Pass name=... "
                 "to tell two scores of the same kind apart."
             )
@@ -458,7 +459,7 @@ class FailureDetector:
         if isinstance(trim, bool) or not isinstance(trim, numbers.Real) or not 0 <= trim < 1:
             raise _param_error("trim", "a float in the range [0, 1)", trim)
         if mode == "reference" and guarantee == "pac":
-            raise ValueError(
+            raise ParameterError(
                 "mode='reference' reproduces the reference code, which has no PAC "
                 "calibration; use guarantee='marginal'."
             )
@@ -574,7 +575,7 @@ class FailureDetector:
         unknown = []
         for i, r in enumerate(rollouts):
             if not isinstance(r, Rollout):
-                raise TypeError(f"{phase}: item {i} is a {type(r).__name__}, not a Rollout.")
+                raise ParameterError(f"{phase}: item {i} is a {type(r).__name__}, not a Rollout.")
             if r.success is False:
                 raise CalibrationError(
                     f"{phase}: {r.describe(i)} failed (success=False). {phase} uses "
@@ -812,12 +813,12 @@ class FailureDetector:
         (True, True)
         """
         if "scores" in params:
-            raise ValueError(
+            raise ParameterError(
                 "with_params keeps the fitted scores; build a new FailureDetector to change them."
             )
         unknown = set(params) - set(self.get_params())
         if unknown:
-            raise TypeError(
+            raise ParameterError(
                 f"with_params got unknown parameter(s) {sorted(unknown)}; "
                 f"known: {sorted(self.get_params())}."
             )
@@ -979,7 +980,7 @@ class FailureDetector:
         if raw is None:
             raw = self.raw_scores_many(rollouts, progress)
         elif set(raw) != set(self.names) or any(len(v) != len(rollouts) for v in raw.values()):
-            raise ValueError(
+            raise ParameterError(
                 f"raw must hold {len(rollouts)} score arrays for each of {self.names}; "
                 "compute it with raw_scores_many(rollouts)."
             )
@@ -1021,7 +1022,7 @@ class FailureDetector:
         """
         cal = self._calibration_for(group if group is not None else rollout.group)
         if self.mode == "reference":
-            raise ValueError(
+            raise ParameterError(
                 "p_values: mode='reference' reproduces the reference thresholds, which have no "
                 "conformal statistics; use mode='corrected'."
             )

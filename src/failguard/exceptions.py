@@ -13,6 +13,7 @@ __all__ = [
     "FailguardError",
     "NonFiniteScoreError",
     "NotFittedError",
+    "ParameterError",
     "RolloutError",
 ]
 
@@ -62,3 +63,8 @@ class NonFiniteScoreError(RolloutError):
 
 class ConcurrentUseError(FailguardError, RuntimeError):
     """One monitor was used by two threads at once. Use one monitor per thread."""
+
+
+class ParameterError(FailguardError, ValueError, TypeError):
+    """A parameter has a wrong type or value (a ``ValueError`` and a ``TypeError`` too, so
+    code that caught either keeps working)."""

@@ -19,7 +19,13 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _pipeline
-from .exceptions import ConcurrentUseError, NonFiniteScoreError, NotFittedError, RolloutError
+from .exceptions import (
+    ConcurrentUseError,
+    NonFiniteScoreError,
+    NotFittedError,
+    ParameterError,
+    RolloutError,
+)
 from .types import _FIELDS, Verdict, as_step_array, fired_names
 from .windows import WindowState
 
@@ -71,7 +77,7 @@ class Monitor:
     ) -> None:
         detector._require_calibrated()
         if nonfinite not in ("raise", "alarm"):
-            raise ValueError(
+            raise ParameterError(
                 "The 'nonfinite' parameter of Monitor must be one of ('raise', 'alarm'). "
                 f"Got {nonfinite!r} instead."
             )

@@ -15,6 +15,8 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from .exceptions import ParameterError
+
 __all__ = ["WINDOW_KINDS", "WindowKind", "WindowState", "window_scores"]
 
 WindowKind = Literal["sum", "mean", "cumulative"]
@@ -23,9 +25,9 @@ WINDOW_KINDS: tuple[str, ...] = ("sum", "mean", "cumulative")
 
 def _check(size: int, kind: str) -> None:
     if kind not in WINDOW_KINDS:
-        raise ValueError(f"window kind must be one of {WINDOW_KINDS}; got {kind!r}.")
+        raise ParameterError(f"window kind must be one of {WINDOW_KINDS}; got {kind!r}.")
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"window size must be an int >= 1; got {size!r}.")
+        raise ParameterError(f"window size must be an int >= 1; got {size!r}.")
 
 
 def _reduce(
@@ -67,7 +69,7 @@ def window_scores(scores: ArrayLike, size: int, kind: WindowKind = "sum") -> NDA
     _check(size, kind)
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 1:
-        raise ValueError(f"scores must have shape (T,); got {s.shape}.")
+        raise ParameterError(f"scores must have shape (T,); got {s.shape}.")
     if kind == "cumulative":
         out = np.empty_like(s)
         total = 0.0

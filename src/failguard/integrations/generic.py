@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ..exceptions import RolloutError
+from ..exceptions import ParameterError, RolloutError
 from ..logs import Recorder
 from ..types import Verdict
 
@@ -75,7 +75,7 @@ def check_n_samples(detector: FailureDetector | None, n_samples: int, where: str
     for s in detector.scores:
         shape = (s.input_shapes_ or {}).get("action_samples")
         if shape and shape[0] != n_samples:
-            raise ValueError(
+            raise ParameterError(
                 f"{where}: n_samples={n_samples}, but the detector's {s.name!r} score was fitted "
                 f"on {shape[0]} action samples per step. Use n_samples={shape[0]}."
             )
@@ -150,7 +150,7 @@ class MonitoringSession:
         keep_verdicts: int = 1000,
     ) -> None:
         if detector is None and record_dir is None:
-            raise ValueError(
+            raise ParameterError(
                 "Give a calibrated 'detector' (monitor mode), a 'record_dir' (record mode), "
                 "or both."
             )
@@ -159,7 +159,9 @@ class MonitoringSession:
             or not isinstance(keep_verdicts, int)
             or keep_verdicts < 0
         ):
-            raise ValueError(f"'keep_verdicts' must be an int >= 0. Got {keep_verdicts!r} instead.")
+            raise ParameterError(
+                f"'keep_verdicts' must be an int >= 0. Got {keep_verdicts!r} instead."
+            )
         self.detector = detector
         self.monitor: Monitor | None = (
             detector.monitor(group=group, nonfinite=nonfinite) if detector else None
@@ -410,11 +412,11 @@ class PolicyAdapter(MonitoringSession):
         keep_verdicts: int = 1000,
     ) -> None:
         if not callable(embed):
-            raise TypeError("'embed' must be a callable obs -> embedding of shape (d,).")
+            raise ParameterError("'embed' must be a callable obs -> embedding of shape (d,).")
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-            raise ValueError(f"'n_samples' must be an int >= 1. Got {n_samples!r} instead.")
+            raise ParameterError(f"'n_samples' must be an int >= 1. Got {n_samples!r} instead.")
         if n_action_ids and logits is None:
-            raise ValueError("'n_action_ids' > 0 samples ids from 'logits'; give 'logits' too.")
+            raise ParameterError("'n_action_ids' > 0 samples ids from 'logits'; give 'logits' too.")
         super().__init__(
             detector=detector,
             record_dir=record_dir,
@@ -446,7 +448,7 @@ class PolicyAdapter(MonitoringSession):
                     "action_logits": "'logits'",
                     "action_ids": "'logits' and 'n_action_ids'",
                 }
-                raise ValueError(
+                raise ParameterError(
                     f"The detector reads {missing}; pass "
                     + " and ".join(how[m] for m in missing)
                     + " to PolicyAdapter."

@@ -21,6 +21,7 @@ except ImportError as err:  # pragma: no cover - exercised only without gymnasiu
         "`pip install failguard[gym]` (or `pip install gymnasium`)."
     ) from err
 
+from ..exceptions import ParameterError
 from ..types import Verdict
 from .generic import PolicyAdapter
 
@@ -85,14 +86,16 @@ class FailguardEnv(gym.Wrapper):
     ) -> None:
         super().__init__(env)
         if alarm_signal not in ("truncated", "terminated"):
-            raise ValueError(
+            raise ParameterError(
                 "The 'alarm_signal' parameter must be one of ('truncated', 'terminated'). "
                 f"Got {alarm_signal!r} instead."
             )
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"The 'every' parameter must be an int >= 1. Got {every!r} instead.")
+            raise ParameterError(
+                f"The 'every' parameter must be an int >= 1. Got {every!r} instead."
+            )
         if terminate_on_alarm and adapter.monitor is None:
-            raise ValueError("terminate_on_alarm=True needs an adapter with a detector.")
+            raise ParameterError("terminate_on_alarm=True needs an adapter with a detector.")
         self.adapter = adapter
         self.terminate_on_alarm = terminate_on_alarm
         self.alarm_signal = alarm_signal

@@ -24,7 +24,13 @@ import onnxruntime as ort
 from numpy.typing import ArrayLike, NDArray
 
 from .._version import SCHEMA_VERSION, __version__
-from ..exceptions import ArtifactError, ConcurrentUseError, NonFiniteScoreError, RolloutError
+from ..exceptions import (
+    ArtifactError,
+    ConcurrentUseError,
+    NonFiniteScoreError,
+    ParameterError,
+    RolloutError,
+)
 from ..types import _FIELDS, Verdict, as_step_array, fired_names
 
 __all__ = ["BatchVerdict", "OnnxMonitor"]
@@ -223,7 +229,7 @@ class OnnxMonitor:
         verify: bool = True,
     ) -> None:
         if nonfinite not in ("raise", "alarm"):
-            raise ValueError(
+            raise ParameterError(
                 "The 'nonfinite' parameter of OnnxMonitor must be one of ('raise', 'alarm'). "
                 f"Got {nonfinite!r} instead."
             )

@@ -23,6 +23,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from ..exceptions import ParameterError
 from ..types import Rollout
 from ._base import BaseScore, register_score
 
@@ -61,7 +62,7 @@ def _check_widths(label: str, widths: Any) -> None:
         )
     )
     if not ok:
-        raise ValueError(
+        raise ParameterError(
             f"The '{label}' parameter of RNDScore must be at most 16 ints in [1, {MAX_WIDTH}]. "
             f"Got {widths!r} instead."
         )
@@ -205,17 +206,17 @@ class RNDScore(BaseScore):
             ("patience", patience),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(
+                raise ParameterError(
                     f"The '{label}' parameter of RNDScore must be an int >= 1. "
                     f"Got {value!r} instead."
                 )
         if not 0 <= val_fraction < 1:
-            raise ValueError(
+            raise ParameterError(
                 "The 'val_fraction' parameter of RNDScore must be a float in the range [0, 1). "
                 f"Got {val_fraction!r} instead."
             )
         if not lr > 0:
-            raise ValueError(f"The 'lr' parameter of RNDScore must be > 0. Got {lr!r} instead.")
+            raise ParameterError(f"The 'lr' parameter of RNDScore must be > 0. Got {lr!r} instead.")
         _check_widths("target_hidden", target_hidden)
         _check_widths("predictor_hidden", predictor_hidden)
         _check_widths("output_dim", [output_dim])
@@ -407,7 +408,9 @@ class RNDScore(BaseScore):
     def _restore(self, fitted: dict[str, Any], tensors: Mapping[str, NDArray[Any]]) -> None:
         d_in = fitted["d_in"]
         if isinstance(d_in, bool) or not isinstance(d_in, int) or not 1 <= d_in <= MAX_WIDTH:
-            raise ValueError(f"RNDScore: 'd_in' must be an int in [1, {MAX_WIDTH}]; got {d_in!r}.")
+            raise ParameterError(
+                f"RNDScore: 'd_in' must be an int in [1, {MAX_WIDTH}]; got {d_in!r}."
+            )
         # Check every tensor's shape against the config before allocating the network, so an
         # edited config cannot make the loader allocate more than the weights file holds.
         expected: dict[str, tuple[int, ...]] = {"mean": (d_in,), "inv_std": (d_in,)}
@@ -422,12 +425,12 @@ class RNDScore(BaseScore):
             diff = sorted(set(got) ^ set(expected)) or [
                 f"{k}: {got[k]} != {expected[k]}" for k in expected if got[k] != expected[k]
             ]
-            raise ValueError(
+            raise ParameterError(
                 f"RNDScore: the weights do not match the configured network ({diff[:3]})."
             )
         for k, v in tensors.items():
             if np.asarray(v).dtype != np.float32 or not np.all(np.isfinite(v)):
-                raise ValueError(f"RNDScore: tensor {k!r} must be finite float32.")
+                raise ParameterError(f"RNDScore: tensor {k!r} must be finite float32.")
         net = RNDNetwork(d_in, self.target_hidden, self.predictor_hidden, self.output_dim)
         net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()})
         net.eval()
