@@ -147,3 +147,21 @@ def test_rollout_without_checksum_still_reads(tmp_path):
     )
     (tmp_path / "old.safetensors").write_bytes(payload)
     assert len(read_rollout(tmp_path / "old.safetensors")) == 3
+
+
+def test_file_systems_without_hard_links_claim_names_exclusively(tmp_path, monkeypatch):
+    """Where os.link is unsupported, names are claimed with O_EXCL: still no overwrite."""
+    import errno
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    a, b = Recorder(tmp_path), Recorder(tmp_path)
+    paths = [_record(a, 0, 0), _record(b, 1, 0), _record(a, 0, 1)]
+    assert len(set(paths)) == 3
+    assert {(r.metadata["writer"], r.metadata["k"]) for r in read_rollouts(tmp_path)} == {
+        (0, 0),
+        (1, 0),
+        (0, 1),
+    }

@@ -12,6 +12,7 @@ so a crash never leaves a half-written rollout under a final name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -45,6 +46,12 @@ SUFFIX = ".safetensors"
 
 
 _TMP_SUFFIX = ".fgtmp"
+#: errors of os.link that mean "this file system has no hard links"
+_NO_LINKS = {
+    getattr(errno, name)
+    for name in ("EPERM", "EOPNOTSUPP", "ENOTSUP", "EXDEV", "ENOSYS", "EMLINK", "EACCES")
+    if hasattr(errno, name)
+}
 #: temporary files of the old naming (tempfile.mkstemp) older than this are stale
 _LEGACY_TMP_AGE_S = 3600.0
 
@@ -110,7 +117,9 @@ def _publish_new(tmp: Path, path: Path) -> bool:
         os.link(tmp, path)
     except FileExistsError:
         return False
-    except OSError:  # no hard links here (some network or FAT file systems): claim the name
+    except OSError as err:  # no hard links here (some network or FAT file systems): claim it
+        if err.errno not in _NO_LINKS:
+            raise
         try:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:
