@@ -74,13 +74,17 @@ _CONFIG_KEYS = {
     "longest_calibration",
     "fit_sources",
     "calibration_fingerprints",
+    "calibration_groups",
 }
+# Keys that configs saved by earlier versions of this schema may lack. A key added to
+# FailureDetector.save must be added to _CONFIG_KEYS (and here), or load refuses the file.
 _OPTIONAL_KEYS = {
     "failguard_version",
     "sha256",
     "longest_calibration",
     "fit_sources",
     "calibration_fingerprints",
+    "calibration_groups",
 }
 _REQUIRED_KEYS = _CONFIG_KEYS - _OPTIONAL_KEYS
 _PARAM_KEYS = {
@@ -150,7 +154,7 @@ def _check_config(config: Any, where: Path) -> None:
     for key in ("n_fit", "n_calibration"):
         if not is_int(config[key]):
             raise bad(f"'{key}' must be an int >= 0.")
-    for key in ("fit_fingerprints", "calibration_fingerprints"):
+    for key in ("fit_fingerprints", "calibration_fingerprints", "calibration_groups"):
         prints = config.get(key, [])
         if not isinstance(prints, list) or not all(isinstance(p, str) for p in prints):
             raise bad(f"'{key}' must be a list of strings.")
@@ -1121,6 +1125,7 @@ class FailureDetector:
                 "statistics": sorted(res.statistics),
             }
 
+        # every key here must be known to load's strict schema (_CONFIG_KEYS)
         config = {
             "schema": SCHEMA_VERSION,
             "failguard_version": __version__,
