@@ -138,6 +138,8 @@ def _check_config(config: Any, where: Path) -> None:
             raise bad(f"score {i} must hold exactly 'type', 'params' and 'fitted'.")
         if not isinstance(sc["type"], str) or not isinstance(sc["params"], dict):
             raise bad(f"score {i}: 'type' must be a string and 'params' an object.")
+        if not isinstance(sc["params"].get("name"), str):
+            raise bad(f"score {i}: 'params.name' must be a string.")
         fitted = sc["fitted"]
         shapes = fitted.get("input_shapes") if isinstance(fitted, dict) else None
         if not isinstance(shapes, dict) or not all(
@@ -1210,7 +1212,12 @@ class FailureDetector:
                 f"{config.get('failguard_version')}), this failguard {__version__} reads "
                 f"version {SCHEMA_VERSION}. Re-fit and save with this version."
             )
-        _check_config(config, cfg_path)
+        try:
+            _check_config(config, cfg_path)
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as err:
+            if isinstance(err, ArtifactError):
+                raise
+            raise ArtifactError(f"{cfg_path}: malformed config ({err!r}).") from err
         try:
             weights = w_path.read_bytes()
         except OSError as err:
