@@ -43,6 +43,8 @@ def test_agent_benchmark_tiny(tmp_path: Path) -> None:
         "ood-engine",
         "ood-noise",
         "ood-init",
+        "ood-fade",
+        "ood-updraft",
     }
     assert (out / "results.md").read_text().count("| FIPER (RND AND entropy) |") >= 2
     # a recorded rollout has what the discrete monitor reads: embedding, logits, B ids

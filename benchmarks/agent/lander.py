@@ -14,7 +14,17 @@ group            what changes (drawn per rollout from the range below)
 ``ood-init``     an extra push at reset (force 1500-3000, direction sideways or
                  upwards), so the lander starts outside the training range of initial
                  velocities (gymnasium's own initial force is at most 1000 per axis)
+``ood-fade``     the main engine fails slowly: from a step in [30, 150] its power
+                 falls linearly, over 100-400 steps, to 15-70 % of nominal
+``ood-updraft``  a cushion of rising air over the ground: below a height of 1.5-4
+                 world units above the pad an upward force grows linearly towards
+                 the ground, up to 0.6-1.8 times the lander's weight; above 1 the
+                 lander cannot sink below a hover height with its engines off
 ===============  ==================================================================
+
+``ood-fade`` and ``ood-updraft`` are the "stuck but confident" groups of issue 9: the
+observations stay ordinary, the policy keeps doing what it learned, and the world does not
+respond as it expects (it cannot brake, or it cannot come down).
 
 The ranges were set so that each OOD group mixes failures with benign OOD successes (a good
 detector should stay quiet on the latter).
@@ -51,6 +61,8 @@ GROUPS: tuple[str, ...] = (
     "ood-engine",
     "ood-noise",
     "ood-init",
+    "ood-fade",
+    "ood-updraft",
 )
 HELIPAD_HALF_WIDTH = 0.2
 MAX_STEPS = 1000
@@ -76,6 +88,17 @@ class Shift:
         Magnitude of an extra force applied to the lander at reset.
     init_angle : float
         Direction of that force in radians (0 = +x).
+    fade_start, fade_steps : int
+        ``ood-fade``: the step at which the main engine starts to lose power and how many
+        steps it takes to reach ``fade_final`` (0 steps: no fade).
+    fade_final : float
+        ``ood-fade``: the main engine's final power multiplier.
+    updraft_height : float
+        ``ood-updraft``: height (world units) above the pad below which the updraft acts
+        (0: no updraft).
+    updraft_strength : float
+        ``ood-updraft``: the updraft's force at the ground, in multiples of the lander's
+        weight.
     """
 
     group: str = "id"
@@ -86,6 +109,18 @@ class Shift:
     obs_noise: float = 0.0
     init_push: float = 0.0
     init_angle: float = 0.0
+    fade_start: int = 0
+    fade_steps: int = 0
+    fade_final: float = 1.0
+    updraft_height: float = 0.0
+    updraft_strength: float = 0.0
+
+    def main_engine_scale(self, step: int) -> float:
+        """Power multiplier of the main engine at ``step`` (``ood-fade``; else 1)."""
+        if self.fade_steps <= 0 or step <= self.fade_start:
+            return 1.0
+        frac = min(1.0, (step - self.fade_start) / self.fade_steps)
+        return 1.0 + frac * (self.fade_final - 1.0)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable parameters (stored in the rollout metadata)."""
@@ -130,16 +165,30 @@ def sample_shift(group: str, rng: np.random.Generator) -> Shift:
         # a push mostly sideways or upwards, never straight into the ground
         angle = float(rng.uniform(-0.25 * math.pi, 1.25 * math.pi))
         return Shift(group, init_push=float(rng.uniform(1500.0, 3000.0)), init_angle=angle)
+    if group == "ood-fade":
+        return Shift(
+            group,
+            fade_start=int(rng.integers(30, 150)),
+            fade_steps=int(rng.integers(100, 400)),
+            fade_final=float(rng.uniform(0.15, 0.7)),
+        )
+    if group == "ood-updraft":
+        return Shift(
+            group,
+            updraft_height=float(rng.uniform(1.5, 4.0)),
+            updraft_strength=float(rng.uniform(0.6, 1.8)),
+        )
     raise ValueError(f"Unknown group {group!r}; expected one of {GROUPS}.")
 
 
 @contextlib.contextmanager
-def _engine_power(scale: float) -> Iterator[None]:
-    """Scale gymnasium's module-level engine constants for the duration of one step."""
+def _engine_power(scale: float, main_scale: float = 1.0) -> Iterator[None]:
+    """Scale gymnasium's module-level engine constants for the duration of one step
+    (``main_scale`` multiplies the main engine on top of ``scale``)."""
     from gymnasium.envs.box2d import lunar_lander as ll
 
     main, side = ll.MAIN_ENGINE_POWER, ll.SIDE_ENGINE_POWER
-    ll.MAIN_ENGINE_POWER, ll.SIDE_ENGINE_POWER = main * scale, side * scale
+    ll.MAIN_ENGINE_POWER, ll.SIDE_ENGINE_POWER = main * scale * main_scale, side * scale
     try:
         yield
     finally:
@@ -215,8 +264,11 @@ class ShiftedLander:
         done : bool
             Whether the rollout is over; then :attr:`success` and :attr:`outcome` are final.
         """
-        if self.shift.engine_scale != 1.0:
-            with _engine_power(self.shift.engine_scale):
+        main_scale = self.shift.main_engine_scale(self.steps)
+        if self.shift.updraft_strength > 0.0:
+            self._apply_updraft()
+        if self.shift.engine_scale != 1.0 or main_scale != 1.0:
+            with _engine_power(self.shift.engine_scale, main_scale):
                 obs, reward, terminated, truncated, _ = self._env.step(int(action))
         else:
             obs, reward, terminated, truncated, _ = self._env.step(int(action))
@@ -224,6 +276,21 @@ class ShiftedLander:
         if terminated or truncated:
             self.outcome = self._classify(np.asarray(obs), bool(terminated))
         return self._observe(obs), float(reward), bool(terminated or truncated)
+
+    def _apply_updraft(self) -> None:
+        """Push the lander up in the cushion of air over the ground (``ood-updraft``).
+
+        Box2D clears forces after every world step, so the force is applied before each.
+        """
+        u = self._env.unwrapped
+        lander = u.lander  # type: ignore[attr-defined]
+        height = float(lander.position[1]) - float(u.helipad_y)  # type: ignore[attr-defined]
+        depth = 1.0 - height / self.shift.updraft_height
+        if depth <= 0.0:
+            return
+        weight = float(lander.mass) * abs(self.shift.gravity)
+        force = self.shift.updraft_strength * min(1.0, depth) * weight
+        lander.ApplyForceToCenter((0.0, force), True)
 
     def _classify(self, obs: np.ndarray, terminated: bool) -> str:
         u = self._env.unwrapped

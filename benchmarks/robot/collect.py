@@ -119,7 +119,7 @@ def record_rollouts(
         Summary: number of rollouts and successes.
     """
     torch.set_num_threads(1)
-    env = make_env(task)
+    env = make_env(task, obstacle=condition == "ood-obstacle")
     recorder = Recorder(directory)
     horizon = policy.config.exec_horizon
     successes = 0

@@ -125,11 +125,18 @@ def stage_demos_and_policies(cfg: Config, out: Path, log: dict[str, Any]) -> Non
             log.setdefault("training", {})[key] = {"seconds": time.time() - t0}
 
 
-def stage_rollouts(cfg: Config, out: Path, log: dict[str, Any]) -> None:
-    """Record rollouts for every task and condition, at B=32 and (a subset) at B=256."""
+def stage_rollouts(
+    cfg: Config, out: Path, log: dict[str, Any], conditions: tuple[str, ...] | None = None
+) -> None:
+    """Record rollouts for every task and condition, at B=32 and (a subset) at B=256.
+
+    ``conditions`` restricts the stage to some conditions (default: all).
+    """
     from collect import record_rollouts
     from policy import load_policy
     from tasks import CONDITIONS, TASKS
+
+    conditions = CONDITIONS if conditions is None else conditions
 
     plans = [
         ("b32", 32, cfg.tasks, cfg.n_id, cfg.n_ood),
@@ -138,7 +145,7 @@ def stage_rollouts(cfg: Config, out: Path, log: dict[str, Any]) -> None:
     for label, n_samples, tasks, n_id, n_ood in plans:
         for key in tasks:
             policy = load_policy(out / "policies" / f"{key}.safetensors")
-            for cond in CONDITIONS:
+            for cond in conditions:
                 directory = out / "rollouts" / label / key / cond
                 n = n_id if cond == "id" else n_ood
                 if cond == "id":

@@ -39,7 +39,19 @@ OBS_INDEX = np.r_[0:18, 36:39]
 #: Position entries of the policy observation (hand, object 1, goal) that sensor noise hits.
 NOISY_INDEX = np.r_[0:3, 4:7, 18:21]
 #: Condition names; ``"id"`` is the training distribution.
-CONDITIONS = ("id", "ood-pos", "ood-friction", "ood-push", "ood-noise")
+CONDITIONS = (
+    "id",
+    "ood-pos",
+    "ood-friction",
+    "ood-push",
+    "ood-noise",
+    "ood-obstacle",
+    "ood-stuck",
+    "ood-slow",
+)
+#: The "stuck but confident" conditions (issue 9): the policy keeps acting as in training,
+#: but the world does not move as it expects.
+STUCK_CONDITIONS = ("ood-obstacle", "ood-stuck", "ood-slow")
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,17 @@ class EpisodeSpec:
         Displacement (m) applied at ``push_step`` to the object (free objects) or the hand.
     obs_noise : float
         Standard deviation (m) of Gaussian noise on the position entries the policy sees.
+    obstacle : ndarray or None
+        ``ood-obstacle``, free objects: centre (3) and half-sizes (3) of an unseen static box
+        on the table between the object and the goal.
+    door_stop : float or None
+        ``ood-obstacle``, door: the hinge stops at this opening angle (rad), as if a door
+        stop stood in its swing path.
+    stick_friction : float
+        ``ood-stuck``: dry friction (MuJoCo ``frictionloss``, N or N·m) on the object's free
+        joint or the door hinge, so the object sticks to the table / the hinge is seized.
+    action_scale : float
+        ``ood-slow``: multiplier on the arm's per-step displacement (a slowed actuator).
     expert_side : int
         Via-point side of the scripted expert (+1 / -1); used for demonstrations only.
     info : dict
@@ -105,6 +128,10 @@ class EpisodeSpec:
     push_step: int | None = None
     push_offset: NDArray[np.float64] = field(default_factory=lambda: np.zeros(3))
     obs_noise: float = 0.0
+    obstacle: NDArray[np.float64] | None = None
+    door_stop: float | None = None
+    stick_friction: float = 0.0
+    action_scale: float = 1.0
     expert_side: int = 1
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -175,22 +202,80 @@ def sample_episode(task: TaskSpec, env: Any, condition: str, seed: int) -> Episo
     elif condition == "ood-noise":
         spec.obs_noise = float(rng.uniform(0.002, 0.012))
         info["obs_noise"] = spec.obs_noise
+    elif condition == "ood-obstacle":
+        if task.dynamics == "object":
+            # a wall across the object's way to the goal, at 35-65 % of the way; its height
+            # decides whether the object can pass (pick-place lifts it, push cannot)
+            obj, goal = rand_vec[:3], rand_vec[3:6]
+            frac = rng.uniform(0.35, 0.65)
+            centre_xy = obj[:2] + frac * (goal[:2] - obj[:2])
+            height = rng.uniform(0.02, 0.12)
+            direction = (goal[:2] - obj[:2]) / max(1e-9, float(np.linalg.norm(goal[:2] - obj[:2])))
+            # a post of random width, off the straight line by a random amount: it may
+            # block the way fully, partly, or not at all
+            half = np.array([0.015, rng.uniform(0.015, 0.06), height / 2])
+            lateral = rng.uniform(-0.08, 0.08)
+            centre_xy = centre_xy + lateral * np.array([-direction[1], direction[0]])
+            angle = float(np.arctan2(direction[1], direction[0]))
+            spec.obstacle = np.array([*centre_xy, height / 2, *half, angle])
+            info.update(
+                obstacle_height=float(height),
+                obstacle_fraction=float(frac),
+                obstacle_lateral=float(lateral),
+                obstacle_half_width=float(half[1]),
+            )
+        else:
+            spec.door_stop = float(rng.uniform(0.8, 2.0))
+            info["door_stop_rad"] = spec.door_stop
+    elif condition == "ood-stuck":
+        # dry friction on the object / hinge: from "heavy" to "glued"
+        low, high = (100.0, 5000.0) if task.dynamics == "object" else (300.0, 30000.0)
+        spec.stick_friction = float(np.exp(rng.uniform(np.log(low), np.log(high))))
+        info["stick_friction"] = spec.stick_friction
+    elif condition == "ood-slow":
+        spec.action_scale = float(rng.uniform(0.3, 0.9))
+        info["action_scale"] = spec.action_scale
     spec.info = info
     return spec
 
 
-def make_env(task: TaskSpec, seed: int = 0) -> Any:
-    """Create the goal-observable MetaWorld environment of ``task``."""
+def make_env(task: TaskSpec, seed: int = 0, obstacle: bool = False) -> Any:
+    """Create the goal-observable MetaWorld environment of ``task``.
+
+    With ``obstacle=True`` the MuJoCo model is rebuilt from the task's XML with one extra
+    static box body (``fg_obstacle``), parked under the floor until an episode places it.
+    The policy never sees it: its observation has no entry for it.
+    """
     from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
 
     env = ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[f"{task.name}-goal-observable"](seed=seed)
     env.max_path_length = max(env.max_path_length, task.max_steps + 1)
+    if obstacle and task.dynamics == "object":
+        import mujoco
+
+        mjspec = mujoco.MjSpec.from_file(env.fullpath)
+        body = mjspec.worldbody.add_body(name="fg_obstacle", pos=[0.0, 0.0, -2.0])
+        body.add_geom(
+            name="fg_obstacle_geom",
+            type=mujoco.mjtGeom.mjGEOM_BOX,
+            size=[0.2, 0.2, 0.2],  # largest size; episodes shrink it (keeps rbound valid)
+            rgba=[0.4, 0.4, 0.4, 1.0],
+        )
+        model = mjspec.compile()
+        # MetaWorld rewrites the mocap weld after loading its XML: keep its version
+        model.eq_data[:] = env.model.eq_data
+        env.model = model
+        env.data = mujoco.MjData(model)
     model = env.model
     env._failguard_nominal = {  # nominal dynamics, restored before every episode
         "body_mass": model.body_mass.copy(),
         "geom_friction": model.geom_friction.copy(),
         "dof_damping": model.dof_damping.copy(),
         "body_inertia": model.body_inertia.copy(),
+        "dof_frictionloss": model.dof_frictionloss.copy(),
+        "jnt_range": model.jnt_range.copy(),
+        "jnt_limited": model.jnt_limited.copy(),
+        "action_scale": float(env.action_scale),
     }
     return env
 
@@ -207,6 +292,23 @@ def reset_episode(env: Any, task: TaskSpec, spec: EpisodeSpec) -> NDArray[np.flo
     model.body_inertia[:] = nominal["body_inertia"]
     model.geom_friction[:] = nominal["geom_friction"]
     model.dof_damping[:] = nominal["dof_damping"]
+    model.dof_frictionloss[:] = nominal["dof_frictionloss"]
+    model.jnt_range[:] = nominal["jnt_range"]
+    model.jnt_limited[:] = nominal["jnt_limited"]
+    env.action_scale = nominal["action_scale"] * spec.action_scale
+    _place_obstacle(env, spec)
+    if spec.door_stop is not None:
+        joint = model.joint("doorjoint").id
+        low, high = model.jnt_range[joint]
+        # the door opens towards negative angles in door-open-v3
+        model.jnt_limited[joint] = 1
+        model.jnt_range[joint] = [max(low, -spec.door_stop), high if high > 0 else 0.0]
+    if spec.stick_friction > 0:
+        name = "objjoint" if task.dynamics == "object" else "doorjoint"
+        joint = model.joint(name).id
+        adr = int(model.jnt_dofadr[joint])
+        n = 6 if task.dynamics == "object" else 1
+        model.dof_frictionloss[adr : adr + n] = spec.stick_friction
     if task.dynamics == "object":
         body = _object_body(env)
         model.body_mass[body] *= spec.mass_scale
@@ -221,6 +323,28 @@ def reset_episode(env: Any, task: TaskSpec, spec: EpisodeSpec) -> NDArray[np.flo
     env._freeze_rand_vec = True
     obs, _ = env.reset()
     return np.asarray(obs, dtype=np.float64)
+
+
+def _place_obstacle(env: Any, spec: EpisodeSpec) -> None:
+    """Move the obstacle box of an ``obstacle=True`` env into place (or under the floor)."""
+    try:
+        body = env.model.body("fg_obstacle").id
+    except KeyError as err:
+        if spec.obstacle is not None:
+            raise ValueError(
+                "this episode has an obstacle: create the env with make_env(..., obstacle=True)"
+            ) from err
+        return
+    geom = env.model.geom("fg_obstacle_geom").id
+    if spec.obstacle is None:
+        env.model.body_pos[body] = [0.0, 0.0, -2.0]
+        return
+    centre, half, angle = spec.obstacle[:3], spec.obstacle[3:6], float(spec.obstacle[6])
+    env.model.body_pos[body] = centre
+    env.model.body_quat[body] = [np.cos(angle / 2), 0.0, 0.0, np.sin(angle / 2)]
+    env.model.geom_size[geom] = half
+    env.model.geom_rbound[geom] = float(np.linalg.norm(half))
+    env.model.geom_aabb[geom] = [0.0, 0.0, 0.0, *half]
 
 
 def apply_perturbation(env: Any, task: TaskSpec, spec: EpisodeSpec) -> None:
