@@ -28,13 +28,24 @@ from numpy.typing import NDArray
 
 from failguard import (
     CalibrationError,
+    Deviation,
     DiscreteActionEntropy,
     FailureDetector,
+    Movement,
+    ProgressScore,
     RNDScore,
     Rollout,
+    SlowingDown,
     evaluate,
 )
 from failguard.scores import BaseScore, CachedScore, logits_entropy
+
+try:  # k-of-n votes and validated selection (failguard, issue 9)
+    from failguard import select as fg_select
+    from failguard import vote
+except ImportError:  # pragma: no cover - older failguard
+    fg_select = None
+    vote = None
 
 __all__ = [
     "DETECTORS",
@@ -44,16 +55,48 @@ __all__ = [
     "split_rollouts",
 ]
 
-#: detector name -> score names it fuses (AND when more than one)
-DETECTORS: dict[str, tuple[str, ...]] = {
-    "FIPER (RND AND entropy)": ("rnd", "entropy"),
-    "RND alone": ("rnd",),
-    "entropy alone": ("entropy",),
-    "empirical entropy (B=32 samples) alone": ("entropy_samples",),
-    "RND AND empirical entropy": ("rnd", "entropy_samples"),
+
+@dataclass(frozen=True)
+class Spec:
+    """Scores a detector fuses and how.
+
+    ``base`` names another detector whose validated windows the shared scores keep (FIPER
+    plus a new leg searches only the new leg's window, the threshold style and the vote);
+    ``ks`` lists the k of a k-of-n vote to choose from on validation (empty: AND).
+    """
+
+    scores: tuple[str, ...]
+    base: str | None = None
+    ks: tuple[int, ...] = ()
+
+
+#: the new indicators of issue 9 (progress, stagnation, early warning, two-sided entropy)
+NEW_SCORES: dict[str, str] = {
+    "progress": "progress (completion time)",
+    "shortfall": "progress shortfall",
+    "stagnation": "stagnation (low movement)",
+    "ews": "early warning (autocorrelation)",
+    "entropy_low": "entropy collapse (two-sided, low side)",
+}
+
+FIPER = "FIPER (RND AND entropy)"
+SELECT = "fg.select's choice"
+
+#: detector name -> what it fuses (AND when more than one, unless ``ks``)
+DETECTORS: dict[str, Spec] = {
+    FIPER: Spec(("rnd", "entropy")),
+    "RND alone": Spec(("rnd",)),
+    "entropy alone": Spec(("entropy",)),
+    "empirical entropy (B=32 samples) alone": Spec(("entropy_samples",)),
+    "RND AND empirical entropy": Spec(("rnd", "entropy_samples")),
     # post hoc (added after seeing that the policy is *more* certain when it fails)
-    "certainty alone (post hoc)": ("certainty",),
-    "RND AND certainty (post hoc)": ("rnd", "certainty"),
+    "certainty alone (post hoc)": Spec(("certainty",)),
+    "RND AND certainty (post hoc)": Spec(("rnd", "certainty")),
+    **{f"{v} alone": Spec((k,)) for k, v in NEW_SCORES.items()},
+    **{
+        f"FIPER + {v} (k-of-3)": Spec(("rnd", "entropy", k), base=FIPER, ks=(1, 2, 3))
+        for k, v in NEW_SCORES.items()
+    },
 }
 
 METRICS = (
@@ -182,6 +225,27 @@ def _summarise(report: Any) -> dict[str, Any]:
         "n_success": o["n_success"],
         "n_failure": o["n_failure"],
         "per_group": groups,
+        "no_clock": _no_clock(d),
+    }
+
+
+def _no_clock(d: Mapping[str, Any]) -> dict[str, Any]:
+    """The same metrics with every alarm after the longest calibration success removed."""
+    o, groups = d.get("no_clock") or {}, d.get("no_clock_per_group") or {}
+    if not o:
+        return {}
+    benign = [m for k, m in groups.items() if k.startswith("success/ood")]
+    n_benign = sum(m["n"] for m in benign)
+    return {
+        "far_id": groups.get("success/id", {}).get("alarm_rate"),
+        "far_benign_ood": (
+            sum(m["alarm_rate"] * m["n"] for m in benign) / n_benign if n_benign else None
+        ),
+        **{k: o.get(k) for k in ("tpr", "tnr", "balanced_accuracy", "twa", "detection_time")},
+        "roc_auc": o.get("roc_auc"),
+        "lead_time_steps": o.get("lead_time_steps"),
+        "per_group": groups,
+        "horizon": d.get("horizon"),
     }
 
 
@@ -192,6 +256,15 @@ def _key(m: Mapping[str, Any]) -> tuple[float, float]:
     return (num(m["twa"]), num(m["balanced_accuracy"]))
 
 
+def _combine(n: int, k: int | None) -> Any:
+    """``combine`` of a detector with ``n`` legs: AND, or a k-of-n vote."""
+    if k is None or k == n:
+        return "and"
+    if k == 1:
+        return "or"
+    return vote(k)
+
+
 def _detector(
     cached: Mapping[str, BaseScore],
     names: Sequence[str],
@@ -199,15 +272,41 @@ def _detector(
     style: str,
     alpha: float,
     seed: int,
+    k: int | None = None,
 ) -> FailureDetector:
     return FailureDetector(
         scores=[cached[n] for n in names],
         windows={n: int(w) for n, w in zip(names, wins, strict=True)},
-        combine="and",
+        combine=_combine(len(names), k),
         threshold=style,
         alpha=alpha,
         random_state=seed,
     )
+
+
+def make_scores(
+    seed: int, rnd_kwargs: Mapping[str, Any] | None = None, progress_epochs: int = 20
+) -> dict[str, BaseScore]:
+    """Every indicator of the benchmark, unfitted.
+
+    ``progress_epochs``: epochs of the progress networks (the fit set has ~50 k steps, so 20
+    epochs are ~4 k gradient steps, as many as the robot benchmark's 150 epochs on ~1 k).
+    """
+    return {
+        "rnd": RNDScore(seed=seed, **dict(rnd_kwargs or {})),
+        "entropy": DiscreteActionEntropy(source="logits"),
+        "entropy_samples": DiscreteActionEntropy(source="samples"),
+        "certainty": ActionCertainty(),
+        "progress": ProgressScore(seed=seed, epochs=progress_epochs, name="progress"),
+        "shortfall": ProgressScore(
+            mode="shortfall", seed=seed, epochs=progress_epochs, name="shortfall"
+        ),
+        "stagnation": Deviation(Movement(), side="low", name="stagnation"),
+        "ews": Deviation(SlowingDown(), side="both", name="ews"),
+        "entropy_low": Deviation(
+            DiscreteActionEntropy(source="logits"), side="low", name="entropy_low"
+        ),
+    }
 
 
 def evaluate_seed(
@@ -220,6 +319,8 @@ def evaluate_seed(
     threshold_styles: Sequence[str] = ("constant", "per_step", "band"),
     rnd_kwargs: Mapping[str, Any] | None = None,
     progress: bool = True,
+    detectors: Sequence[str] | None = None,
+    progress_epochs: int = 20,
 ) -> dict[str, Any]:
     """Run the whole protocol for one seed.
 
@@ -241,37 +342,53 @@ def evaluate_seed(
         Extra arguments of :class:`failguard.RNDScore`.
     progress : bool
         Show progress bars.
+    detectors : sequence of str, optional
+        Which detectors (default: all of :data:`DETECTORS` and ``fg.select``'s choice).
+    progress_epochs : int
+        Epochs of the progress networks.
 
     Returns
     -------
     dict
-        Split sizes, and per α and detector: chosen windows, validation metrics, test metrics.
+        Split sizes, and per α and detector: chosen windows, validation metrics, test metrics
+        (also without the clock).
     """
     from tqdm import tqdm
 
     split = split_rollouts(rollouts, n_fit, n_cal, seed)
     t_max = max(len(r) for r in rollouts)
-    base: dict[str, BaseScore] = {
-        "rnd": RNDScore(seed=seed, **dict(rnd_kwargs or {})),
-        "entropy": DiscreteActionEntropy(source="logits"),
-        "entropy_samples": DiscreteActionEntropy(source="samples"),
-        "certainty": ActionCertainty(),
-    }
+    base = make_scores(seed, rnd_kwargs, progress_epochs)
     for s in base.values():
         s.fit(split.fit, progress=progress)
     cached = {k: CachedScore(v) for k, v in base.items()}
     result: dict[str, Any] = {"seed": seed, "split": split.sizes(), "t_max": t_max, "alpha": {}}
-    jobs = [(a, name) for a in alphas for name in DETECTORS]
+    names_all = list(detectors) if detectors is not None else [*DETECTORS, SELECT]
+    if fg_select is None:
+        names_all = [n for n in names_all if n != SELECT]
+    jobs = [(a, name) for a in alphas for name in names_all]
     for alpha, name in tqdm(jobs, desc=f"seed {seed}: validation search", disable=not progress):
-        names = DETECTORS[name]
+        if name == SELECT:
+            result["alpha"].setdefault(str(alpha), {})[name] = _run_select(
+                cached, split, alpha, window_grid, threshold_styles, t_max, seed
+            )
+            continue
+        spec = DETECTORS[name]
+        names = spec.scores
+        fixed: dict[str, int] = {}
+        if spec.base is not None:
+            fixed = dict(result["alpha"][str(alpha)][spec.base]["windows"])
+        grids = [[fixed[n]] if n in fixed else list(window_grid) for n in names]
         candidates = [
-            (style, wins)
+            (style, wins, k)
             for style in threshold_styles
-            for wins in itertools.product(window_grid, repeat=len(names))
+            for wins in itertools.product(*grids)
+            for k in (spec.ks or (None,))
+            if k is None or vote is not None or k in (1, len(names))
         ]
-        best: tuple[tuple[float, float], str, tuple[int, ...], dict[str, Any]] | None = None
-        for style, wins in candidates:
-            det = _detector(cached, names, wins, style, alpha, seed)
+        best: tuple[tuple[float, float], str, tuple[int, ...], int | None, dict[str, Any]] | None
+        best = None
+        for style, wins, k in candidates:
+            det = _detector(cached, names, wins, style, alpha, seed, k)
             try:
                 det.fit(split.fit, progress=False).calibrate(split.calibration)
             except CalibrationError:  # too few calibration rollouts for this style and alpha
@@ -280,17 +397,18 @@ def evaluate_seed(
             key = _key(val)
             # strictly better only: ties keep the earlier candidate (simpler style, smaller windows)
             if best is None or key > best[0]:
-                best = (key, style, wins, val)
+                best = (key, style, wins, k, val)
         if best is None:
             raise CalibrationError(f"No threshold style could be calibrated at alpha={alpha}.")
-        _, style, wins, val = best
-        det = _detector(cached, names, wins, style, alpha, seed)
+        _, style, wins, k, val = best
+        det = _detector(cached, names, wins, style, alpha, seed, k)
         det.fit(split.fit, progress=False).calibrate(split.calibration)
         test = _summarise(evaluate(det, split.test, t_max=t_max))
         result["alpha"].setdefault(str(alpha), {})[name] = {
             "windows": dict(zip(names, (int(w) for w in wins), strict=True)),
             "threshold": style,
-            "validation": {k: v for k, v in val.items() if k != "per_group"},
+            "k": k,
+            "validation": {k_: v for k_, v in val.items() if k_ not in ("per_group", "no_clock")},
             "test": test,
         }
     result["monitor_replay_matches"] = _check_streaming(base, split, min(alphas), window_grid)
@@ -300,6 +418,19 @@ def evaluate_seed(
         "best_epoch": int(getattr(rnd, "best_epoch_", -1)),
     }
     return result
+
+
+def _run_select(
+    cached: Mapping[str, BaseScore],
+    split: Split,
+    alpha: float,
+    window_grid: Sequence[int],
+    threshold_styles: Sequence[str],
+    t_max: int,
+    seed: int,
+) -> dict[str, Any]:
+    """``fg.select`` on fit / calibration / validation; its choice evaluated once on test."""
+    raise NotImplementedError
 
 
 def _check_streaming(

@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from collect import collect_group  # noqa: E402
-from evaluation import DETECTORS, METRICS, evaluate_seed  # noqa: E402
+from evaluation import DETECTORS, METRICS, SELECT, evaluate_seed  # noqa: E402
 from lander import GROUPS  # noqa: E402
 from ppo import PPOConfig, load_policy, save_policy, train_ppo  # noqa: E402
 
@@ -65,6 +65,9 @@ class Settings:
     alphas: tuple[float, ...] = (0.05, 0.10)
     n_samples: int = 32
     rnd_kwargs: dict[str, Any] = field(default_factory=dict)
+    progress_epochs: int = 20
+    #: split / score seeds evaluated on each policy seed's rollouts (empty: the policy seed)
+    split_seeds: tuple[int, ...] = ()
 
 
 FULL = Settings(ppo=PPOConfig(total_steps=3_000_000))
@@ -78,6 +81,7 @@ TINY = Settings(
     n_cal=25,
     window_grid=(1, 5, 10),
     rnd_kwargs={"max_epochs": 5},
+    progress_epochs=5,
 )
 
 
@@ -132,29 +136,42 @@ def stage_rollouts(settings: Settings, seed: int, policy_dir: Path, out: Path) -
 
 
 def stage_evaluate(
-    settings: Settings, seed: int, rdir: Path, out: Path, redo: bool
+    settings: Settings,
+    seed: int,
+    rdir: Path,
+    out: Path,
+    redo: bool,
+    split_seed: int | None = None,
 ) -> dict[str, Any]:
-    """Evaluate (or reuse) the detectors on the rollouts of ``seed``."""
+    """Evaluate (or reuse) the detectors on the rollouts of ``seed``.
+
+    ``split_seed`` (default ``seed``) seeds the split and the scores; other values evaluate
+    the same policy's rollouts with another split (``eval_split<k>.json``).
+    """
     from failguard import read_rollouts
 
-    path = out / f"seed{seed}" / "eval.json"
+    split = seed if split_seed is None else split_seed
+    name = "eval.json" if split == seed else f"eval_split{split}.json"
+    path = out / f"seed{seed}" / name
     if path.is_file() and not redo:
         _log(f"seed {seed}: evaluation cached at {path}")
         cached: dict[str, Any] = json.loads(path.read_text())
         return cached
     rollouts = read_rollouts(rdir)
-    _log(f"seed {seed}: evaluating on {len(rollouts)} rollouts")
+    _log(f"seed {seed}, split {split}: evaluating on {len(rollouts)} rollouts")
     t0 = time.time()
     result = evaluate_seed(
         rollouts,
-        seed=seed,
+        seed=split,
         n_fit=settings.n_fit,
         n_cal=settings.n_cal,
         window_grid=settings.window_grid,
         alphas=settings.alphas,
         threshold_styles=settings.threshold_styles,
         rnd_kwargs=settings.rnd_kwargs,
+        progress_epochs=settings.progress_epochs,
     )
+    result["policy_seed"] = seed
     result["seconds"] = round(time.time() - t0, 1)
     path.write_text(json.dumps(result, indent=2))
     return result
@@ -171,7 +188,12 @@ def aggregate(
     settings: Settings, evals: list[dict[str, Any]], collects: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """Mean ± std over seeds of every test metric and per-group alarm rate."""
-    out: dict[str, Any] = {"seeds": [e["seed"] for e in evals], "alpha": {}, "rollouts": {}}
+    out: dict[str, Any] = {
+        "seeds": [e["seed"] for e in evals],
+        "policy_seeds": [e.get("policy_seed", e["seed"]) for e in evals],
+        "alpha": {},
+        "rollouts": {},
+    }
     for group in GROUPS:
         rates = [c["groups"][group]["success_rate"] for c in collects]
         out["rollouts"][group] = {
@@ -180,13 +202,29 @@ def aggregate(
         }
     for alpha in settings.alphas:
         per_det: dict[str, Any] = {}
-        for name in DETECTORS:
+        names = [n for n in evals[0]["alpha"][str(alpha)] if n in DETECTORS or n == SELECT]
+        for name in names:
             runs = [e["alpha"][str(alpha)][name] for e in evals]
             entry: dict[str, Any] = {
                 "windows": [r["windows"] for r in runs],
                 "threshold": [r.get("threshold", "constant") for r in runs],
+                "k": [r.get("k") for r in runs],
                 "test": {m: _mean_std([r["test"][m] for r in runs]) for m in METRICS},
+                "no_clock": {
+                    m: _mean_std([r["test"].get("no_clock", {}).get(m) for r in runs])
+                    for m in METRICS
+                },
                 "per_group": {},
+                "per_group_no_clock": {},
+            }
+            if "scores" in runs[0]:
+                entry["scores"] = [r.get("scores") for r in runs]
+                entry["combine"] = [r.get("combine") for r in runs]
+            for r in runs:
+                for k, g in r["test"].get("no_clock", {}).get("per_group", {}).items():
+                    entry["per_group_no_clock"].setdefault(k, []).append(g["alarm_rate"])
+            entry["per_group_no_clock"] = {
+                k: _mean_std(v) for k, v in sorted(entry["per_group_no_clock"].items())
             }
             keys = sorted({k for r in runs for k in r["test"]["per_group"]})
             for k in keys:
@@ -209,6 +247,20 @@ def aggregate(
 _STYLE = {"constant": "const", "per_step": "step", "band": "band"}
 
 
+def _chosen(entry: dict[str, Any]) -> str:
+    """Chosen threshold style, windows (and vote or scores) per seed, for the tables."""
+    parts = []
+    for i, (style, wins) in enumerate(zip(entry["threshold"], entry["windows"], strict=True)):
+        text = f"{_STYLE.get(style, style)} " + ",".join(str(v) for v in wins.values())
+        if "scores" in entry:
+            text = f"{'+'.join(entry['scores'][i])} {entry['combine'][i]}: {text}"
+        k = entry.get("k", [None] * len(entry["windows"]))[i]
+        if k is not None:
+            text += f" k={k}"
+        parts.append(text)
+    return "; ".join(parts)
+
+
 def _fmt(ms: dict[str, Any]) -> str:
     if ms["mean"] is None:
         return "–"
@@ -220,7 +272,16 @@ def _fmt(ms: dict[str, Any]) -> str:
 def to_markdown(agg: dict[str, Any], settings: Settings, command: str) -> str:
     """The results tables, as pasted into docs/BENCHMARKS.md."""
     lines = [f"Command: `{command}`", ""]
-    lines.append(f"Seeds: {len(agg['seeds'])} (each: its own PPO policy, rollouts, split, RND).")
+    policies = sorted(set(agg.get("policy_seeds", agg["seeds"])))
+    if len(policies) == len(agg["seeds"]):
+        lines.append(
+            f"Seeds: {len(agg['seeds'])} (each: its own PPO policy, rollouts, split, RND)."
+        )
+    else:
+        lines.append(
+            f"Policy seeds: {policies}; split/score seeds: {agg['seeds']} (each evaluation: "
+            "its own split of the policy's rollouts, RND and progress networks)."
+        )
     lines.append("")
     lines.append("| group | rollouts / seed | policy success rate |")
     lines.append("|---|---|---|")
@@ -253,12 +314,23 @@ def to_markdown(agg: dict[str, Any], settings: Settings, command: str) -> str:
         lines.append("| detector | threshold, windows (per seed) | " + " | ".join(head) + " |")
         lines.append("|---|---|" + "---|" * len(head))
         for name, entry in per_det.items():
-            wins = "; ".join(
-                f"{_STYLE[s]} " + ",".join(str(v) for v in w.values())
-                for s, w in zip(entry["threshold"], entry["windows"], strict=True)
-            )
             cells = " | ".join(_fmt(entry["test"][c]) for c in cols)
-            lines.append(f"| {name} | {wins} | {cells} |")
+            lines.append(f"| {name} | {_chosen(entry)} | {cells} |")
+        lines.append("")
+        lines.append(
+            f"**α = {alpha}, without the clock** (every alarm at or after the length of the "
+            "longest calibration success removed)"
+        )
+        lines.append("")
+        nc_cols = ("far_id", "far_benign_ood", "tpr", "balanced_accuracy", "twa", "roc_auc")
+        lines.append(
+            "| detector | FAR (held-out ID succ.) | alarms on benign OOD succ. | TPR | "
+            "balanced acc. | TWA | ROC-AUC |"
+        )
+        lines.append("|---|" + "---|" * len(nc_cols))
+        for name, entry in per_det.items():
+            cells = " | ".join(_fmt(entry["no_clock"][c]) for c in nc_cols)
+            lines.append(f"| {name} | {cells} |")
         lines.append("")
     alpha0 = next(iter(agg["alpha"]))
     lines.append(
@@ -278,6 +350,17 @@ def to_markdown(agg: dict[str, Any], settings: Settings, command: str) -> str:
         for k in keys:
             pg = entry["per_group"].get(k)
             cells.append(_fmt(pg["alarm_rate"]) if pg else "–")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"Alarm rate per group at α = {alpha0}, without the clock:")
+    lines.append("")
+    lines.append("| detector | " + " | ".join(keys) + " |")
+    lines.append("|---|" + "---|" * len(keys))
+    for name, entry in per_det.items():
+        cells = []
+        for k in keys:
+            pg = entry["per_group_no_clock"].get(k)
+            cells.append(_fmt(pg) if pg else "–")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
     n_row = per_det[next(iter(per_det))]["per_group"]
@@ -377,12 +460,21 @@ def main(argv: list[str] | None = None) -> int:
         help=f"output directory (default {DEFAULT_OUT}; tiny: <out>/tiny)",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the seeds")
+    parser.add_argument(
+        "--split-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="evaluate each policy seed's rollouts with these split/score seeds",
+    )
     parser.add_argument("--redo-eval", action="store_true", help="ignore cached evaluations")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     settings = TINY if args.tiny else FULL
     if args.seeds:
         settings = Settings(**{**settings.__dict__, "seeds": tuple(args.seeds)})
+    if args.split_seeds:
+        settings = Settings(**{**settings.__dict__, "split_seeds": tuple(args.split_seeds)})
     out = args.out if args.out is not None else (DEFAULT_OUT / "tiny" if args.tiny else DEFAULT_OUT)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -391,9 +483,14 @@ def main(argv: list[str] | None = None) -> int:
         policy_dir = stage_train(settings, seed, out)
         rdir = stage_rollouts(settings, seed, policy_dir, out)
         collects.append(json.loads((out / f"seed{seed}" / "collect.json").read_text()))
-        evals.append(stage_evaluate(settings, seed, rdir, out, args.redo_eval))
+        for split in settings.split_seeds or (seed,):
+            evals.append(stage_evaluate(settings, seed, rdir, out, args.redo_eval, split))
     agg = aggregate(settings, evals, collects)
     command = "python benchmarks/agent/run.py" + (" --tiny" if args.tiny else "")
+    if args.seeds:
+        command += " --seeds " + " ".join(str(s) for s in settings.seeds)
+    if settings.split_seeds:
+        command += " --split-seeds " + " ".join(str(s) for s in settings.split_seeds)
     agg["command"] = command
     agg["settings"] = {
         k: (v.__dict__ if isinstance(v, PPOConfig) else v) for k, v in settings.__dict__.items()

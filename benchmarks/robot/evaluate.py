@@ -31,9 +31,14 @@ from tqdm import tqdm
 from failguard import (
     ActionChunkEntropy,
     CalibrationError,
+    ChunkConsistency,
+    Deviation,
     FailureDetector,
+    Movement,
+    ProgressScore,
     RNDScore,
     Rollout,
+    SlowingDown,
     evaluate,
 )
 from failguard.scores import (
@@ -45,19 +50,42 @@ from failguard.scores import (
     STACScore,
 )
 
+try:  # k-of-n votes and validated selection (failguard, issue 9)
+    from failguard import select as fg_select
+    from failguard import vote
+except ImportError:  # pragma: no cover - older failguard
+    fg_select = None
+    vote = None
+
 __all__ = ["METHODS", "MethodSpec", "evaluate_task", "make_scores", "split_rollouts"]
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """One detector variant: which scores, how they are fused, which calibration mode."""
+    """One detector variant: which scores, how they are fused, which calibration mode.
+
+    ``base`` names another method whose validated windows the shared scores keep (FIPER plus
+    a new leg searches only the new leg's window, the threshold style and the vote); ``ks``
+    lists the k of a k-of-n vote to choose from on validation (empty: ``combine`` as given).
+    """
 
     scores: tuple[str, ...]
     combine: str = "and"
     mode: str = "corrected"
     label: str = ""
     calibration: str = "auto"
+    base: str | None = None
+    ks: tuple[int, ...] = ()
 
+
+#: the new indicators of issue 9 (progress, stagnation, early warning, chunk consistency)
+NEW_SCORES: dict[str, str] = {
+    "progress": "progress (completion time)",
+    "shortfall": "progress shortfall",
+    "stagnation": "stagnation (low movement)",
+    "ews": "early warning (autocorrelation)",
+    "consistency": "chunk consistency",
+}
 
 METHODS: dict[str, MethodSpec] = {
     "fiper": MethodSpec(("rnd", "ace"), "and", "corrected", "FIPER (RND-OE AND ACE)"),
@@ -74,7 +102,17 @@ METHODS: dict[str, MethodSpec] = {
     "fiper_joint": MethodSpec(
         ("rnd", "ace"), "and", "corrected", "FIPER, joint calibration", "joint"
     ),
+    **{f"new_{k}": MethodSpec((k,), label=f"{v} alone") for k, v in NEW_SCORES.items()},
+    **{
+        f"fiper_{k}": MethodSpec(
+            ("rnd", "ace", k), "vote", label=f"FIPER + {v} (k-of-3)", base="fiper", ks=(1, 2, 3)
+        )
+        for k, v in NEW_SCORES.items()
+    },
 }
+
+#: the single-indicator baselines against which the goal "TWA 0.05 ahead" is measured
+BASELINES = ("rnd_oe", "ace", "stac", "pca_kmeans", "logpzo", "rnd_a")
 
 
 def make_scores(names: Sequence[str], seed: int, exec_horizon: int) -> dict[str, BaseScore]:
@@ -87,6 +125,11 @@ def make_scores(names: Sequence[str], seed: int, exec_horizon: int) -> dict[str,
         "pca_kmeans": lambda: PCAKMeansScore(seed=seed),
         "logpzo": lambda: LogpZOScore(seed=seed),
         "rnd_a": lambda: RNDActionScore(seed=seed),
+        "progress": lambda: ProgressScore(seed=seed, name="progress"),
+        "shortfall": lambda: ProgressScore(mode="shortfall", seed=seed, name="shortfall"),
+        "stagnation": lambda: Deviation(Movement(), side="low", name="stagnation"),
+        "ews": lambda: Deviation(SlowingDown(), side="both", name="ews"),
+        "consistency": lambda: ChunkConsistency(exec_horizon=exec_horizon, name="consistency"),
     }
     return {n: factories[n]() for n in names}
 
@@ -121,6 +164,18 @@ def split_rollouts(
     return out
 
 
+def _combine(method: MethodSpec, k: int | None) -> Any:
+    """The ``combine`` argument of one candidate (k-of-n votes as ``("vote", k)``)."""
+    if k is None:
+        return method.combine
+    n = len(method.scores)
+    if k == 1:
+        return "or"
+    if k == n:
+        return "and"
+    return vote(k)
+
+
 def _detector(
     method: MethodSpec,
     cached: Mapping[str, CachedScore],
@@ -129,11 +184,12 @@ def _detector(
     alpha: float,
     fit: Sequence[Rollout],
     cal: Sequence[Rollout],
+    k: int | None = None,
 ) -> FailureDetector:
     det = FailureDetector(
         scores=[cached[n] for n in method.scores],
         windows=dict(windows),
-        combine=method.combine,
+        combine=_combine(method, k),
         threshold=threshold,
         alpha=alpha,
         mode=method.mode,
@@ -149,6 +205,25 @@ def _key(m: Mapping[str, Any]) -> tuple[float, float]:
         -1.0 if twa is None or math.isnan(twa) else float(twa),
         -1.0 if bal is None or math.isnan(bal) else float(bal),
     )
+
+
+def _candidates(
+    method: MethodSpec,
+    window_grid: Sequence[int],
+    threshold_styles: Sequence[str],
+    fixed: Mapping[str, int],
+) -> list[tuple[str, dict[str, int], int | None]]:
+    """(style, windows, k) candidates of one method; ``fixed`` windows are not searched."""
+    free = [n for n in method.scores if n not in fixed]
+    out = []
+    for style in threshold_styles:
+        for ws in itertools.product(*([window_grid] * len(free))):
+            windows = {**fixed, **dict(zip(free, ws, strict=True))}
+            windows = {n: windows[n] for n in method.scores}
+            for k in method.ks or (None,):
+                if k is None or vote is not None or k in (1, len(method.scores)):
+                    out.append((style, windows, k))
+    return out
 
 
 def evaluate_task(
@@ -170,13 +245,17 @@ def evaluate_task(
     -------
     dict
         ``{"split": sizes, "methods": {method: {str(alpha): result}}}`` where a result has the
-        chosen ``windows`` and ``threshold``, the validation metrics, and the test report
-        (``failguard.EvaluationReport.to_dict()``).
+        chosen ``windows``, ``threshold`` and ``k``, the validation metrics, and the test
+        report (``failguard.EvaluationReport.to_dict()``, with the metrics without the clock).
     """
     torch.manual_seed(seed)
     splits = split_rollouts(rollouts, seed, n_fit, n_cal)
     t_max = max(len(r) for r in rollouts)
-    needed = sorted({n for m in methods for n in METHODS[m].scores})
+    if fg_select is None:
+        methods = [m for m in methods if m != "select"]
+    needed = sorted({n for m in methods if m in METHODS for n in METHODS[m].scores})
+    if "select" in methods:
+        needed = sorted({*needed, *SELECT_POOL})
     raw_scores = make_scores(needed, seed, exec_horizon)
     cached: dict[str, CachedScore] = {}
     for name in needed:
@@ -187,40 +266,66 @@ def evaluate_task(
         "methods": {},
     }
     for method_name in methods:
+        if method_name == "select":
+            result["methods"]["select"] = _run_select(
+                cached, splits, alphas, sweep_alphas, window_grid, threshold_styles, t_max
+            )
+            continue
         method = METHODS[method_name]
         per_alpha: dict[str, Any] = {}
         for alpha in alphas:
-            best: tuple[tuple[float, float], dict[str, int], str, dict[str, Any]] | None = None
-            grids = [window_grid] * len(method.scores)
-            configs = list(itertools.product(threshold_styles, itertools.product(*grids)))
-            for style, ws in tqdm(
+            fixed: dict[str, int] = {}
+            if method.base is not None:
+                base = result["methods"].get(method.base, {}).get(str(alpha), {})
+                fixed = dict(base.get("windows", {}))
+            best: tuple[tuple[float, float, int], dict[str, int], str, Any, dict[str, Any]] | None
+            best = None
+            configs = _candidates(method, window_grid, threshold_styles, fixed)
+            for style, windows, k in tqdm(
                 configs, desc=f"{desc} {method_name} a={alpha}", mininterval=10.0, leave=False
             ):
-                windows = dict(zip(method.scores, ws, strict=True))
                 try:
                     det = _detector(
-                        method, cached, windows, style, alpha, splits["fit"], splits["cal"]
+                        method, cached, windows, style, alpha, splits["fit"], splits["cal"], k
                     )
                 except CalibrationError:
                     continue
                 val = evaluate(det, splits["val"], t_max=t_max).overall
-                key = (*_key(val), -sum(ws))
-                if best is None or key > (*best[0], -sum(best[1].values())):
-                    best = (_key(val), windows, style, val)
+                key = (*_key(val), -sum(windows.values()))
+                if best is None or key > best[0]:
+                    best = (key, windows, style, k, val)
             if best is None:
                 per_alpha[str(alpha)] = {"error": "no configuration could be calibrated"}
                 continue
-            _, windows, style, val = best
-            det = _detector(method, cached, windows, style, alpha, splits["fit"], splits["cal"])
+            _, windows, style, k, val = best
+            det = _detector(method, cached, windows, style, alpha, splits["fit"], splits["cal"], k)
             report = evaluate(det, splits["test"], alphas=sweep_alphas, t_max=t_max)
             per_alpha[str(alpha)] = {
                 "windows": windows,
                 "threshold": style,
-                "validation": {k: v for k, v in val.items() if isinstance(v, (int, float))},
+                "k": k,
+                "validation": {k_: v for k_, v in val.items() if isinstance(v, (int, float))},
                 "test": report.to_dict(),
             }
         result["methods"][method_name] = per_alpha
     return result
+
+
+#: the indicators fg.select chooses from
+SELECT_POOL = ("rnd", "ace", *NEW_SCORES)
+
+
+def _run_select(
+    cached: Mapping[str, CachedScore],
+    splits: Mapping[str, list[Rollout]],
+    alphas: Sequence[float],
+    sweep_alphas: Sequence[float],
+    window_grid: Sequence[int],
+    threshold_styles: Sequence[str],
+    t_max: int,
+) -> dict[str, Any]:
+    """``fg.select`` on fit / cal / val at each α; its choice evaluated once on test."""
+    raise NotImplementedError
 
 
 def chosen_detector(

@@ -35,19 +35,24 @@ def _mean_std(values: Sequence[float]) -> dict[str, float | None]:
     return {"mean": float(arr.mean()), "std": float(arr.std(ddof=0)), "n": int(arr.size)}
 
 
-def _test_metrics(res: dict[str, Any]) -> dict[str, float]:
+def _test_metrics(res: dict[str, Any], clock: bool = True) -> dict[str, float]:
+    """Task-level test metrics; ``clock=False``: alarms after the longest calibration success
+    removed (all NaN when the report has no such metrics)."""
     test = res["test"]
-    m = {k: _num(test["overall"].get(k)) for k in METRICS if k != "far_id"}
-    sid = test["per_group"].get("success/id")
+    overall = test["overall"] if clock else test.get("no_clock") or {}
+    groups = test["per_group"] if clock else test.get("no_clock_per_group") or {}
+    m = {k: _num(overall.get(k)) for k in METRICS if k != "far_id"}
+    sid = groups.get("success/id")
     m["far_id"] = _num(sid["alarm_rate"]) if sid else float("nan")
     return m
 
 
-def _group_rates(res: dict[str, Any]) -> dict[str, float]:
+def _group_rates(res: dict[str, Any], clock: bool = True) -> dict[str, float]:
     """Alarm rate per (outcome × ID/OOD) and per (outcome × condition)."""
     out: dict[str, float] = {}
     pooled: dict[str, list[float]] = {}
-    for key, g in res["test"]["per_group"].items():
+    per_group = res["test"]["per_group"] if clock else res["test"].get("no_clock_per_group") or {}
+    for key, g in per_group.items():
         outcome, group = key.split("/", 1)
         out[key] = _num(g["alarm_rate"])
         coarse = f"{outcome}/{'ID' if group == 'id' else 'OOD'}"
@@ -82,30 +87,50 @@ def summarise(cfg: Any, results: dict[str, Any], out: Path) -> dict[str, Any]:
             alphas = list(by_task[tasks[0]][seeds[0]]["methods"][method])
             for alpha in alphas:
                 per_seed: dict[str, list[float]] = {k: [] for k in METRICS}
+                per_seed_nc: dict[str, list[float]] = {k: [] for k in METRICS}
                 per_task: dict[str, dict[str, list[float]]] = {}
                 groups: dict[str, list[float]] = {}
+                groups_nc: dict[str, list[float]] = {}
                 chosen: dict[str, list[Any]] = {}
                 for seed in seeds:
                     task_vals: dict[str, list[float]] = {k: [] for k in METRICS}
+                    task_vals_nc: dict[str, list[float]] = {k: [] for k in METRICS}
                     for task in tasks:
                         res = by_task[task][seed]["methods"][method][alpha]
                         if "test" not in res:
                             continue
                         m = _test_metrics(res)
+                        m_nc = _test_metrics(res, clock=False)
                         for k in METRICS:
                             task_vals[k].append(m[k])
+                            task_vals_nc[k].append(m_nc[k])
                             per_task.setdefault(task, {}).setdefault(k, []).append(m[k])
                         for g, v in _group_rates(res).items():
                             groups.setdefault(g, []).append(v)
+                        for g, v in _group_rates(res, clock=False).items():
+                            groups_nc.setdefault(g, []).append(v)
                         chosen.setdefault(task, []).append(
-                            {"seed": seed, "windows": res["windows"], "threshold": res["threshold"]}
+                            {
+                                "seed": seed,
+                                **{
+                                    k: res[k]
+                                    for k in ("windows", "threshold", "k", "scores", "combine")
+                                    if k in res
+                                },
+                            }
                         )
                     for k in METRICS:
                         vals = [v for v in task_vals[k] if not math.isnan(v)]
                         per_seed[k].append(float(np.mean(vals)) if vals else float("nan"))
+                        vals = [v for v in task_vals_nc[k] if not math.isnan(v)]
+                        per_seed_nc[k].append(float(np.mean(vals)) if vals else float("nan"))
                 sweep = _sweep(by_task, tasks, seeds, method, alpha)
                 mblock[alpha] = {
                     "overall": {k: _mean_std(v) for k, v in per_seed.items()},
+                    "overall_no_clock": {k: _mean_std(v) for k, v in per_seed_nc.items()},
+                    "per_group_alarm_rate_no_clock": {
+                        g: _mean_std(v) for g, v in sorted(groups_nc.items())
+                    },
                     "per_task": {
                         t: {k: _mean_std(v) for k, v in d.items()} for t, d in per_task.items()
                     },
@@ -155,20 +180,28 @@ def _fmt(d: dict[str, Any] | None, digits: int = 2) -> str:
     return f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f}"
 
 
-def markdown_table(summary: dict[str, Any], label: str, alpha: str) -> str:
-    """Markdown results table of one sample size at one α."""
+def _label(method: str) -> str:
     from evaluate import METHODS
 
+    if method == "select":
+        return "**fg.select's choice**"
+    return METHODS[method].label or method
+
+
+def markdown_table(summary: dict[str, Any], label: str, alpha: str, clock: bool = True) -> str:
+    """Markdown results table of one sample size at one α (``clock=False``: without the
+    clock)."""
     block = summary[label]
+    which = "overall" if clock else "overall_no_clock"
     lines = [
         "| method | TWA | balanced acc | TPR | TNR | DT | lead (steps) | FAR on ID successes |"
         " ROC-AUC |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for method, mblock in block["methods"].items():
-        o = mblock[alpha]["overall"]
+        o = mblock[alpha][which]
         lines.append(
-            f"| {METHODS[method].label or method} | {_fmt(o['twa'])} | "
+            f"| {_label(method)} | {_fmt(o['twa'])} | "
             f"{_fmt(o['balanced_accuracy'])} | {_fmt(o['tpr'])} | {_fmt(o['tnr'])} | "
             f"{_fmt(o['detection_time'])} | {_fmt(o['lead_time_steps'], 1)} | "
             f"{_fmt(o['far_id'])} | {_fmt(o['roc_auc'])} |"
@@ -180,14 +213,15 @@ def group_table(
     summary: dict[str, Any],
     label: str,
     alpha: str,
-    methods: Sequence[str] = ("fiper", "fiper_joint", "or", "rnd_oe", "ace", "fiper_reference"),
+    methods: Sequence[str] | None = None,
     detail: bool = False,
+    clock: bool = True,
 ) -> str:
     """Alarm rate per (outcome × ID/OOD), or per (outcome × condition) with ``detail``."""
-    from evaluate import METHODS
-
     block = summary[label]["methods"]
-    present = {g for m in methods if m in block for g in block[m][alpha]["per_group_alarm_rate"]}
+    methods = list(block) if methods is None else methods
+    which = "per_group_alarm_rate" if clock else "per_group_alarm_rate_no_clock"
+    present = {g for m in methods if m in block for g in block[m][alpha][which]}
     coarse = ("success/ID", "success/OOD", "fail/ID", "fail/OOD")
     if detail:
         groups = sorted(
@@ -200,10 +234,8 @@ def group_table(
     for m in methods:
         if m not in block:
             continue
-        rates = block[m][alpha]["per_group_alarm_rate"]
-        lines.append(
-            f"| {METHODS[m].label} | " + " | ".join(_fmt(rates.get(g)) for g in groups) + " |"
-        )
+        rates = block[m][alpha][which]
+        lines.append(f"| {_label(m)} | " + " | ".join(_fmt(rates.get(g)) for g in groups) + " |")
     return "\n".join(lines)
 
 
@@ -295,13 +327,13 @@ def plot_traces(cfg: Any, summary: dict[str, Any], out: Path, path: Path) -> Non
     import matplotlib.pyplot as plt
     from evaluate import chosen_detector
     from policy import PolicyConfig
-    from run import load_task_rollouts
+    from run import condition_sizes, load_task_rollouts
 
     task = cfg.tasks[0]
     seed = cfg.seeds[0]
     alpha = str(cfg.alphas[0])
     chosen = summary["b32"]["methods"]["fiper"][alpha]["chosen"][task][0]
-    rollouts = load_task_rollouts(out, "b32", task)
+    rollouts = load_task_rollouts(out, "b32", task, condition_sizes(cfg, "b32", task))
     det, splits = chosen_detector(
         rollouts,
         seed,
@@ -369,10 +401,14 @@ def write_outputs(
             parts += [
                 f"## {label}, α = {alpha} (test; mean ± std over split seeds)",
                 markdown_table(summary, label, alpha),
+                f"### {label}, α = {alpha}, without the clock",
+                markdown_table(summary, label, alpha, clock=False),
                 f"### alarm rate per group, {label}, α = {alpha}",
                 group_table(summary, label, alpha),
                 f"### alarm rate per condition, {label}, α = {alpha}",
                 group_table(summary, label, alpha, detail=True),
+                f"### alarm rate per condition, {label}, α = {alpha}, without the clock",
+                group_table(summary, label, alpha, detail=True, clock=False),
             ]
     text = "\n\n".join(parts) + "\n"
     (out / "table.md").write_text(text)
@@ -417,6 +453,9 @@ def docs_tables(summary: dict[str, Any]) -> str:
                 f"{', '.join(summary[label]['tasks'])}. DT: detection time (lower = earlier); "
                 "FAR on ID successes: alarm rate on held-out in-distribution successes.",
                 markdown_table(summary, label, alpha),
+                f"*Without the clock* ({title}, α = {alpha}): the same detectors with every "
+                "alarm at or after the length of the longest calibration success removed.",
+                markdown_table(summary, label, alpha, clock=False),
             ]
     alpha0 = str(cfg["alphas"][0])
     parts += [
@@ -424,6 +463,8 @@ def docs_tables(summary: dict[str, Any]) -> str:
         "A good detector is quiet in the success columns and loud in the fail columns.",
         group_table(summary, "b32", alpha0),
         group_table(summary, "b32", alpha0, detail=True),
+        f"**Alarm rate per condition without the clock** (B = 32, α = {alpha0}):",
+        group_table(summary, "b32", alpha0, detail=True, clock=False),
         "![FIPER traces](img/robot_traces.png)",
         "![TPR, TNR and DT against alpha](img/robot_alpha_sweep.png)",
     ]
