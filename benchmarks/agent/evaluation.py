@@ -40,12 +40,16 @@ from failguard import (
 )
 from failguard.scores import BaseScore, CachedScore, logits_entropy
 
-try:  # k-of-n votes and validated selection (failguard, issue 9)
+try:  # validated selection (failguard, issue 9)
     from failguard import select as fg_select
-    from failguard import vote
 except ImportError:  # pragma: no cover - older failguard
     fg_select = None
-    vote = None
+try:  # k-of-n votes, combine="k-of-n" (failguard, issue 9)
+    from failguard._pipeline import fusion_rank as _fusion_rank
+
+    HAS_VOTE = _fusion_rank("2-of-3", 3) == 2
+except ImportError:  # pragma: no cover - older failguard
+    HAS_VOTE = False
 
 __all__ = [
     "DETECTORS",
@@ -262,7 +266,7 @@ def _combine(n: int, k: int | None) -> Any:
         return "and"
     if k == 1:
         return "or"
-    return vote(k)
+    return f"{k}-of-{n}"
 
 
 def _detector(
@@ -383,7 +387,7 @@ def evaluate_seed(
             for style in threshold_styles
             for wins in itertools.product(*grids)
             for k in (spec.ks or (None,))
-            if k is None or vote is not None or k in (1, len(names))
+            if k is None or HAS_VOTE or k in (1, len(names))
         ]
         best: tuple[tuple[float, float], str, tuple[int, ...], int | None, dict[str, Any]] | None
         best = None

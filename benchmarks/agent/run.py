@@ -146,35 +146,50 @@ def stage_evaluate(
     """Evaluate (or reuse) the detectors on the rollouts of ``seed``.
 
     ``split_seed`` (default ``seed``) seeds the split and the scores; other values evaluate
-    the same policy's rollouts with another split (``eval_split<k>.json``).
+    the same policy's rollouts with another split (``eval_split<k>.json``). ``fg.select``'s
+    choice is cached in its own file (``*_select.json``), so either part can be redone alone.
     """
+    from evaluation import fg_select
+
     from failguard import read_rollouts
 
     split = seed if split_seed is None else split_seed
-    name = "eval.json" if split == seed else f"eval_split{split}.json"
-    path = out / f"seed{seed}" / name
-    if path.is_file() and not redo:
-        _log(f"seed {seed}: evaluation cached at {path}")
-        cached: dict[str, Any] = json.loads(path.read_text())
-        return cached
-    rollouts = read_rollouts(rdir)
-    _log(f"seed {seed}, split {split}: evaluating on {len(rollouts)} rollouts")
-    t0 = time.time()
-    result = evaluate_seed(
-        rollouts,
-        seed=split,
-        n_fit=settings.n_fit,
-        n_cal=settings.n_cal,
-        window_grid=settings.window_grid,
-        alphas=settings.alphas,
-        threshold_styles=settings.threshold_styles,
-        rnd_kwargs=settings.rnd_kwargs,
-        progress_epochs=settings.progress_epochs,
-    )
-    result["policy_seed"] = seed
-    result["seconds"] = round(time.time() - t0, 1)
-    path.write_text(json.dumps(result, indent=2))
-    return result
+    stem = "eval" if split == seed else f"eval_split{split}"
+    parts = [(out / f"seed{seed}" / f"{stem}.json", list(DETECTORS))]
+    if fg_select is not None:
+        parts.append((out / f"seed{seed}" / f"{stem}_select.json", [SELECT]))
+    merged: dict[str, Any] = {}
+    rollouts = None
+    for path, detectors in parts:
+        if path.is_file() and not redo:
+            _log(f"seed {seed}: evaluation cached at {path}")
+            result: dict[str, Any] = json.loads(path.read_text())
+        else:
+            if rollouts is None:
+                rollouts = read_rollouts(rdir)
+            _log(f"seed {seed}, split {split}: evaluating on {len(rollouts)} rollouts")
+            t0 = time.time()
+            result = evaluate_seed(
+                rollouts,
+                seed=split,
+                n_fit=settings.n_fit,
+                n_cal=settings.n_cal,
+                window_grid=settings.window_grid,
+                alphas=settings.alphas,
+                threshold_styles=settings.threshold_styles,
+                rnd_kwargs=settings.rnd_kwargs,
+                progress_epochs=settings.progress_epochs,
+                detectors=detectors,
+            )
+            result["policy_seed"] = seed
+            result["seconds"] = round(time.time() - t0, 1)
+            path.write_text(json.dumps(result, indent=2))
+        if not merged:
+            merged = result
+        else:
+            for alpha, per_det in result["alpha"].items():
+                merged["alpha"].setdefault(alpha, {}).update(per_det)
+    return merged
 
 
 def _mean_std(values: list[Any]) -> dict[str, float | None]:

@@ -50,12 +50,16 @@ from failguard.scores import (
     STACScore,
 )
 
-try:  # k-of-n votes and validated selection (failguard, issue 9)
+try:  # validated selection (failguard, issue 9)
     from failguard import select as fg_select
-    from failguard import vote
 except ImportError:  # pragma: no cover - older failguard
     fg_select = None
-    vote = None
+try:  # k-of-n votes, combine="k-of-n" (failguard, issue 9)
+    from failguard._pipeline import fusion_rank as _fusion_rank
+
+    HAS_VOTE = _fusion_rank("2-of-3", 3) == 2
+except ImportError:  # pragma: no cover - older failguard
+    HAS_VOTE = False
 
 __all__ = ["METHODS", "MethodSpec", "evaluate_task", "make_scores", "split_rollouts"]
 
@@ -165,7 +169,7 @@ def split_rollouts(
 
 
 def _combine(method: MethodSpec, k: int | None) -> Any:
-    """The ``combine`` argument of one candidate (k-of-n votes as ``("vote", k)``)."""
+    """The ``combine`` argument of one candidate (``"k-of-n"`` votes)."""
     if k is None:
         return method.combine
     n = len(method.scores)
@@ -173,7 +177,7 @@ def _combine(method: MethodSpec, k: int | None) -> Any:
         return "or"
     if k == n:
         return "and"
-    return vote(k)
+    return f"{k}-of-{n}"
 
 
 def _detector(
@@ -221,7 +225,7 @@ def _candidates(
             windows = {**fixed, **dict(zip(free, ws, strict=True))}
             windows = {n: windows[n] for n in method.scores}
             for k in method.ks or (None,):
-                if k is None or vote is not None or k in (1, len(method.scores)):
+                if k is None or HAS_VOTE or k in (1, len(method.scores)):
                     out.append((style, windows, k))
     return out
 

@@ -61,6 +61,17 @@ class Config:
         "rnd_a",
         "fiper_reference",
         "fiper_joint",
+        "new_progress",
+        "new_shortfall",
+        "new_stagnation",
+        "new_ews",
+        "new_consistency",
+        "fiper_progress",
+        "fiper_shortfall",
+        "fiper_stagnation",
+        "fiper_ews",
+        "fiper_consistency",
+        "select",
     )
     b256_methods: tuple[str, ...] = (
         "fiper",
@@ -94,6 +105,16 @@ TINY = Config(
     sweep_alphas=(0.1, 0.2),
     window_grid=(1, 5),
     threshold_styles=("constant", "band"),
+    methods=(
+        "fiper",
+        "rnd_oe",
+        "ace",
+        "new_progress",
+        "new_stagnation",
+        "new_consistency",
+        "fiper_progress",
+        "select",
+    ),
 )
 
 
@@ -219,7 +240,7 @@ def condition_sizes(cfg: Config, label: str, key: str) -> dict[str, int]:
 
 def stage_evaluate(cfg: Config, out: Path) -> dict[str, Any]:
     """Evaluate every (sample size, task, seed); cached per combination."""
-    from evaluate import evaluate_task
+    from evaluate import evaluate_task, fg_select
     from policy import PolicyConfig
 
     exec_horizon = PolicyConfig().exec_horizon
@@ -229,35 +250,44 @@ def stage_evaluate(cfg: Config, out: Path) -> dict[str, Any]:
         ("b256", cfg.b256_tasks, cfg.b256_fit, cfg.b256_cal, cfg.b256_methods),
     ]
     for label, tasks, n_fit, n_cal, methods in plans:
+        # fg.select's choice is cached in its own file, so either part can be redone alone
+        parts = [("", [m for m in methods if m != "select"])]
+        if "select" in methods and fg_select is not None:
+            parts.append(("_select", ["select"]))
         for key in tasks:
             rollouts = None
             for seed in cfg.seeds:
-                path = out / "eval" / f"{label}_{key}_seed{seed}.json"
-                if not path.is_file():
-                    if rollouts is None:
-                        rollouts = load_task_rollouts(
-                            out, label, key, condition_sizes(cfg, label, key)
+                merged: dict[str, Any] = {}
+                for suffix, part in parts:
+                    path = out / "eval" / f"{label}_{key}_seed{seed}{suffix}.json"
+                    if not path.is_file():
+                        if rollouts is None:
+                            rollouts = load_task_rollouts(
+                                out, label, key, condition_sizes(cfg, label, key)
+                            )
+                        t0 = time.time()
+                        res = evaluate_task(
+                            rollouts,
+                            seed,
+                            n_fit,
+                            n_cal,
+                            cfg.alphas,
+                            cfg.sweep_alphas,
+                            cfg.window_grid,
+                            cfg.threshold_styles,
+                            part,
+                            exec_horizon,
+                            desc=f"{label} {key} s{seed}",
                         )
-                    t0 = time.time()
-                    res = evaluate_task(
-                        rollouts,
-                        seed,
-                        n_fit,
-                        n_cal,
-                        cfg.alphas,
-                        cfg.sweep_alphas,
-                        cfg.window_grid,
-                        cfg.threshold_styles,
-                        methods,
-                        exec_horizon,
-                        desc=f"{label} {key} s{seed}",
-                    )
-                    res["seconds"] = time.time() - t0
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_text(json.dumps(res, indent=1))
-                results.setdefault(label, {}).setdefault(key, {})[seed] = json.loads(
-                    path.read_text()
-                )
+                        res["seconds"] = time.time() - t0
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        path.write_text(json.dumps(res, indent=1))
+                    res = json.loads(path.read_text())
+                    if not merged:
+                        merged = res
+                    else:
+                        merged["methods"].update(res["methods"])
+                results.setdefault(label, {}).setdefault(key, {})[seed] = merged
     return results
 
 
