@@ -60,17 +60,17 @@ class Settings:
     n_ood: int = 160
     n_fit: int = 150
     n_cal: int = 150
-    window_grid: tuple[int, ...] = (1, 3, 5, 10, 20, 40)
+    window_grid: tuple[int, ...] = (1, 5, 20, 40)
     threshold_styles: tuple[str, ...] = ("constant", "per_step", "band")
     alphas: tuple[float, ...] = (0.05, 0.10)
     n_samples: int = 32
     rnd_kwargs: dict[str, Any] = field(default_factory=dict)
-    progress_epochs: int = 20
+    progress_epochs: int = 10
     #: split / score seeds evaluated on each policy seed's rollouts (empty: the policy seed)
     split_seeds: tuple[int, ...] = ()
 
 
-FULL = Settings(ppo=PPOConfig(total_steps=3_000_000))
+FULL = Settings(ppo=PPOConfig(total_steps=3_000_000), rnd_kwargs={"max_epochs": 30})
 TINY = Settings(
     seeds=(0,),
     ppo=PPOConfig(total_steps=2 * 4 * 128, n_envs=4, n_steps=128, minibatch=128),

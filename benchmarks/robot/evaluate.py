@@ -109,7 +109,7 @@ METHODS: dict[str, MethodSpec] = {
     **{f"new_{k}": MethodSpec((k,), label=f"{v} alone") for k, v in NEW_SCORES.items()},
     **{
         f"fiper_{k}": MethodSpec(
-            ("rnd", "ace", k), "vote", label=f"FIPER + {v} (k-of-3)", base="fiper", ks=(1, 2, 3)
+            ("rnd", "ace", k), "vote", label=f"FIPER + {v} (k-of-3)", base="fiper", ks=(1, 3)
         )
         for k, v in NEW_SCORES.items()
     },
@@ -328,8 +328,38 @@ def _run_select(
     threshold_styles: Sequence[str],
     t_max: int,
 ) -> dict[str, Any]:
-    """``fg.select`` on fit / cal / val at each α; its choice evaluated once on test."""
-    raise NotImplementedError
+    """``fg.select`` on fit / cal / val at each α; its choice evaluated once on test.
+
+    The candidates: every pool indicator alone, FIPER, and FIPER plus each new leg fused by
+    OR or 2-of-3, over the benchmark's windows (one window per candidate, shared by its legs)
+    and threshold styles. ``select`` compares them on validation only (2-fold cross-fitted
+    thresholds), then calibrates the winner on the calibration split.
+    """
+    from failguard.calibration.selection import candidate_grid
+
+    assert fg_select is not None
+    legs = {n: cached[n] for n in SELECT_POOL}
+    structures: list[tuple[list[str], str]] = [([n], "and") for n in SELECT_POOL]
+    structures.append((["rnd", "ace"], "and"))
+    for n in NEW_SCORES:
+        structures += [(["rnd", "ace", n], "or"), (["rnd", "ace", n], "2-of-3")]
+    grid = candidate_grid(legs, structures, windows=window_grid, thresholds=threshold_styles)
+    per_alpha: dict[str, Any] = {}
+    for alpha in alphas:
+        det = fg_select(splits["fit"], splits["cal"], splits["val"], alpha=alpha, candidates=grid)
+        report = evaluate(det, splits["test"], alphas=sweep_alphas, t_max=t_max)
+        sel = det.selection_
+        per_alpha[str(alpha)] = {
+            "windows": dict(det.windows),
+            "threshold": det.threshold,
+            "scores": list(det.names),
+            "combine": det.combine,
+            "criterion": sel.criterion,
+            "reason": sel.reason,
+            "validation": sel.best.get("metrics", {}),
+            "test": report.to_dict(),
+        }
+    return per_alpha
 
 
 def chosen_detector(

@@ -64,6 +64,22 @@ def _group_rates(res: dict[str, Any], clock: bool = True) -> dict[str, float]:
     return out
 
 
+def _first_n(
+    cond_dir: Path, info: dict[str, Any], cfg: Any, label: str, task: str
+) -> dict[str, Any]:
+    """Outcomes of the rollouts the evaluation reads (the first ones of a larger directory)."""
+    from run import condition_sizes
+
+    from failguard import read_rollout
+
+    n = condition_sizes(cfg, label, task).get(cond_dir.name)
+    if n is None or info["rollouts"] <= n:
+        return info
+    files = sorted(cond_dir.glob("rollout_*.safetensors"))[:n]
+    successes = sum(int(bool(read_rollout(f).success)) for f in files)
+    return {**info, "rollouts": n, "successes": successes, "recorded": info["rollouts"]}
+
+
 def summarise(cfg: Any, results: dict[str, Any], out: Path) -> dict[str, Any]:
     """Mean ± std over split seeds of the task-averaged test metrics, per method and α."""
     summary: dict[str, Any] = {"config": {k: v for k, v in vars(cfg).items() if k != "extra"}}
@@ -73,8 +89,10 @@ def summarise(cfg: Any, results: dict[str, Any], out: Path) -> dict[str, Any]:
             for cond_dir in sorted(task_dir.glob("*")):
                 done = cond_dir / "_done.json"
                 if done.is_file():
+                    info = json.loads(done.read_text())
+                    info = _first_n(cond_dir, info, cfg, label, task_dir.name)
                     outcomes.setdefault(label, {}).setdefault(task_dir.name, {})[cond_dir.name] = (
-                        json.loads(done.read_text())
+                        info
                     )
     summary["rollout_outcomes"] = outcomes
     for label, by_task in results.items():

@@ -48,19 +48,18 @@ class Config:
     seeds: tuple[int, ...] = (0, 1, 2)
     alphas: tuple[float, ...] = (0.05, 0.1)
     sweep_alphas: tuple[float, ...] = (0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3)
-    window_grid: tuple[int, ...] = (1, 3, 5, 10, 15, 20)
+    window_grid: tuple[int, ...] = (1, 5, 10, 20)
     threshold_styles: tuple[str, ...] = ("constant", "per_step", "band")
+    #: issue 9's run: the FIPER variants "or", "fiper_reference" and "fiper_joint" are left
+    #: out (they are in METHODS; their last figures are in docs/BENCHMARKS.md's history)
     methods: tuple[str, ...] = (
         "fiper",
-        "or",
         "rnd_oe",
         "ace",
         "stac",
         "pca_kmeans",
         "logpzo",
         "rnd_a",
-        "fiper_reference",
-        "fiper_joint",
         "new_progress",
         "new_shortfall",
         "new_stagnation",
