@@ -434,8 +434,8 @@ def _run_select(
     """``fg.select`` on fit / calibration / validation; its choice evaluated once on test.
 
     The candidates: every library indicator alone, FIPER, and FIPER plus each new leg fused
-    by OR or 2-of-3, over the benchmark's windows (one window per candidate, shared by its
-    legs) and threshold styles. ``select`` compares them on validation only (2-fold
+    by OR or 2-of-3, over select's default windows (5, 10, 20; one per candidate, shared by its
+    legs) and thresholds (constant, per-step). ``select`` compares them on validation only (2-fold
     cross-fitted thresholds), then calibrates the winner on the calibration split.
     """
     from failguard.calibration.selection import candidate_grid
@@ -447,9 +447,8 @@ def _run_select(
     structures.append((["rnd", "entropy"], "and"))
     for n in NEW_SCORES:
         structures += [(["rnd", "entropy", n], "or"), (["rnd", "entropy", n], "2-of-3")]
-    grid = candidate_grid(
-        legs, structures, windows=window_grid, thresholds=threshold_styles, random_state=seed
-    )
+    # select's own default grid (windows 5, 10, 20; constant and per-step thresholds)
+    grid = candidate_grid(legs, structures, random_state=seed)
     det = fg_select(split.fit, split.calibration, split.validation, alpha=alpha, candidates=grid)
     test = _summarise(evaluate(det, split.test, t_max=t_max))
     sel = det.selection_

@@ -331,9 +331,9 @@ def _run_select(
     """``fg.select`` on fit / cal / val at each α; its choice evaluated once on test.
 
     The candidates: every pool indicator alone, FIPER, and FIPER plus each new leg fused by
-    OR or 2-of-3, over the benchmark's windows (one window per candidate, shared by its legs)
-    and threshold styles. ``select`` compares them on validation only (2-fold cross-fitted
-    thresholds), then calibrates the winner on the calibration split.
+    OR or 2-of-3, over select's default windows (5, 10, 20; one per candidate, shared by its
+    legs) and thresholds (constant, per-step). ``select`` compares them on validation only
+    (2-fold cross-fitted thresholds), then calibrates the winner on the calibration split.
     """
     from failguard.calibration.selection import candidate_grid
 
@@ -343,7 +343,9 @@ def _run_select(
     structures.append((["rnd", "ace"], "and"))
     for n in NEW_SCORES:
         structures += [(["rnd", "ace", n], "or"), (["rnd", "ace", n], "2-of-3")]
-    grid = candidate_grid(legs, structures, windows=window_grid, thresholds=threshold_styles)
+    # select's own default grid (windows 5, 10, 20; constant and per-step thresholds):
+    # 18 structures x 6 settings, each cross-fitted on two folds of the validation successes
+    grid = candidate_grid(legs, structures)
     per_alpha: dict[str, Any] = {}
     for alpha in alphas:
         det = fg_select(splits["fit"], splits["cal"], splits["val"], alpha=alpha, candidates=grid)
