@@ -449,7 +449,12 @@ def _run_select(
         structures += [(["rnd", "entropy", n], "or"), (["rnd", "entropy", n], "2-of-3")]
     # select's own default grid (windows 5, 10, 20; constant and per-step thresholds)
     grid = candidate_grid(legs, structures, random_state=seed)
-    det = fg_select(split.fit, split.calibration, split.validation, alpha=alpha, candidates=grid)
+    try:
+        det = fg_select(
+            split.fit, split.calibration, split.validation, alpha=alpha, candidates=grid
+        )
+    except CalibrationError as err:  # too few validation successes for its folds
+        return {"error": str(err)}
     test = _summarise(evaluate(det, split.test, t_max=t_max))
     sel = det.selection_
     return {

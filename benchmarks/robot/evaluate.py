@@ -348,7 +348,13 @@ def _run_select(
     grid = candidate_grid(legs, structures)
     per_alpha: dict[str, Any] = {}
     for alpha in alphas:
-        det = fg_select(splits["fit"], splits["cal"], splits["val"], alpha=alpha, candidates=grid)
+        try:
+            det = fg_select(
+                splits["fit"], splits["cal"], splits["val"], alpha=alpha, candidates=grid
+            )
+        except CalibrationError as err:  # too few validation successes for its folds
+            per_alpha[str(alpha)] = {"error": str(err)}
+            continue
         report = evaluate(det, splits["test"], alphas=sweep_alphas, t_max=t_max)
         sel = det.selection_
         per_alpha[str(alpha)] = {
