@@ -217,9 +217,16 @@ def aggregate(
         }
     for alpha in settings.alphas:
         per_det: dict[str, Any] = {}
-        names = [n for n in evals[0]["alpha"][str(alpha)] if n in DETECTORS or n == SELECT]
+        names = [n for n in [*DETECTORS, SELECT] if any(n in e["alpha"][str(alpha)] for e in evals)]
         for name in names:
-            runs = [e["alpha"][str(alpha)][name] for e in evals]
+            # seeds where the detector ran and could be calibrated (select may be missing)
+            runs = [
+                e["alpha"][str(alpha)][name]
+                for e in evals
+                if "test" in e["alpha"][str(alpha)].get(name, {})
+            ]
+            if not runs:
+                continue
             entry: dict[str, Any] = {
                 "windows": [r["windows"] for r in runs],
                 "threshold": [r.get("threshold", "constant") for r in runs],
