@@ -142,12 +142,14 @@ def stage_evaluate(
     out: Path,
     redo: bool,
     split_seed: int | None = None,
+    select: bool = True,
 ) -> dict[str, Any]:
     """Evaluate (or reuse) the detectors on the rollouts of ``seed``.
 
     ``split_seed`` (default ``seed``) seeds the split and the scores; other values evaluate
     the same policy's rollouts with another split (``eval_split<k>.json``). ``fg.select``'s
-    choice is cached in its own file (``*_select.json``), so either part can be redone alone.
+    choice is cached in its own file (``*_select.json``), so either part can be redone alone;
+    ``select=False`` uses a cached one but runs none.
     """
     from evaluation import fg_select
 
@@ -156,8 +158,9 @@ def stage_evaluate(
     split = seed if split_seed is None else split_seed
     stem = "eval" if split == seed else f"eval_split{split}"
     parts = [(out / f"seed{seed}" / f"{stem}.json", list(DETECTORS))]
-    if fg_select is not None:
-        parts.append((out / f"seed{seed}" / f"{stem}_select.json", [SELECT]))
+    select_path = out / f"seed{seed}" / f"{stem}_select.json"
+    if fg_select is not None and (select or select_path.is_file()):
+        parts.append((select_path, [SELECT]))
     merged: dict[str, Any] = {}
     rollouts = None
     for path, detectors in parts:
@@ -490,6 +493,9 @@ def main(argv: list[str] | None = None) -> int:
         help="evaluate each policy seed's rollouts with these split/score seeds",
     )
     parser.add_argument("--redo-eval", action="store_true", help="ignore cached evaluations")
+    parser.add_argument(
+        "--no-select", action="store_true", help="run no fg.select pass (cached ones are used)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     settings = TINY if args.tiny else FULL
@@ -506,13 +512,17 @@ def main(argv: list[str] | None = None) -> int:
         rdir = stage_rollouts(settings, seed, policy_dir, out)
         collects.append(json.loads((out / f"seed{seed}" / "collect.json").read_text()))
         for split in settings.split_seeds or (seed,):
-            evals.append(stage_evaluate(settings, seed, rdir, out, args.redo_eval, split))
+            evals.append(
+                stage_evaluate(settings, seed, rdir, out, args.redo_eval, split, not args.no_select)
+            )
     agg = aggregate(settings, evals, collects)
     command = "python benchmarks/agent/run.py" + (" --tiny" if args.tiny else "")
     if args.seeds:
         command += " --seeds " + " ".join(str(s) for s in settings.seeds)
     if settings.split_seeds:
         command += " --split-seeds " + " ".join(str(s) for s in settings.split_seeds)
+    if args.no_select:
+        command += " --no-select"
     agg["command"] = command
     agg["settings"] = {
         k: (v.__dict__ if isinstance(v, PPOConfig) else v) for k, v in settings.__dict__.items()
