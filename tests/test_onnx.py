@@ -236,18 +236,79 @@ def test_new_scores_parity(fit_set, cal_set, test_set, tmp_path):
     assert_batch_parity(det, mon, test_set)
 
 
-def test_scores_with_history_are_not_exported(fit_set, cal_set, tmp_path):
+def test_scores_with_history_parity(fit_set, cal_set, test_set, tmp_path):
+    """Scores that read past steps export with per-score state and match Monitor.
+
+    Stream and batch parity, and reset_robot restarting one robot's score state.
+    """
     from failguard import ChunkConsistency, Deviation, Movement, ProgressScore, SlowingDown
 
-    for score in (
-        Deviation(Movement(), side="low"),
-        SlowingDown(window=4),
-        ChunkConsistency(exec_horizon=3),
-        ProgressScore(mode="shortfall", epochs=1),
-    ):
-        det = FailureDetector([score], alpha=0.2).fit(fit_set, progress=False).calibrate(cal_set)
-        with pytest.raises(ExportError, match=type(score).__name__):
-            export_onnx(det, tmp_path / "x.onnx")
+    scores = [
+        Deviation(Movement(lag=3), side="low"),
+        Movement(lag=1, name="move1"),
+        SlowingDown(window=4, statistic="variance"),
+        Deviation(SlowingDown(window=5), side="both"),
+        ChunkConsistency(exec_horizon=3, dims=[0, 2]),
+        ProgressScore(mode="shortfall", lag=4, epochs=3),
+    ]
+    det = FailureDetector(scores=scores, windows=3, combine="or", alpha=0.2)
+    det.fit(fit_set, progress=False).calibrate(cal_set)
+    path = export_onnx(det, tmp_path / "h.onnx")
+    mon = OnnxMonitor(path)
+    assert len(mon.metadata["score_states"]) == 6
+    res = assert_stream_parity(det, mon, test_set[::3])
+    assert res["steps"] > 100
+    assert_batch_parity(det, mon, test_set)
+
+    # one robot restarted mid-batch scores like a fresh monitor at its step 0, 1, ...
+    rs = test_set[:3]
+    mon.reset_batch(3)
+    for t in range(8):
+        mon.step_batch(
+            embedding=np.stack([r.embeddings[t] for r in rs]),
+            action_samples=np.stack([r.action_samples[t] for r in rs]),
+        )
+    mon.reset_robot(1)
+    ref = det.monitor()
+    for t in range(8, 14):
+        out = mon.step_batch(
+            embedding=np.stack([r.embeddings[t] for r in rs]),
+            action_samples=np.stack([r.action_samples[t] for r in rs]),
+        )
+        want = ref.step(embedding=rs[1].embeddings[t], action_samples=rs[1].action_samples[t])
+        got = out.verdict(1)
+        assert got.step == want.step == t - 8 and got.alarm == want.alarm
+        for name in det.names:
+            assert got.scores[name] == pytest.approx(want.scores[name], rel=TOL, abs=TOL)
+
+
+def test_graphs_without_score_state_still_load(exported, test_set):
+    """A graph whose metadata has no 'score_states' (exported before) runs as before."""
+
+    from failguard.exporters.onnx import METADATA_KEY
+
+    model = onnx.load(str(exported))
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            meta = json.loads(prop.value)
+            assert meta.pop("score_states") == []
+            prop.value = json.dumps(meta)
+    old = exported.parent / "old.onnx"
+    onnx.save(model, str(old))
+    r = test_set[0]
+    a, b = OnnxMonitor(old), OnnxMonitor(exported)
+    for t in range(5):
+        args = {"embedding": r.embeddings[t], "action_samples": r.action_samples[t]}
+        assert a.step(**args).ratios == b.step(**args).ratios
+
+
+def test_scores_with_history_features_are_not_exported(fit_set, cal_set, tmp_path):
+    from failguard import ProgressScore
+
+    score = ProgressScore(history=2, epochs=1)
+    det = FailureDetector([score], alpha=0.2).fit(fit_set, progress=False).calibrate(cal_set)
+    with pytest.raises(ExportError, match="ProgressScore"):
+        export_onnx(det, tmp_path / "x.onnx")
 
 
 def test_mondrian_parity(fit_set, tmp_path):

@@ -28,7 +28,15 @@ name                shape / dtype          when
 ``t``               (N,) int64             always: step index since reset
 ``group``           (N,) int64             always: threshold row (0 = pooled)
 ``state_<name>``    (N, w) float64         per indicator ((N, 1) for cumulative)
+``hist_<k>``        (N, ...) float64       per-score state a score declared (see below)
 =================== ====================== =========================================
+
+A score that reads past steps (``Movement``'s lagged embedding, ``SlowingDown``'s trailing
+window, ``ChunkConsistency``'s previous mean chunk, ``ProgressScore(mode="shortfall")``'s past
+predictions) declares its state in its ``onnx_graph`` hook with ``builder.state(shape)``, which
+returns the input name ``hist_<k>``, and hands back the next value with
+``builder.update_state(name, tensor)`` (output ``new_hist_<k>``). The metadata lists them under
+``score_states``; the runtime keeps them per robot like the window buffers, zero at a reset.
 
 Outputs per indicator: ``score_<name>``, ``windowed_<name>``, ``threshold_<name>``,
 ``ratio_<name>`` (N,) float64 and ``new_state_<name>``; then ``fused_ratio`` (N,) float64 and
@@ -120,6 +128,29 @@ class _Builder:
         self._outputs: list[tuple[str, str]] = []
         #: ranks of the tensors whose rank a subgraph needs
         self.ranks: dict[str, int] = {}
+        #: per-score state: (input name, per-robot shape), in declaration order
+        self.states: list[tuple[str, tuple[int, ...]]] = []
+        self.state_updates: dict[str, str] = {}
+
+    def state(self, shape: Sequence[int]) -> str:
+        """Declare a per-robot float64 state of ``shape`` (the robot axis is added in front).
+
+        The graph takes it as input ``hist_<k>`` and must return its next value through
+        :meth:`update_state`; the runtime keeps it per robot, zero at every reset (a score
+        recognises its first step by ``t == 0``, not by the state's value).
+        """
+        dims = tuple(int(x) for x in shape)
+        if not dims or min(dims) < 1:
+            raise ExportError(f"a score declared a state of shape {dims}; every axis must be >= 1.")
+        name = f"hist_{len(self.states)}"
+        self.states.append((name, dims))
+        return name
+
+    def update_state(self, name: str, value: str) -> None:
+        """Set the next value of the state ``name`` (output ``new_<name>``)."""
+        if name in self.state_updates or not any(n == name for n, _ in self.states):
+            raise ExportError(f"state {name!r} is unknown or updated twice.")
+        self.state_updates[name] = value
 
     def _name(self, hint: str) -> str:
         self._count += 1
@@ -352,7 +383,8 @@ def _has_graph(score: Any) -> bool:
     if not getattr(score, "exportable", False):
         return False
     builtin = isinstance(score, (RNDScore, ActionChunkEntropy, DiscreteActionEntropy))
-    return builtin or (hasattr(score, "onnx_graph") and score.context == 0)
+    # a score that reads past steps keeps what it needs in a declared state (Builder.state)
+    return builtin or hasattr(score, "onnx_graph")
 
 
 def _score_graph(
@@ -386,7 +418,8 @@ def _check_exportable(detector: FailureDetector) -> None:
         raise ExportError(
             f"export_onnx: these scores have no ONNX form: {', '.join(bad)}. Exportable scores "
             "are RNDScore, ActionChunkEntropy, DiscreteActionEntropy, ProgressScore "
-            "(mode='completion') and Deviation of an exportable score; monitor the others "
+            "(history=0), Movement, SlowingDown, ChunkConsistency and Deviation of an "
+            "exportable score; monitor the others "
             "with failguard.Monitor in Python, or leave them out of the exported detector."
         )
     if not detector.is_calibrated:
@@ -397,7 +430,10 @@ def _check_exportable(detector: FailureDetector) -> None:
 
 
 def _metadata(
-    detector: FailureDetector, groups: list[str | None], tables: dict[str, NDArray[np.float64]]
+    detector: FailureDetector,
+    groups: list[str | None],
+    tables: dict[str, NDArray[np.float64]],
+    states: Sequence[tuple[str, tuple[int, ...]]] = (),
 ) -> dict[str, Any]:
     shapes: dict[str, list[int]] = {}
     for s in detector.scores:
@@ -427,6 +463,8 @@ def _metadata(
         "n_calibration": detector.n_calibration_,
         "n_conformal": cal.n_conformal,
         "thresholds": {n: t.tolist() for n, t in tables.items()},
+        # per-score state (float64, zero at reset), graph input <name>, output new_<name>
+        "score_states": [{"name": n, "shape": list(shp)} for n, shp in states],
     }
 
 
@@ -563,6 +601,12 @@ def build_model(detector: FailureDetector) -> onnx.ModelProto:
         src for n in detector.names for src in (raw[n], windowed_of[n], gamma_of[n], ratio_of[n])
     ]
     g.name_output(g.op("Concat", *report, fused, axis=0), "report")
+    for name, shp in g.states:
+        if name not in g.state_updates:
+            raise ExportError(f"export_onnx: a score declared state {name!r} but never updated it.")
+        inputs.append(helper.make_tensor_value_info(name, _DOUBLE, ["N", *shp]))
+        g.name_output(g.state_updates[name], f"new_{name}")
+        outputs.append(helper.make_tensor_value_info(f"new_{name}", _DOUBLE, ["N", *shp]))
     g.finish()
     outputs += [
         helper.make_tensor_value_info("fused_ratio", _DOUBLE, ["N"]),
@@ -584,7 +628,7 @@ def build_model(detector: FailureDetector) -> onnx.ModelProto:
         ),
     )
     model.ir_version = min(model.ir_version, 9)
-    meta = _metadata(detector, groups, tables)
+    meta = _metadata(detector, groups, tables, g.states)
     helper.set_model_props(
         model,
         {

@@ -267,7 +267,25 @@ class OnnxMonitor:
             n: 1 if meta["window_kind"] == "cumulative" else int(meta["windows"][n])
             for n in self.names
         }
-        expected = {*self.requires, "t", "group", *(f"state_{n}" for n in self.names)}
+        # per-score state (a lagged embedding, a trailing window, the previous chunk): absent
+        # in graphs exported before scores could keep one, which then have none
+        try:
+            self._hist = {
+                str(h["name"]): tuple(int(x) for x in h["shape"])
+                for h in meta.get("score_states", [])
+            }
+        except (TypeError, KeyError, ValueError) as err:
+            raise ArtifactError(
+                f"{self.path}: its metadata 'score_states' is malformed ({err}); the file is "
+                "corrupt or was edited. Export the detector again."
+            ) from err
+        expected = {
+            *self.requires,
+            "t",
+            "group",
+            *(f"state_{n}" for n in self.names),
+            *self._hist,
+        }
         got = {i.name for i in self.session.get_inputs()}
         if got != expected:
             raise ArtifactError(
@@ -285,7 +303,13 @@ class OnnxMonitor:
                 "Export the detector again."
             )
         # fetch only what a step needs: the packed report, the alarm, the flags and the state
-        self._fetch = ["report", "alarm", "overflow", *(f"new_state_{n}" for n in self.names)]
+        self._fetch = [
+            "report",
+            "alarm",
+            "overflow",
+            *(f"new_state_{n}" for n in self.names),
+            *(f"new_{h}" for h in self._hist),
+        ]
         missing = [o for o in self._fetch if o not in self._outputs]
         if missing:
             raise ArtifactError(f"{self.path}: the graph lacks outputs {missing}.")
@@ -346,6 +370,7 @@ class OnnxMonitor:
             self._group = np.array([self._group_index(g, _warn) for g in labels], dtype=np.int64)
             self._t = np.zeros(self._n, dtype=np.int64)
             self._state = {n_: np.zeros((self._n, self._width[n_])) for n_ in self.names}
+            self._hist_state = {h: np.zeros((self._n, *shp)) for h, shp in self._hist.items()}
             self.last_verdict: Verdict | None = None
         finally:
             self._lock.release()
@@ -361,7 +386,7 @@ class OnnxMonitor:
             self._group[i] = self._group_index(group)
             self._group_names[i] = group
             self._t[i] = 0
-            for s in self._state.values():
+            for s in (*self._state.values(), *self._hist_state.values()):
                 s[i] = 0.0
         finally:
             self._lock.release()
@@ -465,6 +490,7 @@ class OnnxMonitor:
         feed["group"] = self._group
         for n in self.names:
             feed[f"state_{n}"] = self._state[n]
+        feed.update(self._hist_state)
         return feed, refused
 
     def _run(
@@ -480,6 +506,7 @@ class OnnxMonitor:
         except Exception as err:  # onnxruntime raises its own exception types
             raise RolloutError(f"{where}: onnxruntime rejected the step ({err}).") from err
         states = rest[: len(self.names)]
+        hist = rest[len(self.names) : len(self.names) + len(self._hist)]
         report = report.reshape(-1, self._n)
         if self._has_nonfinite:
             nonfinite = np.asarray(rest[-1], dtype=bool)
@@ -516,6 +543,12 @@ class OnnxMonitor:
                 self._state[n] = state
             else:
                 self._state[n] = np.where(keep[:, None], state, self._state[n])
+        for h, value in zip(self._hist, hist, strict=True):
+            if keep.all():
+                self._hist_state[h] = value
+            else:
+                mask = keep.reshape(-1, *([1] * (value.ndim - 1)))
+                self._hist_state[h] = np.where(mask, value, self._hist_state[h])
         self._t = np.where(keep, self._t + 1, self._t)
         return report, alarm, nonfinite, refused
 

@@ -37,6 +37,19 @@ def _flat(x: NDArray[Any]) -> NDArray[np.float64]:
     return x.reshape(x.shape[0], -1)
 
 
+_DOUBLE = 11  # onnx.TensorProto.DOUBLE
+
+
+def _onnx_embeddings(g: Any) -> str:
+    """The graph's embeddings (N, ...) float32 as (N, d) float64, like :func:`_flat`."""
+    return g.op("Cast", g.op("Flatten", "embeddings", axis=1), to=_DOUBLE)
+
+
+def _onnx_first_step(g: Any, rank: int) -> str:
+    """(N, 1, …) bool, true at a robot's first step (t == 0), ``rank`` axes in all."""
+    return g.op("Unsqueeze", g.op("Equal", "t", g.i64(0)), g.i64(list(range(1, rank))))
+
+
 def _check_int(cls: str, label: str, value: Any, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(
@@ -70,6 +83,8 @@ class Movement(BaseScore):
         self.lag = _check_int("Movement", "lag", lag, 1)
         self.inv_std_: NDArray[np.float64] | None = None
 
+    exportable: ClassVar[bool] = True
+
     @property
     def context(self) -> int:  # type: ignore[override]
         """The score at t reads rows t-lag … t."""
@@ -86,6 +101,25 @@ class Movement(BaseScore):
         ref = np.maximum(np.arange(x.shape[0]) - self.lag, 0)
         d = x - x[ref]
         return np.sqrt(np.sum(d * d, axis=1) / x.shape[1])
+
+    def onnx_graph(self, g: Any, emit: Any) -> tuple[str, str | None]:
+        """ONNX subgraph; its state is the last ``lag`` scaled embeddings, oldest first."""
+        assert self.inv_std_ is not None
+        d = self.inv_std_.shape[0]
+        x = g.op("Mul", _onnx_embeddings(g), g.const(self.inv_std_, np.float64, "movement_scale"))
+        row = g.op("Unsqueeze", x, g.i64([1]))  # (N, 1, d)
+        state = g.state((self.lag, d))
+        # at t == 0 every earlier row is the first one (the reference max(0, t - lag))
+        past = g.op("Where", _onnx_first_step(g, 3), row, state)
+        ref = g.op("Squeeze", g.op("Slice", past, g.i64([0]), g.i64([1]), g.i64([1])), g.i64([1]))
+        diff = g.op("Sub", x, ref)
+        total = g.op("ReduceSum", g.op("Mul", diff, diff), g.i64([1]), keepdims=0)
+        if self.lag == 1:
+            g.update_state(state, row)
+        else:
+            keep = g.op("Slice", past, g.i64([1]), g.i64([self.lag]), g.i64([1]))
+            g.update_state(state, g.op("Concat", keep, row, axis=1))
+        return g.op("Sqrt", g.op("Div", total, g.f64(float(d)))), None
 
     def _params(self) -> dict[str, Any]:
         return {"lag": self.lag}
@@ -139,6 +173,8 @@ class SlowingDown(BaseScore):
         self.mean_: NDArray[np.float64] | None = None
         self.components_: NDArray[np.float64] | None = None
 
+    exportable: ClassVar[bool] = True
+
     @property
     def context(self) -> int:  # type: ignore[override]
         """The score at t reads rows t-window+1 … t."""
@@ -172,6 +208,49 @@ class SlowingDown(BaseScore):
             num = np.sum(c[1:] * c[:-1], axis=0)
             out[t] = 0.5 * (1.0 + float(np.mean(num[ok] / den[ok])))
         return out
+
+    def onnx_graph(self, g: Any, emit: Any) -> tuple[str, str | None]:
+        """ONNX subgraph; its state is the last ``window - 1`` projections, oldest first.
+
+        Rows before the first step are masked out, so the state's initial value is unused.
+        """
+        assert self.mean_ is not None and self.components_ is not None
+        w = self.window
+        k = self.components_.shape[0]
+        x = g.op("Sub", _onnx_embeddings(g), g.const(self.mean_, np.float64, "ews_mean"))
+        z = g.op("MatMul", x, g.const(self.components_.T, np.float64, "ews_components"))
+        state = g.state((w - 1, k))
+        rows = g.op("Concat", state, g.op("Unsqueeze", z, g.i64([1])), axis=1)  # (N, w, k)
+        g.update_state(state, g.op("Slice", rows, g.i64([1]), g.i64([w]), g.i64([1])))
+        n = g.op("Min", g.op("Add", "t", g.i64(1)), g.i64(w))  # rows in the window
+        first = g.op("Unsqueeze", g.op("Sub", g.i64(w), n), g.i64([1]))  # (N, 1)
+        valid = g.op("GreaterOrEqual", g.i64(np.arange(w)[None, :]), first)  # (N, w)
+        valid = g.op("Unsqueeze", valid, g.i64([2]))
+        zero = g.f64(0.0)
+        n_rows = g.op("Cast", n, to=_DOUBLE)
+        n_col = g.op("Unsqueeze", n_rows, g.i64([1]))
+        summed = g.op("ReduceSum", g.op("Where", valid, rows, zero), g.i64([1]), keepdims=1)
+        mean = g.op("Div", summed, g.op("Unsqueeze", n_col, g.i64([2])))
+        c = g.op("Where", valid, g.op("Sub", rows, mean), zero)
+        sq = g.op("ReduceSum", g.op("Mul", c, c), g.i64([1]), keepdims=0)  # (N, k)
+        if self.statistic == "variance":
+            per = g.op("Div", sq, n_col)
+            return g.op("ReduceMean", per, g.i64([1]), keepdims=0), None
+        lagged = g.op(
+            "Mul",
+            g.op("Slice", c, g.i64([1]), g.i64([w]), g.i64([1])),
+            g.op("Slice", c, g.i64([0]), g.i64([w - 1]), g.i64([1])),
+        )
+        num = g.op("ReduceSum", lagged, g.i64([1]), keepdims=0)
+        ok = g.op("Greater", sq, g.f64(1e-12))
+        rho = g.op("Where", ok, g.op("Div", num, g.op("Where", ok, sq, g.f64(1.0))), zero)
+        count = g.op("ReduceSum", g.op("Cast", ok, to=_DOUBLE), g.i64([1]), keepdims=0)
+        mean_rho = g.op(
+            "Div", g.op("ReduceSum", rho, g.i64([1]), keepdims=0), g.op("Max", count, g.f64(1.0))
+        )
+        value = g.op("Mul", g.f64(0.5), g.op("Add", g.f64(1.0), mean_rho))
+        flat = g.op("Or", g.op("Less", n, g.i64(3)), g.op("Less", count, g.f64(0.5)))
+        return g.op("Where", flat, g.f64(0.5), value), None
 
     def _params(self) -> dict[str, Any]:
         return {
@@ -228,6 +307,8 @@ class ChunkConsistency(BaseScore):
         self.dims = None if dims is None else [int(d) for d in dims]
         self.inv_spread_: NDArray[np.float64] | None = None
 
+    exportable: ClassVar[bool] = True
+
     def _points(self, a: NDArray[Any]) -> NDArray[np.float64]:
         x = np.asarray(a, dtype=np.float64)
         if self.dims is not None:
@@ -261,6 +342,24 @@ class ChunkConsistency(BaseScore):
             d = (m[:-1, e:, :] - m[1:, : h - e, :]) * self.inv_spread_
             out[1:] = np.sqrt(np.mean(d * d, axis=(1, 2)))
         return out
+
+    def onnx_graph(self, g: Any, emit: Any) -> tuple[str, str | None]:
+        """ONNX subgraph; its state is the tail ``[e:]`` of the previous mean chunk."""
+        assert self.inv_spread_ is not None and self.input_shapes_ is not None
+        h = int(self.input_shapes_["action_samples"][1])
+        e = self.exec_horizon
+        pts = "action_samples"
+        if self.dims is not None:
+            pts = g.op("Gather", pts, g.i64(self.dims), axis=3)
+        m = g.op("ReduceMean", g.op("Cast", pts, to=_DOUBLE), g.i64([1]), keepdims=0)  # (N, H, D)
+        state = g.state((h - e, self.inv_spread_.shape[0]))
+        g.update_state(state, g.op("Slice", m, g.i64([e]), g.i64([h]), g.i64([1])))
+        head = g.op("Slice", m, g.i64([0]), g.i64([h - e]), g.i64([1]))
+        diff = g.op(
+            "Mul", g.op("Sub", state, head), g.const(self.inv_spread_, np.float64, "spread")
+        )
+        rms = g.op("Sqrt", g.op("ReduceMean", g.op("Mul", diff, diff), g.i64([1, 2]), keepdims=0))
+        return g.op("Where", g.op("Equal", "t", g.i64(0)), g.f64(0.0), rms), None
 
     def _params(self) -> dict[str, Any]:
         return {"exec_horizon": self.exec_horizon, "dims": self.dims}

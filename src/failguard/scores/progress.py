@@ -149,8 +149,8 @@ class ProgressScore(BaseScore):
 
     @property
     def exportable(self) -> bool:  # type: ignore[override]
-        """``"completion"`` without history exports to ONNX (the others need past rows)."""
-        return self.mode == "completion" and self.history == 0
+        """Exports to ONNX without ``history`` (the model would need the past embeddings)."""
+        return self.history == 0
 
     def features(self, embeddings: NDArray[Any]) -> NDArray[np.float32]:
         """The model's input per row: the embedding and its ``history`` predecessors."""
@@ -162,7 +162,10 @@ class ProgressScore(BaseScore):
         return np.ascontiguousarray(np.concatenate(lagged, axis=1))
 
     def onnx_graph(self, g: Any, emit: Any) -> tuple[str, str | None]:
-        """(t + L·r̂) / L, with the MLP in float32 (Gemm + Relu) as torch computes it."""
+        """(t + L·r̂) / L, with the MLP in float32 (Gemm + Relu) as torch computes it.
+
+        ``"shortfall"`` keeps the last ``lag`` values of r̂ (oldest first) as its state.
+        """
         assert self.network_ is not None and self.length_ is not None
         net = self.network_
         z = g.op(
@@ -180,6 +183,23 @@ class ProgressScore(BaseScore):
         frac = g.op("Cast", g.op("Squeeze", g.op("Relu", z), g.i64([1])), to=11)  # float64
         length = g.f64(self.length_)
         remaining = g.op("Mul", frac, length)
+        if self.mode == "shortfall":
+            col = g.op("Unsqueeze", remaining, g.i64([1]))  # (N, 1)
+            state = g.state((self.lag,))
+            # at t == 0 every earlier prediction is the first one (reference max(0, t - lag))
+            first = g.op("Unsqueeze", g.op("Equal", "t", g.i64(0)), g.i64([1]))
+            past = g.op("Where", first, col, state)
+            if self.lag == 1:
+                g.update_state(state, col)
+            else:
+                keep = g.op("Slice", past, g.i64([1]), g.i64([self.lag]), g.i64([1]))
+                g.update_state(state, g.op("Concat", keep, col, axis=1))
+            ref = g.op(
+                "Squeeze", g.op("Slice", past, g.i64([0]), g.i64([1]), g.i64([1])), g.i64([1])
+            )
+            elapsed = g.op("Cast", g.op("Min", "t", g.i64(self.lag)), to=11)
+            gap = g.op("Relu", g.op("Sub", elapsed, g.op("Sub", ref, remaining)))
+            return g.op("Div", gap, length), None
         t = g.op("Cast", "t", to=11)
         return g.op("Div", g.op("Add", t, remaining), length), None
 
