@@ -20,7 +20,7 @@ from failguard.cli import main
 from failguard.health import check_calibration
 from failguard.logs import rollout_to_bytes
 from failguard.scores import ActionChunkEntropy, RNDScore
-from failguard.streaming import calibrate_from_results, evaluate_results, iter_results
+from failguard.streaming import calibrate_from_results, iter_results
 from failguard.synthetic import make_rollouts
 from test_streaming import same_calibration
 
@@ -99,7 +99,8 @@ def test_ray_calibration_metrics_and_health_equal_in_process(fitted, logs):
     back = distributed.read_parquet(path)
     horizon = det.longest_calibration_
     assert any(r.n_steps > horizon for r in back)  # the clock matters: without_clock is used
-    assert evaluate_results(back, det.alpha).to_dict() == evaluate(det, test).to_dict()
+    back_run = distributed.FleetScores(back)
+    assert distributed.evaluate(det, back_run).to_dict() == evaluate(det, test).to_dict()
     # an fsspec URI reads the same files
     uri = distributed.score(det, f"file://{logs['test']}", num_workers=1, batch_size=16)
     assert rows(uri.results) == rows(scored.results)
