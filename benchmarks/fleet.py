@@ -119,7 +119,7 @@ def generate(root: Path, n: int, n_fit: int, mean_len: int, chunk: int = 2000) -
         "spec": spec,
         "steps_cal_test": steps,
         "seconds": time.perf_counter() - t0,
-        "corrupt": str(corrupt),
+        "corrupt": str(corrupt.relative_to(root)),  # relative: no machine paths in results
         "bytes": sum(f.stat().st_size for f in root.rglob("*.safetensors")),
     }
     manifest.write_text(json.dumps(info, indent=2))
@@ -225,7 +225,7 @@ def run_config(root: Path, engine: str, workers: int, n: int, batch_size: int) -
     out["steps_per_s"] = steps / out["seconds"]
     out["steps_per_s_per_worker"] = out["steps_per_s"] / workers
     out["driver_peak_rss_mb"] = _peak_rss_mb()
-    out["skipped"] = [p for p, _ in skipped]
+    out["skipped"] = [os.path.relpath(p, root) for p, _ in skipped]  # no machine paths
     thresholds = {k: v.tolist() for k, v in det.thresholds_.items()}
     out["thresholds"] = thresholds
     out["thresholds_sha1"] = hashlib.sha1(json.dumps(thresholds).encode()).hexdigest()
