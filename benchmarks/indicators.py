@@ -98,7 +98,8 @@ def main() -> None:
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
-    seeds, n, epochs = ((0,), 8, 3) if args.tiny else ((0, 1, 2), 30, 40)
+    # tiny: 2n = 30 calibration rollouts, the fewest an OR over three legs (alpha/3 each) needs
+    seeds, n, epochs = ((0,), 15, 3) if args.tiny else ((0, 1, 2), 30, 40)
     runs = [run(s, n, epochs) for s in seeds]
     auc = {k: {f: float(np.mean([r["auc"][k][f] for r in runs])) for f in ("stuck", "drift")}
            for k in runs[0]["auc"]}  # fmt: skip
