@@ -32,6 +32,7 @@ from .calibration.calibrator import (
     CalibrationResult,
     CalibrationSettings,
     calibrate_thresholds,
+    require_finite,
     resolve_joint,
 )
 from .calibration.conformal import THRESHOLD_STYLES, Profile, conformal_p_values
@@ -754,13 +755,7 @@ class FailureDetector:
         """Pooled and per-group calibration from raw scores; changes nothing on self."""
         for name, values in raw.items():
             for i, x in enumerate(values):
-                if not np.all(np.isfinite(x)):
-                    step = int(np.flatnonzero(~np.isfinite(x))[0])
-                    raise CalibrationError(
-                        f"calibrate: calibration rollout {i} gives a non-finite {name!r} score "
-                        f"at step {step} (an extreme input overflowed the score); thresholds "
-                        "cannot be computed from it. Drop or repair that rollout."
-                    )
+                require_finite(x, name, f"calibration rollout {i}")
         curves = {
             name: [window_scores(x, self.windows[name], self.window_kind) for x in values]  # type: ignore[arg-type]
             for name, values in raw.items()

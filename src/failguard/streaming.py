@@ -43,6 +43,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _pipeline
+from .calibration.calibrator import require_finite
 from .exceptions import CalibrationError, FailguardError
 from .types import Rollout
 from .windows import window_scores
@@ -266,13 +267,7 @@ def summarise(
             )
     else:
         for name, x in raw.items():
-            if not np.all(np.isfinite(x)):
-                step = int(np.flatnonzero(~np.isfinite(x))[0])
-                raise CalibrationError(
-                    f"calibrate: {rollout.describe(index)} gives a non-finite {name!r} score "
-                    f"at step {step} (an extreme input overflowed the score); thresholds "
-                    "cannot be computed from it. Drop or repair that rollout."
-                )
+            require_finite(x, name, rollout.describe(index))
         windowed = {
             n: window_scores(raw[n], detector.windows[n], detector.window_kind)  # type: ignore[arg-type]
             for n in detector.names

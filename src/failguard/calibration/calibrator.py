@@ -59,9 +59,28 @@ __all__ = [
     "CalibrationResult",
     "CalibrationSettings",
     "calibrate_thresholds",
+    "require_finite",
     "resolve_joint",
     "split_sizes",
 ]
+
+
+def require_finite(x: NDArray[np.float64], name: str, rollout: str) -> None:
+    """Refuse a calibration rollout whose raw ``name`` scores are not all finite.
+
+    The one check that the in-memory and the streamed calibration both run.
+
+    Examples
+    --------
+    >>> require_finite(np.array([0.1, 0.2]), "rnd", "calibration rollout 0")
+    """
+    if not np.all(np.isfinite(x)):
+        step = int(np.flatnonzero(~np.isfinite(x))[0])
+        raise CalibrationError(
+            f"calibrate: {rollout} gives a non-finite {name!r} score "
+            f"at step {step} (an extreme input overflowed the score); thresholds "
+            "cannot be computed from it. Drop or repair that rollout."
+        )
 
 
 @dataclass(frozen=True)
