@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from failguard import ArtifactError, FailureDetector
-from failguard.detector import _artifact_digest
+from failguard._artifact import _artifact_digest
 
 
 def _edit(path: Path, change, tensors_change=None, rehash: bool = True) -> None:

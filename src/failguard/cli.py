@@ -129,7 +129,7 @@ def _check_output_dir(
 ) -> Path:
     """Refuse an output directory that is a file, a log directory or (without --force) an
     existing detector; checked before anything is read or trained."""
-    from .detector import CONFIG_FILE, WEIGHTS_FILE
+    from ._artifact import CONFIG_FILE, WEIGHTS_FILE
 
     out = Path(output)
     if out.exists() and not out.is_dir():

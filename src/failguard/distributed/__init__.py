@@ -145,7 +145,7 @@ def list_rollout_files(source: str | os.PathLike[str] | Sequence[str]) -> tuple[
 
 
 def _detector_bytes(detector: FailureDetector) -> dict[str, bytes]:
-    from ..detector import CONFIG_FILE, WEIGHTS_FILE
+    from .._artifact import CONFIG_FILE, WEIGHTS_FILE
 
     with tempfile.TemporaryDirectory(prefix="failguard-ship-") as tmp:
         detector.save(tmp)
