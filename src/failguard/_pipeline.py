@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+from .exceptions import ConfigError
+
 __all__ = ["fuse", "fusion_rank", "parse_combine", "ratios", "threshold_at"]
 
 
@@ -55,7 +57,7 @@ def fusion_rank(combine: str, n: int) -> int:
         return 1
     vote = parse_combine(combine)
     if vote is None or vote[1] != n or not 1 <= vote[0] <= n:
-        raise ValueError(
+        raise ConfigError(
             f"combine must be 'and', 'or' or 'k-of-{n}' with 1 <= k <= {n} for {n} "
             f"indicators. Got {combine!r} instead."
         )

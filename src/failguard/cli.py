@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
+from .exceptions import CliError, DependencyError, FailguardError
 
 __all__ = ["EXIT_DEPENDENCY", "EXIT_INPUT", "EXIT_OK", "EXIT_RECALIBRATE", "EXIT_TOO_FEW", "main"]
 
@@ -52,14 +53,6 @@ EXIT_DEPENDENCY = 3
 EXIT_RECALIBRATE = 4
 EXIT_TOO_FEW = 5
 EXIT_INTERRUPTED = 130
-
-
-class CliError(Exception):
-    """A user-facing input problem; the message says what to do."""
-
-
-class DependencyError(Exception):
-    """An optional dependency is missing."""
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -248,7 +241,7 @@ def _positive_int(text: str) -> int:
 
 
 def _make_scores(spec: str, example: Any, epochs: int | None) -> list[Any]:
-    from .scores import ActionChunkEntropy, DiscreteActionEntropy, RNDScore
+    from .scores import SCORE_ALIASES, SCORE_NAMES, make_score
 
     if spec == "auto":
         names = ["rnd"]
@@ -257,24 +250,17 @@ def _make_scores(spec: str, example: Any, epochs: int | None) -> list[Any]:
         elif example.action_logits is not None:
             names.append("entropy")
         elif example.action_ids is not None:
-            names.append("entropy-ids")
+            names.append("entropy_samples")
     else:
         names = [n.strip() for n in spec.split(",") if n.strip()]
     out: list[Any] = []
     for n in names:
-        if n == "rnd":
-            out.append(RNDScore(max_epochs=epochs) if epochs else RNDScore())
-        elif n == "ace":
-            out.append(ActionChunkEntropy())
-        elif n == "entropy":
-            out.append(DiscreteActionEntropy(source="logits"))
-        elif n == "entropy-ids":
-            out.append(DiscreteActionEntropy(source="ids"))
-        else:
+        if SCORE_ALIASES.get(n, n) not in SCORE_NAMES:
             raise CliError(
-                f"--scores: unknown score {n!r}; choose from rnd, ace, entropy, entropy-ids "
+                f"--scores: unknown score {n!r}; choose from {', '.join(SCORE_NAMES)} "
                 "(comma-separated) or auto."
             )
+        out.append(make_score(n, **({"max_epochs": epochs} if epochs and n == "rnd" else {})))
     for s in out:
         missing = [f for f in s.requires if getattr(example, f) is None]
         if missing:
@@ -925,8 +911,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scores",
         default="auto",
-        help="comma-separated: rnd, ace, entropy (discrete, from logits), entropy-ids; "
-        "auto = rnd plus ace or entropy, whichever the logs allow",
+        help="comma-separated names of failguard.scores.SCORE_NAMES (rnd, ace, entropy, "
+        "entropy_samples = entropy-ids, stac, progress, stagnation, ...); auto = rnd plus ace "
+        "or entropy, whichever the logs allow",
     )
     p.add_argument("--window", type=_positive_int, default=10, help="window length w (steps)")
     p.add_argument(
@@ -1154,8 +1141,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Progress bars only on a terminal: piped or redirected output stays clean.
     interactive = sys.stdout.isatty() and sys.stderr.isatty()
     args.quiet = bool(getattr(args, "quiet", False)) or not interactive
-    from .exceptions import FailguardError
-
     prefix = f"failguard {args.command}: error:"
 
     def show(message: Any, category: Any, *_: Any, **__: Any) -> None:
@@ -1170,7 +1155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DependencyError as err:
         print(f"{prefix} {err}", file=sys.stderr)
         return EXIT_DEPENDENCY
-    except (CliError, FailguardError, ValueError, OSError) as err:
+    except (FailguardError, OSError) as err:
         message = cli_wording(" ".join(str(err).split()))
         print(f"{prefix} {message}", file=sys.stderr)
         return EXIT_INPUT

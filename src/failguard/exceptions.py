@@ -9,7 +9,12 @@ from __future__ import annotations
 __all__ = [
     "ArtifactError",
     "CalibrationError",
+    "CliError",
     "ConcurrentUseError",
+    "ConfigError",
+    "DependencyError",
+    "DistributedError",
+    "ExportError",
     "FailguardError",
     "NonFiniteScoreError",
     "NotFittedError",
@@ -65,6 +70,41 @@ class ConcurrentUseError(FailguardError, RuntimeError):
     """One monitor was used by two threads at once. Use one monitor per thread."""
 
 
-class ParameterError(FailguardError, ValueError, TypeError):
-    """A parameter has a wrong type or value (a ``ValueError`` and a ``TypeError`` too, so
-    code that caught either keeps working)."""
+class ConfigError(FailguardError, ValueError):
+    """A parameter (of a detector, a score, a wrapper or a function) has a wrong value.
+
+    Raised when the object is built or the function called, before any work is done. Also a
+    ``ValueError``, so code that caught that keeps working.
+
+    Examples
+    --------
+    >>> from failguard import ConfigError, DiscreteActionEntropy
+    >>> try:
+    ...     DiscreteActionEntropy(source="ids")
+    ... except ConfigError as err:
+    ...     print(str(err).split(".")[0])
+    The 'source' parameter of DiscreteActionEntropy must be 'logits' or 'samples'
+    """
+
+
+class ParameterError(ConfigError, TypeError):
+    """A parameter has a wrong type or value: the :class:`ConfigError` that is also a
+    ``TypeError``, so code that caught either keeps working. ``except ParameterError`` still
+    catches every parameter error the detector raises."""
+
+
+class ExportError(FailguardError, ValueError):
+    """The detector cannot be exported (a score has no ONNX form, or it is not calibrated)."""
+
+
+class DistributedError(FailguardError):
+    """A distributed run could not give a trustworthy result (a lost or duplicated rollout)."""
+
+
+class DependencyError(FailguardError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+
+class CliError(FailguardError, ValueError):
+    """A command-line input problem (a path, a missing label, a flag); the message says what
+    to do."""

@@ -36,7 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _pipeline
-from .exceptions import CalibrationError
+from .exceptions import CalibrationError, ConfigError
 from .types import Rollout
 from .windows import window_scores
 
@@ -60,7 +60,7 @@ def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
     from scipy.stats import beta
 
     if n < 1 or not 0 <= k <= n:
-        raise ValueError(f"need 0 <= k <= n and n >= 1; got k={k}, n={n}.")
+        raise ConfigError(f"need 0 <= k <= n and n >= 1; got k={k}, n={n}.")
     a = 1.0 - confidence
     lo = 0.0 if k == 0 else float(beta.ppf(a / 2, k, n - k + 1))
     hi = 1.0 if k == n else float(beta.ppf(1 - a / 2, k + 1, n - k))
@@ -207,7 +207,7 @@ def check_calibration(
     True
     """
     if not 0 < confidence < 1:
-        raise ValueError(
+        raise ConfigError(
             f"The 'confidence' parameter must be a float in the range (0, 1). Got {confidence!r}."
         )
     if not isinstance(new_successes, Sequence):

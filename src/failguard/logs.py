@@ -27,7 +27,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from ._version import SCHEMA_VERSION
-from .exceptions import ArtifactError, RolloutError
+from .exceptions import ArtifactError, NotFittedError, RolloutError
 from .types import _FIELDS, Rollout, as_step_array
 
 __all__ = [
@@ -497,7 +497,7 @@ class Recorder:
     ) -> None:
         """Append one policy step. Shapes are those of one row of a :class:`Rollout`."""
         if self._steps is None:
-            raise RuntimeError("Recorder.step called before Recorder.start().")
+            raise NotFittedError("Recorder.step called before Recorder.start().")
         given = {
             "embeddings": embedding,
             "action_samples": action_samples,
@@ -531,7 +531,7 @@ class Recorder:
     def end(self, success: bool | None, metadata: Mapping[str, Any] | None = None) -> Path:
         """Finish the rollout with its outcome and write it; returns the file path."""
         if self._steps is None:
-            raise RuntimeError("Recorder.end called before Recorder.start().")
+            raise NotFittedError("Recorder.end called before Recorder.start().")
         if not self._steps:
             raise RolloutError("Recorder.end: the rollout has no steps; nothing to write.")
         meta = {**self._metadata, **dict(metadata or {})}

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .exceptions import ConfigError
 from .types import Rollout, Trace
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ def resolve_id_groups(
             return ["id"]
         if len(present) <= 1:
             return list(present) or ["id"]
-        raise ValueError(
+        raise ConfigError(
             f"evaluate: cannot tell which groups are in distribution: the successes have "
             f"groups {sorted(present, key=str)} and the detector does not know its calibration "
             "groups. Pass id_groups=[...] (CLI: --id-groups), or id_groups=None to skip "
@@ -97,7 +98,7 @@ def resolve_id_groups(
         )
     groups: list[str | None] = [id_groups] if isinstance(id_groups, str) else list(id_groups)
     if present and not present & set(groups):
-        raise ValueError(
+        raise ConfigError(
             f"evaluate: no success belongs to id_groups={groups}; the successes have groups "
             f"{sorted(present, key=str)}. Name the in-distribution ones (CLI: --id-groups)."
         )
@@ -208,7 +209,7 @@ def remove_clock(traces: Sequence[Trace], horizon: int) -> list[Trace]:
     (False, [0.5, 0.8, 0.8, 0.8])
     """
     if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
-        raise ValueError(f"horizon must be an int >= 1. Got {horizon!r} instead.")
+        raise ConfigError(f"horizon must be an int >= 1. Got {horizon!r} instead.")
     out = []
     for tr in traces:
         if len(tr) <= horizon:
@@ -429,7 +430,7 @@ def evaluate(
         from .streaming import evaluate_results, iter_results
 
         if alphas or raw is not None:
-            raise ValueError(
+            raise ConfigError(
                 "evaluate: alphas= and raw= need the rollouts' raw scores; pass a list of "
                 "rollouts, not an iterator, to use them."
             )

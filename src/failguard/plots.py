@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .exceptions import DependencyError
+
 try:
     from matplotlib.figure import Figure
 except ImportError as err:  # pragma: no cover - exercised only without matplotlib
-    raise ImportError(
+    raise DependencyError(
         "failguard.plots needs matplotlib. Install it with `pip install failguard[plots]` "
         "(or `pip install matplotlib`)."
     ) from err

@@ -44,7 +44,7 @@ from numpy.typing import NDArray
 
 from . import _pipeline
 from .calibration.calibrator import require_finite
-from .exceptions import CalibrationError, FailguardError
+from .exceptions import CalibrationError, FailguardError, ParameterError
 from .types import Rollout
 from .windows import window_scores
 
@@ -305,7 +305,7 @@ def iter_results(
     with tqdm(disable=not progress, desc="scoring", unit=" rollouts", leave=False) as bar:
         for i, r in enumerate(rollouts):
             if not isinstance(r, Rollout):
-                raise TypeError(f"item {i} is a {type(r).__name__}, not a Rollout.")
+                raise ParameterError(f"item {i} is a {type(r).__name__}, not a Rollout.")
             yield summarise(detector, r, curves, alarms, nonfinite, i)
             bar.update(1)
 

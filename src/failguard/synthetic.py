@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .exceptions import ConfigError
 from .types import Rollout
 
 __all__ = ["make_rollouts", "make_score_curves"]
@@ -75,7 +76,7 @@ def make_rollouts(
     """
     kinds = ("nominal", "ood_benign", "failure", "stuck")
     if kind not in kinds:
-        raise ValueError(f"kind must be one of {kinds}; got {kind!r}.")
+        raise ConfigError(f"kind must be one of {kinds}; got {kind!r}.")
     rng = np.random.default_rng([seed, kinds.index(kind)])
     proj, drift_dir, act_proj, logit_proj = _world(embedding_dim, action_dim, max(n_discrete, 2))
     out = []

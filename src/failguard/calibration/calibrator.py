@@ -42,7 +42,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._pipeline import fusion_rank
-from ..exceptions import CalibrationError
+from ..exceptions import CalibrationError, ConfigError
 from .conformal import (
     TINY,
     Profile,
@@ -314,7 +314,7 @@ def calibrate_thresholds(
         elif settings.style == "band":
             profiles[k] = band_profile(part1[k], settings.trim, settings.min_support)
         else:
-            raise ValueError(f"Unknown threshold style {settings.style!r}.")
+            raise ConfigError(f"Unknown threshold style {settings.style!r}.")
 
     stats: dict[str, NDArray[np.float64]] = {}
     levels: dict[str, float] = {}

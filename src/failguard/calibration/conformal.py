@@ -38,7 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._pipeline import fuse
-from ..exceptions import CalibrationError
+from ..exceptions import CalibrationError, ConfigError
 
 __all__ = [
     "THRESHOLD_STYLES",
@@ -79,7 +79,7 @@ def conformal_rank(n: int, alpha: float) -> int:
     failguard.exceptions.CalibrationError: alpha=0.05 needs at least 19 successful ...
     """
     if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be a float in the range (0, 1). Got {alpha!r} instead.")
+        raise ConfigError(f"alpha must be a float in the range (0, 1). Got {alpha!r} instead.")
     k = math.ceil((n + 1) * (1.0 - alpha) - 1e-9)
     if k > n:
         raise CalibrationError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..exceptions import ConfigError
 from .calibrator import CalibrationSettings, _needed, resolve_joint, split_sizes
 
 __all__ = ["CalibrationPlan", "plan", "plan_for_settings"]
@@ -84,7 +85,7 @@ def plan(
     if joint is not None:
         calibration = "joint" if joint else "per_indicator"
     if calibration not in ("auto", "per_indicator", "joint"):
-        raise ValueError(
+        raise ConfigError(
             "The 'calibration' parameter of plan must be one of ('auto', 'per_indicator', "
             f"'joint'). Got {calibration!r} instead."
         )

@@ -22,7 +22,7 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
-from ..exceptions import CalibrationError
+from ..exceptions import CalibrationError, ConfigError
 
 __all__ = ["min_pac_calibration_size", "pac_quantile"]
 
@@ -125,5 +125,5 @@ def min_pac_calibration_size(alpha: float, delta: float) -> int:
     (22, 45)
     """
     if not 0.0 < alpha < 1.0 or not 0.0 < delta < 1.0:
-        raise ValueError(f"alpha and delta must be in (0, 1); got alpha={alpha}, delta={delta}.")
+        raise ConfigError(f"alpha and delta must be in (0, 1); got alpha={alpha}, delta={delta}.")
     return max(1, math.ceil(math.log(delta) / math.log(1.0 - alpha) - 1e-9))

@@ -38,7 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..detector import FailureDetector
-from ..exceptions import CalibrationError, RolloutError
+from ..exceptions import CalibrationError, ConfigError, RolloutError
 from ..metrics import metrics_from_traces
 from ..scores import (
     ActionChunkEntropy,
@@ -370,7 +370,7 @@ def select(
     ('twa', ['movement_low'])
     """
     if criterion not in CRITERIA:
-        raise ValueError(
+        raise ConfigError(
             f"The 'criterion' parameter of select must be one of {CRITERIA}. "
             f"Got {criterion!r} instead."
         )
@@ -403,7 +403,7 @@ def select(
         candidates = default_candidates(fit[0], seed=random_state)
     candidates = list(candidates)
     if not candidates:
-        raise ValueError("select: no candidates given.")
+        raise ConfigError("select: no candidates given.")
 
     # Fit every distinct score object once; cache its per-rollout scores.
     from tqdm.auto import tqdm

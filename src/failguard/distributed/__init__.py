@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..exceptions import ArtifactError, FailguardError
+from ..exceptions import ArtifactError, DependencyError, DistributedError, FailguardError
 from ..streaming import (
     RolloutResult,
     calibrate_from_results,
@@ -73,16 +73,12 @@ __all__ = [
 SUFFIX = ".safetensors"
 
 
-class DistributedError(FailguardError):
-    """A distributed run could not give a trustworthy result (a lost or duplicated rollout)."""
-
-
 def _ray() -> Any:
     try:
         import ray
         import ray.data
     except ImportError as err:  # pragma: no cover - exercised where ray is absent
-        raise ImportError(
+        raise DependencyError(
             "failguard.distributed needs Ray Data: pip install 'failguard[ray]'. Without it, "
             "pass an iterator such as failguard.iter_rollouts(path) to run in process."
         ) from err

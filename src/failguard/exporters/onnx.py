@@ -71,7 +71,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._version import SCHEMA_VERSION, __version__
-from ..exceptions import FailguardError
+from ..exceptions import ExportError
 
 if TYPE_CHECKING:
     import onnx
@@ -108,10 +108,6 @@ _FIELD_SPECS: dict[str, tuple[int, str]] = {
     "action_logits": (_FLOAT, "(N, K)"),
     "action_ids": (_INT64, "(N, B)"),
 }
-
-
-class ExportError(FailguardError, ValueError):
-    """The detector cannot be exported (a score has no ONNX form, or it is not calibrated)."""
 
 
 class _Builder:

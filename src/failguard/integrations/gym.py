@@ -13,15 +13,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, SupportsFloat
 
+from ..exceptions import DependencyError, ParameterError
+
 try:
     import gymnasium as gym
 except ImportError as err:  # pragma: no cover - exercised only without gymnasium
-    raise ImportError(
+    raise DependencyError(
         "failguard.integrations.gym needs gymnasium. Install it with "
         "`pip install failguard[gym]` (or `pip install gymnasium`)."
     ) from err
 
-from ..exceptions import ParameterError
 from ..types import Verdict
 from .generic import PolicyAdapter
 

@@ -72,6 +72,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from ..exceptions import ConfigError, ParameterError, RolloutError
 from ..types import Verdict
 from .generic import AlarmHook, MonitoringSession, check_n_samples, to_numpy
 
@@ -113,7 +114,7 @@ def _default_hook_transform(output: Any) -> torch.Tensor:
     if isinstance(output, (tuple, list)):
         output = output[0]
     if not isinstance(output, torch.Tensor):
-        raise TypeError(
+        raise ParameterError(
             f"The hooked submodule returned a {type(output).__name__}; pass "
             "hook_transform=... (output -> tensor of shape (d,)) or embed=... instead."
         )
@@ -236,19 +237,21 @@ class LeRobotPolicyWrapper:
     ) -> None:
         for method in ("reset", "select_action"):
             if not callable(getattr(policy, method, None)):
-                raise TypeError(f"policy has no '{method}' method; is it a LeRobot-style policy?")
+                raise ParameterError(
+                    f"policy has no '{method}' method; is it a LeRobot-style policy?"
+                )
         diffusion = _lerobot_diffusion(policy)
         if (embed is not None and embed_module is not None) or (
             embed is None and embed_module is None and diffusion is None
         ):
-            raise ValueError(
+            raise ConfigError(
                 "Give exactly one of 'embed' (a callable) and 'embed_module' (LeRobot's "
                 "DiffusionPolicy may take neither: its observation conditioning is the default)."
             )
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-            raise ValueError(f"'n_samples' must be an int >= 1. Got {n_samples!r} instead.")
+            raise ConfigError(f"'n_samples' must be an int >= 1. Got {n_samples!r} instead.")
         if chunk_boundary not in ("auto", "queue", "steps"):
-            raise ValueError(
+            raise ConfigError(
                 "The 'chunk_boundary' parameter must be one of ('auto', 'queue', 'steps'). "
                 f"Got {chunk_boundary!r} instead."
             )
@@ -257,13 +260,13 @@ class LeRobotPolicyWrapper:
             and diffusion is None
             and not callable(getattr(policy, "predict_action_chunk", None))
         ):
-            raise TypeError("policy has no 'predict_action_chunk'; pass sample_chunks=... .")
+            raise ParameterError("policy has no 'predict_action_chunk'; pass sample_chunks=... .")
         check_n_samples(detector, n_samples, "LeRobotPolicyWrapper")
         if n_action_steps is None:
             config = getattr(policy, "config", None)
             n_action_steps = int(getattr(config, "n_action_steps", 1) or 1)
         if n_action_steps < 1:
-            raise ValueError(f"'n_action_steps' must be >= 1. Got {n_action_steps!r} instead.")
+            raise ConfigError(f"'n_action_steps' must be >= 1. Got {n_action_steps!r} instead.")
         self.policy = policy
         self._diffusion = diffusion
         self.backend = "generic" if diffusion is None else "lerobot-diffusion"
@@ -294,13 +297,13 @@ class LeRobotPolicyWrapper:
             try:
                 module = policy.get_submodule(embed_module)
             except AttributeError as err:
-                raise ValueError(
+                raise ConfigError(
                     f"policy has no submodule {embed_module!r} ({err}). Submodules: "
                     f"{[n for n, _ in policy.named_modules()][:20]}"
                 ) from err
             denoiser = getattr(diffusion, "unet", None)
             if isinstance(denoiser, nn.Module) and any(m is module for m in denoiser.modules()):
-                raise ValueError(
+                raise ConfigError(
                     f"embed_module={embed_module!r} is (part of) the diffusion denoiser: its "
                     "output is a noise prediction, not an observation embedding. Omit "
                     "embed_module to use the denoiser's conditioning of the current frame, or "
@@ -308,7 +311,7 @@ class LeRobotPolicyWrapper:
                 )
             self._hook = module.register_forward_hook(self._on_forward)
         if chunk_boundary == "queue" and self._queue() is None:
-            raise ValueError(
+            raise ConfigError(
                 "chunk_boundary='queue', but the policy has neither '_queues[\"action\"]' nor "
                 "'_action_queue'; use chunk_boundary='steps'."
             )
@@ -326,14 +329,14 @@ class LeRobotPolicyWrapper:
         if isinstance(output, (tuple, list)):
             output = output[0]
         if not isinstance(output, torch.Tensor):
-            raise TypeError(
+            raise ParameterError(
                 f"The hooked submodule returned a {type(output).__name__}; pass "
                 "hook_transform=... (output -> tensor) or embed=... instead."
             )
         n_obs_steps = int(self.policy.config.n_obs_steps)
         rows = output.shape[0] if output.ndim >= 1 else 0
         if rows == 0 or rows % n_obs_steps:
-            raise ValueError(
+            raise RolloutError(
                 f"The submodule {self.embed_module!r} returned shape {tuple(output.shape)} for "
                 f"one observation of n_obs_steps={n_obs_steps} frames; expected a multiple of "
                 f"{n_obs_steps} rows (frame-major, current frame last). Pass hook_transform=... ."
@@ -373,7 +376,7 @@ class LeRobotPolicyWrapper:
                 finally:
                     self._capturing = False
             if not self._captured:
-                raise RuntimeError(
+                raise ConfigError(
                     f"The submodule {self.embed_module!r} did not run during inference; "
                     "check embed_module or pass embed=... ."
                 )
@@ -400,7 +403,7 @@ class LeRobotPolicyWrapper:
         finally:
             self._capturing = False
         if not isinstance(cond, torch.Tensor) or cond.ndim != 2 or cond.shape[0] != 1:
-            raise ValueError(
+            raise RolloutError(
                 "LeRobotPolicyWrapper monitors one observation at a time (batch size 1); the "
                 f"policy's conditioning has shape {tuple(getattr(cond, 'shape', ()))}."
             )
@@ -408,7 +411,7 @@ class LeRobotPolicyWrapper:
             out: Any = self.embed(batch)
         elif self.embed_module is not None:
             if not self._captured:
-                raise RuntimeError(
+                raise ConfigError(
                     f"The submodule {self.embed_module!r} did not run while the policy encoded "
                     "the observation; hook the observation encoder or omit embed_module."
                 )
@@ -424,7 +427,7 @@ class LeRobotPolicyWrapper:
             start = n_obs_steps - 1  # the chunk's first action is the current step's
             chunks = to_numpy(sample[:, start : start + int(policy.config.n_action_steps)])
         if chunks.ndim != 3 or chunks.shape[0] != n:
-            raise ValueError(
+            raise RolloutError(
                 f"Expected {n} action chunks of shape ({n}, H, D); got {chunks.shape}."
             )
         return embedding, chunks.astype(np.float32)
@@ -449,7 +452,7 @@ class LeRobotPolicyWrapper:
                 parts += [to_numpy(self.policy.predict_action_chunk(batch)) for _ in range(n - 1)]
             chunks = np.concatenate(parts, axis=0)
         if chunks.ndim != 3 or chunks.shape[0] != n:
-            raise ValueError(
+            raise RolloutError(
                 f"Expected {n} action chunks of shape ({n}, H, D); got {chunks.shape}."
             )
         return chunks.astype(np.float32)

@@ -14,6 +14,7 @@ two-sided against the successes' per-step profile (entropy collapse).
 """
 
 from ._base import BaseScore, Score, register_score, score_from_config, step_index
+from ._factory import SCORE_ALIASES, SCORE_NAMES, make_score
 from .baselines import LogpZOScore, PCAKMeansScore, RNDActionScore, STACScore, mmd_rbf
 from .cached import CachedScore
 from .entropy import (
@@ -29,6 +30,8 @@ from .progress import ProgressScore
 from .rnd import RNDNetwork, RNDScore
 
 __all__ = [
+    "SCORE_ALIASES",
+    "SCORE_NAMES",
     "ActionChunkEntropy",
     "BaseScore",
     "CachedScore",
@@ -48,6 +51,7 @@ __all__ = [
     "ace_cells",
     "empirical_entropy",
     "logits_entropy",
+    "make_score",
     "mmd_rbf",
     "phase_profile",
     "register_score",

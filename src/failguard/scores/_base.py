@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
-from ..exceptions import NotFittedError, RolloutError
+from ..exceptions import ConfigError, NotFittedError, RolloutError
 from ..types import Rollout
 
 __all__ = ["BaseScore", "Score", "register_score", "score_from_config", "step_index"]
@@ -62,7 +62,7 @@ def score_from_config(config: Mapping[str, Any], tensors: Mapping[str, NDArray[A
     """Rebuild a fitted score from :meth:`BaseScore.get_config` and its tensors."""
     kind = config.get("type")
     if kind not in _REGISTRY:
-        raise KeyError(f"unknown score type {kind!r}; known: {sorted(_REGISTRY)}")
+        raise ConfigError(f"unknown score type {kind!r}; known: {sorted(_REGISTRY)}")
     return _REGISTRY[kind]._from_state(dict(config["params"]), dict(config["fitted"]), tensors)
 
 
@@ -80,7 +80,7 @@ class BaseScore:
 
     def __init__(self, name: str) -> None:
         if not isinstance(name, str) or not name.isidentifier():
-            raise ValueError(f"score name must be a Python identifier; got {name!r}.")
+            raise ConfigError(f"score name must be a Python identifier; got {name!r}.")
         self.name = name
         self.input_shapes_: dict[str, tuple[int, ...]] | None = None
 

@@ -23,6 +23,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from ..exceptions import ConfigError, RolloutError
 from ..types import Rollout
 from ._base import BaseScore, register_score
 from .rnd import RNDScore, torch_threads
@@ -87,7 +88,7 @@ class STACScore(BaseScore):
     def __init__(self, exec_horizon: int = 4, name: str = "stac") -> None:
         super().__init__(name)
         if isinstance(exec_horizon, bool) or not isinstance(exec_horizon, int) or exec_horizon < 1:
-            raise ValueError(
+            raise ConfigError(
                 "The 'exec_horizon' parameter of STACScore must be an int >= 1. "
                 f"Got {exec_horizon!r} instead."
             )
@@ -96,7 +97,7 @@ class STACScore(BaseScore):
     def _fit(self, rollouts: Sequence[Rollout], progress: bool) -> None:
         h = rollouts[0].action_samples.shape[2]  # type: ignore[union-attr]
         if self.exec_horizon >= h:
-            raise ValueError(
+            raise RolloutError(
                 f"STACScore: exec_horizon={self.exec_horizon} leaves no overlap in chunks of "
                 f"length H={h}; use exec_horizon < H."
             )

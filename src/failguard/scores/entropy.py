@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from ..exceptions import ConfigError, RolloutError
 from ..types import Rollout
 from ._base import BaseScore, register_score
 
@@ -160,14 +161,14 @@ class ActionChunkEntropy(BaseScore):
     ) -> None:
         super().__init__(name)
         if not (isinstance(cell_factor, (int, float)) and 0 < cell_factor <= 1):
-            raise ValueError(
+            raise ConfigError(
                 "The 'cell_factor' parameter of ActionChunkEntropy must be a float in the range "
                 f"(0, 1]. Got {cell_factor!r} instead."
             )
         if integrate_dt is not None and not (
             isinstance(integrate_dt, (int, float)) and integrate_dt > 0
         ):
-            raise ValueError(
+            raise ConfigError(
                 "The 'integrate_dt' parameter of ActionChunkEntropy must be a positive float or "
                 f"None. Got {integrate_dt!r} instead."
             )
@@ -181,7 +182,7 @@ class ActionChunkEntropy(BaseScore):
         a = np.asarray(action_samples, dtype=np.float32)
         if self.dims is not None:
             if max(self.dims) >= a.shape[-1] or min(self.dims) < -a.shape[-1]:
-                raise ValueError(
+                raise RolloutError(
                     f"ActionChunkEntropy: dims {self.dims} out of range for actions with "
                     f"D={a.shape[-1]}."
                 )
@@ -269,7 +270,7 @@ class DiscreteActionEntropy(BaseScore):
 
     def __init__(self, source: str = "logits", name: str | None = None) -> None:
         if source not in ("logits", "samples"):
-            raise ValueError(
+            raise ConfigError(
                 "The 'source' parameter of DiscreteActionEntropy must be 'logits' or 'samples'. "
                 f"Got {source!r} instead."
             )

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from ..exceptions import RolloutError
+from ..exceptions import ConfigError, RolloutError
 from ..types import Rollout
 from ._base import BaseScore, register_score
 
@@ -52,7 +52,7 @@ def _onnx_first_step(g: Any, rank: int) -> str:
 
 def _check_int(cls: str, label: str, value: Any, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(
+        raise ConfigError(
             f"The '{label}' parameter of {cls} must be an int >= {low}. Got {value!r} instead."
         )
     return int(value)
@@ -162,7 +162,7 @@ class SlowingDown(BaseScore):
         name: str | None = None,
     ) -> None:
         if statistic not in self.STATISTICS:
-            raise ValueError(
+            raise ConfigError(
                 f"The 'statistic' parameter of SlowingDown must be one of {self.STATISTICS}. "
                 f"Got {statistic!r} instead."
             )

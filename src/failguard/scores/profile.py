@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..exceptions import RolloutError
+from ..exceptions import ConfigError, ParameterError, RolloutError
 from ..types import Rollout
 from ._base import BaseScore, register_score, score_from_config, step_index
 
@@ -127,22 +127,22 @@ class Deviation(BaseScore):
         name: str | None = None,
     ) -> None:
         if not isinstance(inner, BaseScore):
-            raise TypeError(f"Deviation wraps a score; got {type(inner).__name__}.")
+            raise ParameterError(f"Deviation wraps a score; got {type(inner).__name__}.")
         if side not in SIDES:
-            raise ValueError(
+            raise ConfigError(
                 f"The 'side' parameter of Deviation must be one of {SIDES}. Got {side!r} instead."
             )
         if isinstance(smooth, bool) or not isinstance(smooth, int) or smooth < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"The 'smooth' parameter of Deviation must be an int >= 0. Got {smooth!r} instead."
             )
         if isinstance(min_support, bool) or not isinstance(min_support, int) or min_support < 1:
-            raise ValueError(
+            raise ConfigError(
                 "The 'min_support' parameter of Deviation must be an int >= 1. "
                 f"Got {min_support!r} instead."
             )
         if not isinstance(profile_split, (int, float)) or not 0 <= profile_split < 1:
-            raise ValueError(
+            raise ConfigError(
                 "The 'profile_split' parameter of Deviation must be a float in the range [0, 1). "
                 f"Got {profile_split!r} instead."
             )

@@ -28,6 +28,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from ..exceptions import ConfigError
 from ..types import Rollout
 from ._base import BaseScore, register_score, step_index
 from .rnd import torch_threads
@@ -114,19 +115,19 @@ class ProgressScore(BaseScore):
         name: str | None = None,
     ) -> None:
         if mode not in self.MODES:
-            raise ValueError(
+            raise ConfigError(
                 f"The 'mode' parameter of ProgressScore must be one of {self.MODES}. "
                 f"Got {mode!r} instead."
             )
         super().__init__(name or ("progress" if mode == "completion" else "progress_shortfall"))
         for label, value in (("lag", lag), ("epochs", epochs), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(
+                raise ConfigError(
                     f"The '{label}' parameter of ProgressScore must be an int >= 1. "
                     f"Got {value!r} instead."
                 )
         if isinstance(history, bool) or not isinstance(history, int) or history < 0:
-            raise ValueError(
+            raise ConfigError(
                 "The 'history' parameter of ProgressScore must be an int >= 0. "
                 f"Got {history!r} instead."
             )
