@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
+from .core.kernel import split_indices
 from .exceptions import CliError, DependencyError, FailguardError
 
 __all__ = ["EXIT_DEPENDENCY", "EXIT_INPUT", "EXIT_OK", "EXIT_RECALIBRATE", "EXIT_TOO_FEW", "main"]
@@ -221,7 +222,7 @@ def _unit_float(text: str) -> float:
 
 
 def _fusion(text: str) -> str:
-    from ._pipeline import parse_combine
+    from .core.kernel import parse_combine
 
     if text in ("and", "or") or parse_combine(text) is not None:
         return text
@@ -501,8 +502,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         where = str(args.calibration_logs)
     else:
         needed = det.calibration_plan().n_required
-        order = np.random.default_rng(args.seed).permutation(len(ok))
         n_fit = max(1, round(args.fit_fraction * len(ok)))
+        fit_idx, cal_idx = split_indices(len(ok), n_fit, np.random.default_rng(args.seed))
         if len(ok) - n_fit < needed:
             raise CliError(
                 f"{args.logs}: {len(ok)} successful rollouts; {n_fit} fit the scores "
@@ -511,8 +512,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
                 f"(`failguard plan` tells the numbers). Record at least {n_fit + needed} "
                 "successful rollouts, raise --alpha, or pass --calibration-logs."
             )
-        fit_set = [ok[i] for i in order[:n_fit]]
-        cal_set = [ok[i] for i in order[n_fit:]]
+        fit_set = [ok[i] for i in fit_idx]
+        cal_set = [ok[i] for i in cal_idx]
         where = f"{args.logs} (the calibration part)"
     _check_calibration_set(det, fit_set, cal_set, where, args.independent_repeats)
     if len(ok) < len(rollouts):

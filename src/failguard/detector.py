@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _pipeline
 from .calibration.calibrator import (
     CalibrationResult,
     CalibrationSettings,
@@ -33,12 +32,15 @@ from .calibration.calibrator import (
     resolve_joint,
 )
 from .calibration.conformal import THRESHOLD_STYLES, conformal_p_values
+from .core import kernel
+from .core.spec import MAX_WINDOW, MonitorSpec, compile_spec
 from .exceptions import (
     CalibrationError,
     NonFiniteScoreError,
     NotFittedError,
     ParameterError,
 )
+from .monitor import Monitor
 from .scores._base import BaseScore
 from .scores.entropy import ActionChunkEntropy
 from .scores.rnd import RNDScore
@@ -46,9 +48,6 @@ from .types import Rollout, Trace
 from .windows import WINDOW_KINDS, window_scores
 
 __all__ = ["FailureDetector"]
-
-#: Longest window; a window is O(w) state per robot, so absurd values are refused up front.
-MAX_WINDOW = 100_000
 
 
 def _param_error(name: str, expected: str, value: Any) -> ParameterError:
@@ -323,6 +322,7 @@ class FailureDetector:
         self.longest_calibration_: int | None = None
         #: set by failguard.select: what was compared and why this configuration won
         self.selection_: Any = None
+        self._spec_cache: tuple[Any, Any, Any, MonitorSpec] | None = None
 
     # ------------------------------------------------------------------ properties
     @property
@@ -700,22 +700,39 @@ class FailureDetector:
         bar = tqdm(self.scores, desc="scoring", disable=not progress, leave=False)
         return {s.name: s.score_many(rollouts) for s in bar}
 
-    def _calibration_for(self, group: str | None) -> CalibrationResult:
+    def spec(self) -> MonitorSpec:
+        """The calibrated monitor step as a frozen, torch-free :class:`~failguard.core.MonitorSpec`.
+
+        Batch scoring, :class:`~failguard.Monitor`, the health check, p-values and the ONNX
+        export all run this spec (through :mod:`failguard.core.kernel`). Compiled once per
+        calibration and cached.
+
+        Raises
+        ------
+        NotFittedError
+            If the detector is not calibrated yet.
+        """
         cal = self._require_calibrated()
-        if self.mondrian:
-            if group in self.group_calibration_:
-                return self.group_calibration_[group]
-            warnings.warn(
-                f"No Mondrian thresholds for group {group!r} (calibrated groups: "
-                f"{sorted(self.group_calibration_)}); using the pooled thresholds.",
-                UserWarning,
-                stacklevel=4,
-            )
-        return cal
+        params = (self.combine, self.window_kind, tuple(self.windows.items()), self.mondrian)
+        cached = self._spec_cache
+        if (
+            cached is None
+            or cached[0] is not cal
+            or cached[1] is not self.group_calibration_
+            or cached[2] != params
+        ):
+            cached = (cal, self.group_calibration_, params, compile_spec(self))
+            self._spec_cache = cached
+        return cached[3]
+
+    def _row(self, group: str | None) -> int:
+        """Threshold row of ``group`` (Mondrian aware; unknown groups get the pooled row)."""
+        spec = self.spec()
+        return kernel.group_row(spec.groups, spec.mondrian, group)
 
     def tables_for(self, group: str | None = None) -> dict[str, NDArray[np.float64]]:
         """Threshold tables to use for a rollout of ``group`` (Mondrian aware)."""
-        return self._calibration_for(group).tables
+        return self.spec().thresholds_row(self._row(group))
 
     def _trace(
         self,
@@ -725,38 +742,31 @@ class FailureDetector:
         nonfinite: str = "raise",
         index: int | None = None,
     ) -> Trace:
-        tables = self.tables_for(group)
-        t = np.arange(len(rollout))
-        bad = np.zeros(len(rollout), dtype=bool)
-        for name in self.names:
-            bad |= ~np.isfinite(raw[name])
-        if bad.any() and nonfinite == "raise":
-            step = int(np.flatnonzero(bad)[0])
-            which = [n for n in self.names if not np.isfinite(raw[n][step])]
-            raise NonFiniteScoreError(
-                f"{rollout.describe(index)}: step {step} gives a non-finite score for {which} "
-                "from finite inputs (an extreme input overflowed the score). Check the input's "
-                "scale, or pass nonfinite='alarm' to count such steps as alarms."
-            )
-        windowed, gammas, rat = {}, {}, {}
-        for name in self.names:
-            # a non-finite score enters its window as +inf (never NaN), as in Monitor.step
-            values = np.where(np.isfinite(raw[name]), raw[name], np.inf)
-            windowed[name] = window_scores(values, self.windows[name], self.window_kind)  # type: ignore[arg-type]
-            gammas[name] = _pipeline.threshold_at(tables[name], t)
-            rat[name] = _pipeline.ratios(windowed[name], gammas[name])
-        fused = _pipeline.fuse(list(rat.values()), self.combine)
-        bad |= np.isnan(fused)
+        spec = self.spec()
+        row = self._row(group)
+        if nonfinite == "raise":
+            bad = np.zeros(len(rollout), dtype=bool)
+            for name in self.names:
+                bad |= ~np.isfinite(raw[name])
+            if bad.any():
+                step = int(np.flatnonzero(bad)[0])
+                which = [n for n in self.names if not np.isfinite(raw[n][step])]
+                raise NonFiniteScoreError(
+                    f"{rollout.describe(index)}: step {step} gives a non-finite score for "
+                    f"{which} from finite inputs (an extreme input overflowed the score). Check "
+                    "the input's scale, or pass nonfinite='alarm' to count such steps as alarms."
+                )
+        out = kernel.scan(spec, raw, row)
         return Trace(
             raw,
-            windowed,
-            gammas,
-            rat,
-            fused,
-            (fused > 1.0) | bad,
+            out.windowed,
+            out.thresholds,
+            out.ratios,
+            out.fused,
+            out.alarm,
             rollout.success,
             rollout.group,
-            bad if bad.any() else None,
+            out.nonfinite if out.nonfinite.any() else None,
         )
 
     def score(self, rollout: Rollout, group: str | None = None, nonfinite: str = "raise") -> Trace:
@@ -846,32 +856,27 @@ class FailureDetector:
         group : str, optional
             Mondrian group; default ``rollout.group``.
         """
-        cal = self._calibration_for(group if group is not None else rollout.group)
+        spec = self.spec()
+        row = self._row(group if group is not None else rollout.group)
         if self.mode == "reference":
             raise ParameterError(
                 "p_values: mode='reference' reproduces the reference thresholds, which have no "
                 "conformal statistics; use mode='corrected'."
             )
-        raw = self.raw_scores(rollout)
-        d = {}
-        for name in self.names:
-            w = window_scores(raw[name], self.windows[name], self.window_kind)  # type: ignore[arg-type]
-            d[name] = cal.profiles[name].normalise(w)
-        out = {
-            k: conformal_p_values(np.maximum.accumulate(v), cal.statistics[k]) for k, v in d.items()
-        }
-        if "fused" in cal.statistics:
-            fused = _pipeline.fuse(list(d.values()), self.combine)
-            out["fused"] = conformal_p_values(np.maximum.accumulate(fused), cal.statistics["fused"])
+        windowed = kernel.scan(spec, self.raw_scores(rollout), row).windowed
+        d = kernel.normalised(spec, windowed, row)
+        stats = spec.statistics[row] if spec.statistics is not None else {}
+        out = {k: conformal_p_values(np.maximum.accumulate(v), stats[k]) for k, v in d.items()}
+        if "fused" in stats:
+            fused = kernel.fuse(list(d.values()), self.combine)
+            out["fused"] = conformal_p_values(np.maximum.accumulate(fused), stats["fused"])
         return out
 
-    def monitor(self, group: str | None = None, nonfinite: str = "raise") -> Any:
+    def monitor(self, group: str | None = None, nonfinite: str = "raise") -> Monitor:
         """A streaming :class:`~failguard.Monitor` for one rollout at a time.
 
         ``nonfinite``: what a step with a NaN or inf score does; see :class:`~failguard.Monitor`.
         """
-        from .monitor import Monitor
-
         return Monitor(self, group=group, nonfinite=nonfinite)
 
     # ------------------------------------------------------------------ checks

@@ -35,10 +35,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _pipeline
+from .core import kernel
 from .exceptions import CalibrationError, ConfigError
 from .types import Rollout
-from .windows import window_scores
 
 if TYPE_CHECKING:
     from .detector import FailureDetector
@@ -76,21 +75,13 @@ def episode_statistics(
     calibrated profile: the same quantity whose calibration values are stored in
     ``detector.calibration_.statistics``. Uses the pooled calibration.
     """
-    cal = detector._require_calibrated()
-    out: dict[str, list[float]] = {k: [] for k in cal.statistics}
+    spec = detector.spec()
+    keys = spec.statistics[0] if spec.statistics is not None else {}
+    out: dict[str, list[float]] = {k: [] for k in keys}
     for r in rollouts:
-        raw = detector.raw_scores(r)
-        d = {
-            n: cal.profiles[n].normalise(
-                window_scores(raw[n], detector.windows[n], detector.window_kind)  # type: ignore[arg-type]
-            )
-            for n in detector.names
-        }
-        for n in detector.names:
-            if n in out:
-                out[n].append(float(np.max(d[n])))
-        if "fused" in out:
-            out["fused"].append(float(np.max(_pipeline.fuse(list(d.values()), detector.combine))))
+        windowed = kernel.scan(spec, detector.raw_scores(r)).windowed
+        for k, v in kernel.episode_statistics(spec, windowed).items():
+            out[k].append(v)
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
 
 
@@ -214,7 +205,7 @@ def check_calibration(
         # An iterator (fg.iter_rollouts): stream it, one rollout in memory.
         from .streaming import health_from_results, iter_results
 
-        detector._require_calibrated()
+        detector.spec()  # raises NotFittedError unless calibrated
         results = iter_results(detector, new_successes)
         return health_from_results(detector, results, confidence, min_rollouts)
     rollouts = list(new_successes)
@@ -225,7 +216,7 @@ def check_calibration(
         )
     if not rollouts:
         raise CalibrationError("check_calibration: no rollouts given.")
-    detector._require_calibrated()
+    detector.spec()
     n = len(rollouts)
     k = int(sum(t.predicted_failure for t in detector.traces(rollouts)))
     new_stats = episode_statistics(detector, rollouts)
@@ -243,12 +234,13 @@ def _health_report(
     """The report from the alarm count and the new episode statistics (both engines)."""
     from scipy.stats import mannwhitneyu
 
-    cal = detector._require_calibrated()
+    spec = detector.spec()
+    stats_of = spec.statistics[0] if spec.statistics is not None else {}
     lo, hi = clopper_pearson(k, n, confidence)
     level = 1.0 - confidence
     tests: dict[str, dict[str, float]] = {}
     for name, stats in new_stats.items():
-        ref = cal.statistics[name]
+        ref = stats_of[name]
         p = float(mannwhitneyu(stats, ref, alternative="greater").pvalue)
         tests[name] = {
             "p_value": min(1.0, p * len(new_stats)),

@@ -1,7 +1,8 @@
 """Monitor: the streaming, one-step-at-a-time face of a calibrated FailureDetector.
 
-It calls the very same score functions, window reduction, threshold lookup and fusion as
-:meth:`FailureDetector.score` (see :mod:`failguard._pipeline`), one step at a time, keeping
+It runs the detector's :class:`~failguard.core.MonitorSpec` through the step kernel
+(:func:`failguard.core.kernel.step`), the very kernel that :meth:`FailureDetector.score`
+scans over a whole rollout, calling the same score functions one step at a time and keeping
 O(window) state. Replaying a rollout through :meth:`Monitor.step` reproduces the batch
 :class:`~failguard.types.Trace`: identical windows, thresholds and alarms given the same raw
 scores; raw network scores agree to float32 rounding (a matrix product of one row may round
@@ -13,12 +14,13 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import _pipeline
+from .core import kernel
+from .core.spec import MonitorSpec
 from .exceptions import (
     ConcurrentUseError,
     NonFiniteScoreError,
@@ -26,13 +28,18 @@ from .exceptions import (
     ParameterError,
     RolloutError,
 )
-from .types import _FIELDS, Verdict, as_step_array, fired_names
-from .windows import WindowState
-
-if TYPE_CHECKING:
-    from .detector import FailureDetector
+from .types import _FIELDS, Verdict, as_step_array
 
 __all__ = ["Monitor"]
+
+
+class _Calibrated(Protocol):
+    """What a Monitor reads from a calibrated detector (no import of the detector module)."""
+
+    scores: Any
+    calibration_: Any
+
+    def spec(self) -> MonitorSpec: ...
 
 
 class Monitor:
@@ -73,9 +80,9 @@ class Monitor:
     """
 
     def __init__(
-        self, detector: FailureDetector, group: str | None = None, nonfinite: str = "raise"
+        self, detector: _Calibrated, group: str | None = None, nonfinite: str = "raise"
     ) -> None:
-        detector._require_calibrated()
+        detector.spec()  # raises NotFittedError unless calibrated
         if nonfinite not in ("raise", "alarm"):
             raise ParameterError(
                 "The 'nonfinite' parameter of Monitor must be one of ('raise', 'alarm'). "
@@ -83,7 +90,6 @@ class Monitor:
             )
         self.detector = detector
         self.nonfinite = nonfinite
-        self._fields = detector.requires
         self._lock = threading.Lock()
         self.reset(group)
 
@@ -101,27 +107,26 @@ class Monitor:
     def _reset(self, group: str | None) -> None:
         det = self.detector
         self.group = group
-        self._calibration = det._require_calibrated()
+        self._calibration = det.calibration_
+        self.spec = det.spec().with_nonfinite(self.nonfinite)
         self._scores = list(det.scores)
-        self._tables = det.tables_for(group)
-        self._windows = {
-            n: WindowState(det.windows[n], det.window_kind)  # type: ignore[arg-type]
-            for n in det.names
-        }
+        self._state = kernel.init_state(
+            self.spec, [kernel.group_row(self.spec.groups, self.spec.mondrian, group)]
+        )
         self._history: dict[str, deque[dict[str, NDArray[Any]]]] = {
             s.name: deque(maxlen=s.context + 1) for s in self._scores
         }
-        self._t = 0
         self.last_verdict: Verdict | None = None
 
     @property
     def t(self) -> int:
         """Index of the next step."""
-        return self._t
+        return int(self._state.t[0])
 
     def _validate(self, given: dict[str, ArrayLike | None]) -> dict[str, NDArray[Any]]:
         rows: dict[str, NDArray[Any]] = {}
-        for f in self._fields:
+        shapes = self.spec.input_shapes
+        for f in self.spec.requires:
             value = given.get(f)
             if value is None:
                 arg = "embedding" if f == "embeddings" else f
@@ -130,13 +135,11 @@ class Monitor:
                 )
             ndim, kind, _ = _FIELDS[f]
             rows[f] = as_step_array(f, value, ndim - 1, kind, "Monitor.step")
-            for s in self._scores:
-                shapes = s.input_shapes_ or {}
-                if f in shapes and tuple(rows[f].shape) != shapes[f]:
-                    raise RolloutError(
-                        f"Monitor.step: '{f}' has shape {tuple(rows[f].shape)}, but the "
-                        f"detector was fitted on {shapes[f]}."
-                    )
+            if tuple(rows[f].shape) != shapes[f]:
+                raise RolloutError(
+                    f"Monitor.step: '{f}' has shape {tuple(rows[f].shape)}, but the "
+                    f"detector was fitted on {shapes[f]}."
+                )
         return rows
 
     def step(
@@ -202,49 +205,42 @@ class Monitor:
         )
         # Score first, from the history plus this step, and change no state until every
         # score is known to be usable: a refused step leaves the monitor as it was.
+        t = self.t
         raw: dict[str, float] = {}
         new_rows: dict[str, dict[str, NDArray[Any]]] = {}
         for s in self._scores:
             hist = self._history[s.name]
-            row = {**{f: rows[f] for f in s.requires}, "t": np.array(self._t, dtype=np.int64)}
+            row = {**{f: rows[f] for f in s.requires}, "t": np.array(t, dtype=np.int64)}
             recent = [*list(hist)[max(0, len(hist) + 1 - (hist.maxlen or 1)) :], row]
             inputs = {f: np.stack([h[f] for h in recent]) for f in (*s.requires, "t")}
             raw[s.name] = float(s.score_steps(inputs)[-1])
             new_rows[s.name] = row
         bad = [n for n, v in raw.items() if not math.isfinite(v)]
-        if bad and self.nonfinite == "raise":
+        if bad and self.spec.nonfinite == "raise":
             raise NonFiniteScoreError(
-                f"Monitor.step: step {self._t} gives a non-finite score for {bad} "
+                f"Monitor.step: step {t} gives a non-finite score for {bad} "
                 f"({', '.join(f'{n}={raw[n]}' for n in bad)}) from finite inputs: an extreme "
                 "input overflowed the score. The step was refused and the monitor state is "
                 "unchanged. Check the input's scale, or create the monitor with "
                 "nonfinite='alarm' to count such steps as alarms."
             )
+        out, self._state = kernel.step(
+            self.spec, self._state, {n: np.array([v]) for n, v in raw.items()}
+        )
         for s in self._scores:
             self._history[s.name].append(new_rows[s.name])
-        t = np.array([self._t])
-        windowed, gammas, rat = {}, {}, {}
-        ratio_rows = []
-        for name in self.detector.names:
-            value = raw[name] if math.isfinite(raw[name]) else math.inf
-            w = np.array([self._windows[name].update(value)])
-            g = _pipeline.threshold_at(self._tables[name], t)
-            r = _pipeline.ratios(w, g)
-            windowed[name], gammas[name], rat[name] = float(w[0]), float(g[0]), float(r[0])
-            ratio_rows.append(r)
-        fused = float(_pipeline.fuse(ratio_rows, self.detector.combine)[0])
-        nonfinite = bool(bad) or math.isnan(fused)
+        ratios = {n: float(v[0]) for n, v in out.ratios.items()}
+        nonfinite = bool(out.nonfinite[0])
         verdict = Verdict(
-            step=self._t,
+            step=t,
             scores=raw,
-            windowed=windowed,
-            thresholds=gammas,
-            ratios=rat,
-            fused_ratio=fused,
-            alarm=fused > 1.0 or nonfinite,
-            fired=fired_names(raw, rat),
+            windowed={n: float(v[0]) for n, v in out.windowed.items()},
+            thresholds={n: float(v[0]) for n, v in out.thresholds.items()},
+            ratios=ratios,
+            fused_ratio=float(out.fused[0]),
+            alarm=bool(out.alarm[0]),
+            fired=kernel.fired(raw, ratios),
             status="nonfinite" if nonfinite else "ok",
         )
-        self._t += 1
         self.last_verdict = verdict
         return verdict

@@ -42,8 +42,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _pipeline
 from .calibration.calibrator import require_finite
+from .core import kernel
 from .exceptions import CalibrationError, FailguardError, ParameterError
 from .types import Rollout
 from .windows import window_scores
@@ -258,13 +258,7 @@ def summarise(
             res.peak_fused_early = float(trace.fused[: res.horizon].max())
         # The health check's episode statistics, under the pooled calibration (as
         # failguard.health.episode_statistics computes them).
-        cal = detector._require_calibrated()
-        d = {n: cal.profiles[n].normalise(windowed[n]) for n in detector.names}
-        res.statistics = {n: float(np.max(d[n])) for n in detector.names if n in cal.statistics}
-        if "fused" in cal.statistics:
-            res.statistics["fused"] = float(
-                np.max(_pipeline.fuse(list(d.values()), detector.combine))
-            )
+        res.statistics = kernel.episode_statistics(detector.spec(), windowed)
     else:
         for name, x in raw.items():
             require_finite(x, name, rollout.describe(index))
@@ -452,7 +446,7 @@ def health_from_results(
     """:func:`failguard.health.check_calibration` from per-rollout results of new successes."""
     from .health import _health_report
 
-    cal = detector._require_calibrated()
+    spec = detector.spec()
     res = list(results)
     if not res:
         raise CalibrationError("check_calibration: no rollouts given.")
@@ -465,6 +459,6 @@ def health_from_results(
     k = int(sum(r.predicted_failure for r in res))
     stats = {
         name: np.asarray([r.statistics[name] for r in res], dtype=np.float64)
-        for name in cal.statistics
+        for name in (spec.statistics[0] if spec.statistics is not None else {})
     }
     return _health_report(detector, len(res), k, stats, confidence, min_rollouts)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from .core.kernel import fired
 from .exceptions import RolloutError
 
 __all__ = ["Rollout", "Trace", "Verdict", "as_step_array"]
@@ -409,11 +410,10 @@ class Trace:
             ratios=ratios,
             fused_ratio=float(self.fused[t]),
             alarm=bool(self.alarm[t]),
-            fired=fired_names(scores, ratios),
+            fired=fired(scores, ratios),
             status="nonfinite" if self.nonfinite is not None and self.nonfinite[t] else "ok",
         )
 
 
-def fired_names(scores: Mapping[str, float], ratios: Mapping[str, float]) -> tuple[str, ...]:
-    """Indicators above their threshold, or whose score is not finite (in ``ratios`` order)."""
-    return tuple(k for k, r in ratios.items() if r > 1.0 or not math.isfinite(scores.get(k, 0.0)))
+#: The one ``fired`` rule (:func:`failguard.core.kernel.fired`), under its older name.
+fired_names = fired

@@ -17,7 +17,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from .exceptions import ParameterError
 
-__all__ = ["WINDOW_KINDS", "WindowKind", "WindowState", "window_scores"]
+__all__ = ["WINDOW_KINDS", "WindowKind", "WindowState", "window_scores", "window_update"]
 
 WindowKind = Literal["sum", "mean", "cumulative"]
 WINDOW_KINDS: tuple[str, ...] = ("sum", "mean", "cumulative")
@@ -83,6 +83,31 @@ def window_scores(scores: ArrayLike, size: int, kind: WindowKind = "sum") -> NDA
     return _reduce(buffer, n_terms, kind)
 
 
+def window_update(
+    buffer: NDArray[np.float64], values: NDArray[np.float64], n_seen: NDArray[np.int64], kind: str
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """One step of n windows at once: (next buffer, windowed value) of each row.
+
+    ``buffer`` is (n, w) raw scores, oldest first (zeros before the first step), or (n, 1)
+    running totals for ``"cumulative"``; ``values`` (n,) are this step's scores and
+    ``n_seen`` (n,) how many steps each window has seen, this one included. The streaming
+    :class:`WindowState`, :class:`failguard.Monitor` and the step kernel all call it; it
+    reduces in the same order as :func:`window_scores`, so both paths agree bit for bit.
+
+    Examples
+    --------
+    >>> buf, w = window_update(np.zeros((1, 2)), np.array([3.0]), np.array([1]), "mean")
+    >>> buf.tolist(), w.tolist()
+    ([[0.0, 3.0]], [3.0])
+    """
+    if kind == "cumulative":
+        new = buffer + values[:, None]
+        return new, new[:, 0]
+    new = np.concatenate([buffer[:, 1:], values[:, None]], axis=1)
+    n_terms = np.minimum(n_seen, buffer.shape[1]).astype(np.float64)
+    return new, _reduce(new, n_terms, kind)
+
+
 class WindowState:
     """Streaming counterpart of :func:`window_scores`: O(size) memory, one value per step.
 
@@ -101,22 +126,20 @@ class WindowState:
 
     def reset(self) -> None:
         """Forget every past step."""
-        self._buffer = np.zeros((1, self.size), dtype=np.float64)
-        self._total = 0.0
+        width = 1 if self.kind == "cumulative" else self.size
+        self._buffer = np.zeros((1, width), dtype=np.float64)
         self._t = 0
 
     @property
     def buffer(self) -> NDArray[np.float64]:
-        """The last ``size`` raw scores, oldest first (zeros before the first step)."""
+        """The last ``size`` raw scores, oldest first (zeros before the first step); the
+        running total for ``"cumulative"``."""
         return self._buffer[0].copy()
 
     def update(self, score: float) -> float:
         """Add the score of the next step and return the windowed value at that step."""
         self._t += 1
-        if self.kind == "cumulative":
-            self._total = self._total + float(score)
-            return self._total
-        self._buffer[0, :-1] = self._buffer[0, 1:]
-        self._buffer[0, -1] = float(score)
-        n_terms = np.array([min(self._t, self.size)], dtype=np.float64)
-        return float(_reduce(self._buffer, n_terms, self.kind)[0])
+        self._buffer, value = window_update(
+            self._buffer, np.array([float(score)]), np.array([self._t]), self.kind
+        )
+        return float(value[0])

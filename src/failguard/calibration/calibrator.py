@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from .._pipeline import fusion_rank
+from ..core.kernel import fusion_rank, split_indices
 from ..exceptions import CalibrationError, ConfigError
 from .conformal import (
     TINY,
@@ -192,7 +192,8 @@ def _level(
 def _reference(
     curves: Mapping[str, Sequence[NDArray[np.float64]]],
     settings: CalibrationSettings,
-    order: NDArray[np.int64],
+    first: NDArray[np.int64],
+    second: NDArray[np.int64],
 ) -> CalibrationResult:
     """The reference code's thresholds (no n+1, raw per-step quantile, lower-band sign).
 
@@ -206,8 +207,7 @@ def _reference(
     """
     q = 1.0 - settings.alpha
     tables, profiles, levels = {}, {}, {}
-    n = len(order)
-    n1, n2 = n, n
+    n1 = n2 = len(first) + len(second)
     for name, cs in curves.items():
         if settings.style == "constant":
             s = np.array([c.max() for c in cs])
@@ -220,9 +220,9 @@ def _reference(
             profile = Profile(np.zeros(1), np.maximum(np.nanquantile(stack, q, axis=0), TINY))
             h = 1.0
         else:
-            n1, n2 = split_sizes(n, settings.split)
-            part1 = [cs[i] for i in order[:n1]]
-            part2 = [cs[i] for i in order[n1:]]
+            n1, n2 = len(first), len(second)
+            part1 = [cs[i] for i in first]
+            part2 = [cs[i] for i in second]
             profile = band_profile(part1, settings.trim)
             # The reference's statistic: max_t (μ(t) - η(t)) / σ(t), a *lower* band.
             s = np.array([np.max(-profile.normalise(c)) for c in part2])
@@ -293,17 +293,15 @@ def calibrate_thresholds(
             f"Record more successful rollouts, raise alpha{hint}. "
             "failguard.calibration.plan() tells the numbers."
         )
-    order = rng.permutation(n)
+    n1 = split_sizes(n, settings.split)[0] if settings.needs_profile_split(len(names)) else 0
+    first, second = split_indices(n, n1, rng)
     if settings.mode == "reference":
-        return _reference(curves, settings, order)
+        return _reference(curves, settings, first, second)
 
     alpha, delta = settings.level(len(names))
-    if settings.needs_profile_split(len(names)):
-        n1, n2 = split_sizes(n, settings.split)
-    else:
-        n1, n2 = 0, n
-    part1 = {k: [curves[k][i] for i in order[:n1]] for k in names}
-    part2 = {k: [curves[k][i] for i in order[n1:]] for k in names}
+    n2 = n - n1
+    part1 = {k: [curves[k][i] for i in first] for k in names}
+    part2 = {k: [curves[k][i] for i in second] for k in names}
 
     profiles: dict[str, Profile] = {}
     for k in names:

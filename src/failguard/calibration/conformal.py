@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from .._pipeline import fuse
+from ..core.kernel import episode_statistic, normalise, table_at
 from ..exceptions import CalibrationError, ConfigError
 
 __all__ = [
@@ -121,8 +121,7 @@ def extend_table(table: NDArray[np.float64], length: int) -> NDArray[np.float64]
     >>> extend_table(np.array([1.0, 2.0]), 4)
     array([1., 2., 2., 2.])
     """
-    idx = np.minimum(np.arange(length), table.shape[0] - 1)
-    return table[idx]
+    return table_at(table, np.arange(length))
 
 
 @dataclass(frozen=True)
@@ -134,8 +133,7 @@ class Profile:
 
     def normalise(self, curve: NDArray[np.float64]) -> NDArray[np.float64]:
         """D(t) = (η(t) - a(t)) / b(t) for one windowed curve."""
-        n = curve.shape[0]
-        return (curve - extend_table(self.offset, n)) / extend_table(self.scale, n)
+        return normalise(curve, self.offset, self.scale)
 
     def rescaled(self, factor: float) -> Profile:
         """The same profile with its scale multiplied by ``factor`` (> 0)."""
@@ -234,13 +232,13 @@ def episode_statistics(
     curves : sequence over indicators of sequences over rollouts of (T_i,) arrays
     profiles : one :class:`Profile` per indicator
     combine : {"and", "or", "k-of-n"}
-        Only matters with more than one indicator; see :func:`failguard._pipeline.fuse`.
+        Only matters with more than one indicator; see :func:`failguard.core.kernel.fuse`.
     """
     n = len(curves[0])
     out = np.empty(n)
     for i in range(n):
-        d = np.stack([p.normalise(c[i]) for c, p in zip(curves, profiles, strict=True)])
-        out[i] = fuse(list(d), combine).max()
+        d = [p.normalise(c[i]) for c, p in zip(curves, profiles, strict=True)]
+        out[i] = episode_statistic(d, combine)
     return out
 
 

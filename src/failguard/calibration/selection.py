@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from ..core.kernel import split_indices
 from ..detector import FailureDetector
 from ..exceptions import CalibrationError, ConfigError, RolloutError
 from ..metrics import metrics_from_traces
@@ -415,11 +416,10 @@ def select(
                 cached[id(s)] = CachedScore(s if s.is_fitted else s.fit(fit, progress=progress))
 
     rng = np.random.default_rng(random_state)
-    order = rng.permutation(len(succ))
-    half = len(succ) // 2
+    first, second = split_indices(len(succ), len(succ) // 2, rng)
     folds = [
-        ([succ[i] for i in order[:half]], [succ[i] for i in order[half:]]),
-        ([succ[i] for i in order[half:]], [succ[i] for i in order[:half]]),
+        ([succ[i] for i in first], [succ[i] for i in second]),
+        ([succ[i] for i in second], [succ[i] for i in first]),
     ]
     pseudo: list[tuple[int, Rollout]] = []
     if criterion == "synthetic":

@@ -341,7 +341,7 @@ def _logits_entropy_graph(g: _Builder, logits: str) -> str:
 
 def _fuse_graph(g: _Builder, ratios: list[str], combine: str) -> str:
     """AND = Min, OR = Max, k-of-n = the k-th largest ratio (TopK over the stacked legs)."""
-    from .._pipeline import fusion_rank
+    from ..core.kernel import fusion_rank
 
     n = len(ratios)
     k = fusion_rank(combine, n)

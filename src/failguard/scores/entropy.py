@@ -79,20 +79,29 @@ def logits_entropy(logits: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
     return np.asarray(np.abs((p * log_p).sum(axis=1)) / np.log(2.0), dtype=np.float64)
 
 
-def ace_cells(points: NDArray[np.float32], cell: NDArray[np.float32]) -> NDArray[np.int64]:
+def ace_cells(
+    points: NDArray[np.float32], cell: NDArray[np.float32], axis: int = 1
+) -> NDArray[np.int64]:
     """Integer grid cell of each point, with a floating origin per chunk index.
+
+    The one home of ACE's cell arithmetic: :class:`ActionChunkEntropy` scores with it, and
+    its ONNX subgraph performs the same float32 operations in the same order.
 
     Parameters
     ----------
     points : float32 array of shape (T, B, H, D)
+        Or any layout, with the B samples along ``axis``.
     cell : float32 array of shape (D,)
+        Or broadcastable against ``points`` in that layout.
+    axis : int, default=1
+        The axis of the B samples (the origin is their minimum, minus 1 % of their range).
 
     Returns
     -------
-    int64 array of shape (T, B, H, D), all >= 0.
+    int64 array of the shape of ``points``, all >= 0.
     """
-    lo = points.min(axis=1, keepdims=True)
-    hi = points.max(axis=1, keepdims=True)
+    lo = points.min(axis=axis, keepdims=True)
+    hi = points.max(axis=axis, keepdims=True)
     origin = lo - ORIGIN_MARGIN * (hi - lo)
     return np.floor((points - origin) / cell).astype(np.int64)
 
@@ -210,13 +219,9 @@ class ActionChunkEntropy(BaseScore):
         assert self.cell_ is not None
         pts = self.points(inputs["action_samples"])
         t, b, h, _ = pts.shape
-        # Same float32 operations as ace_cells, in a (D, T, H, B) layout where every
-        # reduction and every per-axis slice is contiguous.
+        # A (D, T, H, B) layout, where every reduction and every per-axis slice is contiguous.
         p = np.ascontiguousarray(pts.transpose(3, 0, 2, 1))
-        lo = p.min(axis=-1, keepdims=True)
-        hi = p.max(axis=-1, keepdims=True)
-        origin = lo - ORIGIN_MARGIN * (hi - lo)
-        cells = np.floor((p - origin) / self.cell_[:, None, None, None]).astype(np.int64)
+        cells = ace_cells(p, self.cell_[:, None, None, None], axis=-1)
         keys = _pack_cells(cells, axis=0)  # (T, H, B)
         return empirical_entropy(keys.reshape(t * h, b)).reshape(t, h).mean(axis=1)
 

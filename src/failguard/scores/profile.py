@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from ..core.kernel import split_indices
 from ..exceptions import ConfigError, ParameterError, RolloutError
 from ..types import Rollout
 from ._base import BaseScore, register_score, score_from_config, step_index
@@ -176,9 +177,9 @@ class Deviation(BaseScore):
                 f"Deviation: profile_split={self.profile_split} of {len(rollouts)} fit rollouts "
                 "leaves one side empty; give more fit rollouts or profile_split=0."
             )
-        order = np.random.default_rng(self.seed).permutation(len(rollouts))
-        own = [rollouts[i] for i in order[n_profile:]] if n_profile else rollouts
-        held = [rollouts[i] for i in order[:n_profile]] if n_profile else rollouts
+        first, rest = split_indices(len(rollouts), n_profile, np.random.default_rng(self.seed))
+        own = [rollouts[i] for i in rest] if n_profile else rollouts
+        held = [rollouts[i] for i in first] if n_profile else rollouts
         self.inner.fit(own, progress=progress)
         self.mean_, self.scale_ = phase_profile(
             self.inner.score_many(held), self.smooth, self.min_support

@@ -23,6 +23,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from ..core.kernel import split_indices
 from ..exceptions import ParameterError
 from ..types import Rollout
 from ._base import BaseScore, register_score
@@ -130,8 +131,8 @@ def _split_by_rollout(
     if n < 2 or fraction <= 0:
         return list(range(n)), []
     n_val = min(n - 1, max(1, round(fraction * n)))
-    order = rng.permutation(n)
-    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+    val, train = split_indices(n, n_val, rng)
+    return sorted(train.tolist()), sorted(val.tolist())
 
 
 @register_score
