@@ -35,6 +35,7 @@ def replay(det, rollout, group=None):
             ("action_samples", "action_samples"),
             ("action_logits", "action_logits"),
             ("action_ids", "action_ids"),
+            ("states", "state"),
         ):
             if field in det.requires:
                 kw[arg] = getattr(rollout, field)[t]

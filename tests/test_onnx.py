@@ -35,6 +35,7 @@ FIELDS = {
     "action_samples": "action_samples",
     "action_logits": "action_logits",
     "action_ids": "action_ids",
+    "states": "state",
 }
 
 

@@ -4,7 +4,8 @@ At every step the policy encodes its observation (the actor's second hidden laye
 embedding), emits logits over the 4 actions, and B actions are sampled from the categorical
 distribution; the first sample is executed (the policy acts stochastically, as it was
 trained). Each rollout is stored as one safetensors file with ``embeddings`` (T, h),
-``action_logits`` (T, 4), ``action_ids`` (T, B), its task-defined ``success``, its group
+``action_logits`` (T, 4), ``action_ids`` (T, B), ``states`` (T, 2: the lander's true x, y
+position before the step, without sensor noise), its task-defined ``success``, its group
 label, and metadata (seed, shift parameters, outcome, return).
 """
 
@@ -77,7 +78,12 @@ def collect_group(
             with torch.no_grad():
                 emb, logits = policy(torch.from_numpy(obs)[None])
             ids = _sample_ids(logits[0], n_samples, gen)
-            recorder.step(embedding=emb[0].numpy(), action_logits=logits[0].numpy(), action_ids=ids)
+            recorder.step(
+                embedding=emb[0].numpy(),
+                action_logits=logits[0].numpy(),
+                action_ids=ids,
+                state=env.position,  # the true (x, y) position: Rollout.states
+            )
             obs, reward, done = env.step(int(ids[0]))
             total += reward
         recorder.end(

@@ -234,6 +234,8 @@ class ShiftedLander:
 
     def _observe(self, obs: np.ndarray) -> np.ndarray:
         out = np.asarray(obs, dtype=np.float32).copy()
+        #: the lander's true (x, y) position, before any sensor noise (``Rollout.states``)
+        self.position = out[:2].copy()
         if self.shift.obs_noise > 0.0:
             out[:6] += self._noise_rng.normal(0.0, self.shift.obs_noise, size=6).astype(np.float32)
         return out

@@ -143,7 +143,12 @@ def record_rollouts(
         while t < task.max_steps and not success:
             emb, chunks = policy.act(policy_obs(raw, spec, rng), n_samples, gen)
             executed = chunks[0]
-            recorder.step(embedding=emb, action_samples=chunks, executed_actions=executed)
+            recorder.step(
+                embedding=emb,
+                action_samples=chunks,
+                executed_actions=executed,
+                state=raw[:3],  # the true end-effector (hand) position: Rollout.states
+            )
             for k in range(horizon):
                 if spec.push_step is not None and t == spec.push_step:
                     apply_perturbation(env, task, spec)

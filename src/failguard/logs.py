@@ -3,8 +3,8 @@
 Format (pickle-free, documented in ``docs/FORMATS.md``): one rollout is one
 `safetensors <https://github.com/huggingface/safetensors>`_ file. Its tensors are the
 per-step arrays of :class:`~failguard.Rollout` under their field names (``embeddings``,
-``action_samples``, ``action_logits``, ``action_ids``, ``executed_actions``); its header
-metadata holds one key, ``"failguard"``, a JSON object with ``schema``, ``success``,
+``action_samples``, ``action_logits``, ``action_ids``, ``executed_actions``, ``states``); its
+header metadata holds one key, ``"failguard"``, a JSON object with ``schema``, ``success``,
 ``group`` and ``metadata``. Files are written to a temporary name and renamed into place,
 so a crash never leaves a half-written rollout under a final name.
 """
@@ -494,8 +494,13 @@ class Recorder:
         action_logits: ArrayLike | None = None,
         action_ids: ArrayLike | None = None,
         executed_actions: ArrayLike | None = None,
+        state: ArrayLike | None = None,
     ) -> None:
-        """Append one policy step. Shapes are those of one row of a :class:`Rollout`."""
+        """Append one policy step. Shapes are those of one row of a :class:`Rollout`.
+
+        ``state`` is one row of :attr:`Rollout.states` (shape (S,)), e.g. the end-effector
+        position.
+        """
         if self._steps is None:
             raise NotFittedError("Recorder.step called before Recorder.start().")
         given = {
@@ -504,6 +509,7 @@ class Recorder:
             "action_logits": action_logits,
             "action_ids": action_ids,
             "executed_actions": executed_actions,
+            "states": state,
         }
         n_done = len(next(iter(self._steps.values()))) if self._steps else 0
         present = {k for k, v in given.items() if v is not None}

@@ -129,7 +129,7 @@ class Monitor:
         for f in self.spec.requires:
             value = given.get(f)
             if value is None:
-                arg = "embedding" if f == "embeddings" else f
+                arg = {"embeddings": "embedding", "states": "state"}.get(f, f)
                 raise RolloutError(
                     f"Monitor.step: this detector needs '{arg}', which was not given."
                 )
@@ -148,6 +148,7 @@ class Monitor:
         action_samples: ArrayLike | None = None,
         action_logits: ArrayLike | None = None,
         action_ids: ArrayLike | None = None,
+        state: ArrayLike | None = None,
     ) -> Verdict:
         """Score one policy step and say whether to alarm.
 
@@ -157,6 +158,7 @@ class Monitor:
         action_samples : array_like of shape (B, H, D), if a score needs it
         action_logits : array_like of shape (K,), if a score needs it
         action_ids : array_like of shape (B,), if a score needs it
+        state : array_like of shape (S,), if a score needs it (``Rollout.states``)
 
         Returns
         -------
@@ -179,7 +181,7 @@ class Monitor:
                 "would corrupt its state; use one monitor per thread."
             )
         try:
-            return self._step(embedding, action_samples, action_logits, action_ids)
+            return self._step(embedding, action_samples, action_logits, action_ids, state)
         finally:
             self._lock.release()
 
@@ -189,6 +191,7 @@ class Monitor:
         action_samples: ArrayLike | None,
         action_logits: ArrayLike | None,
         action_ids: ArrayLike | None,
+        state: ArrayLike | None = None,
     ) -> Verdict:
         if self.detector.calibration_ is not self._calibration:
             raise NotFittedError(
@@ -201,6 +204,7 @@ class Monitor:
                 "action_samples": action_samples,
                 "action_logits": action_logits,
                 "action_ids": action_ids,
+                "states": state,
             }
         )
         # Score first, from the history plus this step, and change no state until every

@@ -53,6 +53,7 @@ def make_rollouts(
     horizon: int = 8,
     action_dim: int = 3,
     n_discrete: int = 0,
+    states: bool = False,
 ) -> list[Rollout]:
     """Make ``n`` synthetic rollouts of one kind.
 
@@ -67,6 +68,10 @@ def make_rollouts(
         d, B, H and D.
     n_discrete : int, default=0
         If > 0, also emit ``action_logits`` (T, K) and ``action_ids`` (T, B) over K actions.
+    states : bool, default=False
+        Also emit ``states`` (T, 3): a position that follows the task's phase along a path
+        (it stands still while a ``"stuck"`` rollout is stuck), with 1 % noise. Drawn from
+        its own random stream, so the other fields are the same either way.
 
     Examples
     --------
@@ -137,6 +142,10 @@ def make_rollouts(
             u = rng.random((t_len, n_samples, 1))
             ids = np.minimum((u > cdf[:, None, :]).sum(axis=2), n_discrete - 1)
             extra = {"action_logits": logits, "action_ids": ids.astype(np.int64)}
+        if states:
+            srng = np.random.default_rng([seed, kinds.index(kind), i, 1])
+            path = np.stack([np.cos(phase), np.sin(phase), phase / (2 * np.pi)], axis=1)
+            extra["states"] = path + srng.normal(scale=0.01, size=path.shape)
         out.append(
             Rollout(
                 embeddings=emb.astype(np.float32),

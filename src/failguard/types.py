@@ -27,6 +27,7 @@ _FIELDS: dict[str, tuple[int, str, type[np.generic]]] = {
     "action_logits": (2, "float", np.float32),
     "action_ids": (2, "int", np.int64),
     "executed_actions": (3, "float", np.float32),
+    "states": (2, "float", np.float32),
 }
 _SHAPES = {
     "embeddings": "(T, d)",
@@ -34,6 +35,7 @@ _SHAPES = {
     "action_logits": "(T, K)",
     "action_ids": "(T, B)",
     "executed_actions": "(T, H, D)",
+    "states": "(T, S)",
 }
 
 
@@ -142,6 +144,10 @@ class Rollout:
         B discrete actions sampled at each step (integer ids).
     executed_actions : array_like of shape (T, H, D), optional
         The chunk actually executed at each step (kept for analysis; not scored).
+    states : array_like of shape (T, S), optional
+        A low-dimensional physical state at each step, such as the end-effector or body
+        position, for scores that watch how the system moves rather than what the policy
+        sees (``Movement(source="states")``).
     success : bool or None
         Outcome of the episode; ``None`` while unknown.
     group : str or None
@@ -177,6 +183,7 @@ class Rollout:
     action_logits: NDArray[np.float32] | None = None
     action_ids: NDArray[np.int64] | None = None
     executed_actions: NDArray[np.float32] | None = None
+    states: NDArray[np.float32] | None = None
     success: bool | None = None
     group: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
@@ -247,6 +254,8 @@ class Rollout:
             parts.append(f"K={self.action_logits.shape[1]}")
         if self.action_ids is not None:
             parts.append(f"action_ids B={self.action_ids.shape[1]}")
+        if self.states is not None:
+            parts.append(f"S={self.states.shape[1]}")
         parts.append(f"success={self.success}")
         if self.group is not None:
             parts.append(f"group={self.group!r}")

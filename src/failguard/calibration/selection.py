@@ -183,7 +183,8 @@ def default_candidates(
 
     Legs: RND-OE; ACE (continuous chunks) or the action entropy (discrete agents), each also
     two-sided (:class:`~failguard.scores.Deviation`); progress (:class:`ProgressScore`);
-    stagnation (``Deviation(Movement(), side="low")``); chunk consistency (chunks only).
+    stagnation (``Deviation(Movement(), side="low")``), also of the physical state when
+    ``example`` has ``states``; chunk consistency (chunks only).
     Structures: every leg alone, FIPER (RND AND entropy), and FIPER plus each new leg,
     fused by 2-of-3 voting or OR.
 
@@ -221,6 +222,9 @@ def default_candidates(
     legs["progress"] = progress
     legs["stagnation"] = Deviation(Movement(lag=5), side="low")
     new += ["progress", "stagnation"]
+    if example.states is not None:
+        legs["state_stagnation"] = Deviation(Movement(lag=5, source="states"), side="low")
+        new.append("state_stagnation")
     if example.action_samples is not None and example.action_samples.shape[2] >= 2:
         h = example.action_samples.shape[2]
         e = exec_horizon if exec_horizon is not None else max(1, h // 2)
@@ -272,7 +276,13 @@ def pseudo_failures(
         onset = int(rng.integers(n // 4, max(n // 4 + 1, n // 2)))
         fields: dict[str, Any] = {
             f: getattr(r, f)
-            for f in ("action_samples", "action_logits", "action_ids", "executed_actions")
+            for f in (
+                "action_samples",
+                "action_logits",
+                "action_ids",
+                "executed_actions",
+                "states",
+            )
             if getattr(r, f) is not None
         }
         frozen: dict[str, Any] = {}

@@ -25,6 +25,7 @@ name                shape / dtype          when
 ``action_samples``  (N, B, H, D) float32   ACE
 ``action_logits``   (N, K) float32         discrete entropy from logits
 ``action_ids``      (N, B) int64           discrete entropy from samples
+``states``          (N, S) float32         ``Movement(source="states")``
 ``t``               (N,) int64             always: step index since reset
 ``group``           (N,) int64             always: threshold row (0 = pooled)
 ``state_<name>``    (N, w) float64         per indicator ((N, 1) for cumulative)
@@ -107,6 +108,7 @@ _FIELD_SPECS: dict[str, tuple[int, str]] = {
     "action_samples": (_FLOAT, "(N, B, H, D)"),
     "action_logits": (_FLOAT, "(N, K)"),
     "action_ids": (_INT64, "(N, B)"),
+    "states": (_FLOAT, "(N, S)"),
 }
 
 

@@ -41,6 +41,7 @@ _ARGS = {
     "action_samples": "action_samples",
     "action_logits": "action_logits",
     "action_ids": "action_ids",
+    "states": "state",
 }
 _ID_LIMIT = 2**53  # ids are compared as exact float64 integers inside the graph
 
@@ -559,6 +560,7 @@ class OnnxMonitor:
         action_samples: ArrayLike | None = None,
         action_logits: ArrayLike | None = None,
         action_ids: ArrayLike | None = None,
+        state: ArrayLike | None = None,
     ) -> Verdict:
         """Score one policy step of one robot and say whether to alarm.
 
@@ -568,6 +570,7 @@ class OnnxMonitor:
         action_samples : array_like of shape (B, H, D), if the monitor reads it
         action_logits : array_like of shape (K,), if the monitor reads it
         action_ids : array_like of shape (B,), if the monitor reads it
+        state : array_like of shape (S,), if the monitor reads it (``Rollout.states``)
 
         Returns
         -------
@@ -592,6 +595,7 @@ class OnnxMonitor:
                     "action_samples": action_samples,
                     "action_logits": action_logits,
                     "action_ids": action_ids,
+                    "state": state,
                 },
                 False,
                 where,
@@ -626,6 +630,7 @@ class OnnxMonitor:
         action_samples: ArrayLike | None = None,
         action_logits: ArrayLike | None = None,
         action_ids: ArrayLike | None = None,
+        state: ArrayLike | None = None,
     ) -> BatchVerdict:
         """Score one policy step of each of N robots (see :meth:`reset_batch`).
 
@@ -641,6 +646,7 @@ class OnnxMonitor:
         action_samples : array_like of shape (N, B, H, D), if the monitor reads it
         action_logits : array_like of shape (N, K), if the monitor reads it
         action_ids : array_like of shape (N, B), if the monitor reads it
+        state : array_like of shape (N, S), if the monitor reads it
 
         Returns
         -------
@@ -656,6 +662,7 @@ class OnnxMonitor:
                     "action_samples": action_samples,
                     "action_logits": action_logits,
                     "action_ids": action_ids,
+                    "state": state,
                 },
                 True,
                 where,

@@ -40,9 +40,9 @@ def _flat(x: NDArray[Any]) -> NDArray[np.float64]:
 _DOUBLE = 11  # onnx.TensorProto.DOUBLE
 
 
-def _onnx_embeddings(g: Any) -> str:
-    """The graph's embeddings (N, ...) float32 as (N, d) float64, like :func:`_flat`."""
-    return g.op("Cast", g.op("Flatten", "embeddings", axis=1), to=_DOUBLE)
+def _onnx_embeddings(g: Any, source: str = "embeddings") -> str:
+    """The graph input ``source`` (N, ...) float32 as (N, d) float64, like :func:`_flat`."""
+    return g.op("Cast", g.op("Flatten", source, axis=1), to=_DOUBLE)
 
 
 def _onnx_first_step(g: Any, rank: int) -> str:
@@ -62,12 +62,18 @@ def _check_int(cls: str, label: str, value: Any, low: int) -> int:
 class Movement(BaseScore):
     """Distance moved over ``lag`` steps: ‖(x_t - x_{t-lag}) / std‖ / √d.
 
-    Before step ``lag`` the first step is the reference (x_{max(0, t-lag)}).
+    Before step ``lag`` the first step is the reference (x_{max(0, t-lag)}). ``x`` is the
+    embedding, or with ``source="states"`` the rollout's optional physical state
+    (:attr:`Rollout.states`, e.g. the end-effector position): a robot pushing against an
+    obstacle can keep changing what it sees a little while its position stands still.
 
     Parameters
     ----------
     lag : int, default=5
-    name : str, default="movement"
+    source : {"embeddings", "states"}, default="embeddings"
+        The :class:`~failguard.Rollout` field whose movement is measured.
+    name : str, optional
+        Default ``"movement"`` (``"state_movement"`` for ``source="states"``).
 
     Examples
     --------
@@ -76,11 +82,24 @@ class Movement(BaseScore):
     >>> m = Movement(lag=2).fit([Rollout(line, success=True)])
     >>> m.score(Rollout(line)).round(3).tolist()[:4]
     [0.0, 0.348, 0.696, 0.696]
+    >>> still = Rollout(line, states=np.zeros((10, 3)), success=True)
+    >>> m = Movement(lag=2, source="states").fit([still, Rollout(line, states=line)])
+    >>> m.requires, m.score(still).max()
+    (('states',), 0.0)
     """
 
-    def __init__(self, lag: int = 5, name: str = "movement") -> None:
-        super().__init__(name)
+    SOURCES: ClassVar[tuple[str, ...]] = ("embeddings", "states")
+
+    def __init__(self, lag: int = 5, source: str = "embeddings", name: str | None = None) -> None:
+        if source not in self.SOURCES:
+            raise ValueError(
+                f"The 'source' parameter of Movement must be one of {self.SOURCES}. "
+                f"Got {source!r} instead."
+            )
+        super().__init__(name or ("movement" if source == "embeddings" else "state_movement"))
         self.lag = _check_int("Movement", "lag", lag, 1)
+        self.source = source
+        self.requires = (source,)
         self.inv_std_: NDArray[np.float64] | None = None
 
     exportable: ClassVar[bool] = True
@@ -91,13 +110,13 @@ class Movement(BaseScore):
         return self.lag
 
     def _fit(self, rollouts: Sequence[Rollout], progress: bool) -> None:
-        x = np.concatenate([_flat(r.embeddings) for r in rollouts])
+        x = np.concatenate([_flat(getattr(r, self.source)) for r in rollouts])
         std = x.std(axis=0)
         self.inv_std_ = np.where(std > 1e-12, 1.0 / np.maximum(std, 1e-12), 0.0)
 
     def _score(self, inputs: Mapping[str, NDArray[Any]]) -> NDArray[np.float64]:
         assert self.inv_std_ is not None
-        x = _flat(inputs["embeddings"]) * self.inv_std_
+        x = _flat(inputs[self.source]) * self.inv_std_
         ref = np.maximum(np.arange(x.shape[0]) - self.lag, 0)
         d = x - x[ref]
         return np.sqrt(np.sum(d * d, axis=1) / x.shape[1])
@@ -106,7 +125,11 @@ class Movement(BaseScore):
         """ONNX subgraph; its state is the last ``lag`` scaled embeddings, oldest first."""
         assert self.inv_std_ is not None
         d = self.inv_std_.shape[0]
-        x = g.op("Mul", _onnx_embeddings(g), g.const(self.inv_std_, np.float64, "movement_scale"))
+        x = g.op(
+            "Mul",
+            _onnx_embeddings(g, self.source),
+            g.const(self.inv_std_, np.float64, f"{self.name}_scale"),
+        )
         row = g.op("Unsqueeze", x, g.i64([1]))  # (N, 1, d)
         state = g.state((self.lag, d))
         # at t == 0 every earlier row is the first one (the reference max(0, t - lag))
@@ -122,7 +145,7 @@ class Movement(BaseScore):
         return g.op("Sqrt", g.op("Div", total, g.f64(float(d)))), None
 
     def _params(self) -> dict[str, Any]:
-        return {"lag": self.lag}
+        return {"lag": self.lag, "source": self.source}
 
     def _tensors(self) -> dict[str, NDArray[Any]]:
         assert self.inv_std_ is not None
