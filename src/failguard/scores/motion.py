@@ -84,7 +84,7 @@ class Movement(BaseScore):
     [0.0, 0.348, 0.696, 0.696]
     >>> still = Rollout(line, states=np.zeros((10, 3)), success=True)
     >>> m = Movement(lag=2, source="states").fit([still, Rollout(line, states=line)])
-    >>> m.requires, m.score(still).max()
+    >>> m.requires, float(m.score(still).max())
     (('states',), 0.0)
     """
 
