@@ -92,7 +92,7 @@ class Movement(BaseScore):
 
     def __init__(self, lag: int = 5, source: str = "embeddings", name: str | None = None) -> None:
         if source not in self.SOURCES:
-            raise ValueError(
+            raise ConfigError(
                 f"The 'source' parameter of Movement must be one of {self.SOURCES}. "
                 f"Got {source!r} instead."
             )
