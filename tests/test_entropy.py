@@ -54,6 +54,55 @@ def test_ace_dims_integration_and_cells():
     )
 
 
+def direct_ace_float_cells(samples, cell):
+    """Independent ACE that keys each point by its float32 cell values (no int conversion)."""
+    a = np.asarray(samples, dtype=np.float32)
+    t_len, b, h, _ = a.shape
+    out = []
+    with np.errstate(over="ignore"):
+        for t in range(t_len):
+            ents = []
+            for j in range(h):
+                pts = a[t, :, j, :]
+                lo, hi = pts.min(axis=0), pts.max(axis=0)
+                origin = lo - np.float32(0.01) * (hi - lo)
+                cells = Counter(tuple(np.floor((p - origin) / cell).tolist()) for p in pts)
+                ents.append(-sum((c / b) * math.log2(c / b) for c in cells.values()))
+            out.append(np.mean(ents))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("far", [1e12, 1e20, 1e30, 3e38])
+def test_ace_exact_at_extreme_spreads(far):
+    """Cells past int64 (or +inf) are still told apart exactly: no wrapped integer cells."""
+    rng = np.random.default_rng(3)
+    base = (rng.normal(size=(4, 32, 4, 3)) * 0.3).astype(np.float32)
+    r = Rollout(np.zeros((4, 2)), action_samples=base, success=True)
+    ace = ActionChunkEntropy().fit([r])
+    extreme = base.copy()
+    extreme[0, :3] = np.float32(far)  # three points far away on every axis
+    extreme[1, :5, :, 0] = np.float32(-far)  # five on one axis only
+    extreme[2, 0] = np.float32(far)
+    extreme[2, 1] = np.float32(-far)  # span overflows float32: every cell is +inf
+    extreme[3, :16] = np.float32(far) * np.float32(0.5)
+    extreme[3, 16:20] = np.float32(far)
+    got = ace.score_steps({"action_samples": extreme})
+    np.testing.assert_allclose(got, direct_ace_float_cells(extreme, ace.cell_), atol=1e-12)
+    assert np.all(np.isfinite(got)) and got[0] > 0 and got[3] > 0
+
+
+def test_ace_integrated_overflow_is_nan():
+    """Velocities whose integral overflows float32 have no defined cells: the step is NaN."""
+    rng = np.random.default_rng(4)
+    v = rng.normal(size=(3, 16, 8, 2)).astype(np.float32)
+    ace = ActionChunkEntropy(integrate_dt=1.0).fit(
+        [Rollout(np.zeros((3, 2)), action_samples=v, success=True)]
+    )
+    v[1, 0] = np.float32(3e38)  # cumsum along the chunk reaches +inf
+    got = ace.score_steps({"action_samples": v})
+    assert np.isnan(got[1]) and np.all(np.isfinite(got[[0, 2]]))
+
+
 def test_ace_zero_range_axis_takes_largest_range():
     samples = np.zeros((3, 8, 2, 2), dtype=np.float32)
     samples[..., 0] = np.random.default_rng(0).normal(size=(3, 8, 2))

@@ -389,14 +389,101 @@ def test_bad_inputs(exported, test_set):
     assert mon.step(embedding=e, action_samples=a).step == 0
 
 
-def test_ace_overflow_refused(exported, test_set):
-    mon = OnnxMonitor(exported)
-    r = test_set[0]
-    a = r.action_samples[0].copy()
-    a[0] = 1e12  # one sample absurdly far away: more cells per axis than keys can hold
-    with pytest.raises(RolloutError, match="not applied"):
-        mon.step(embedding=r.embeddings[0], action_samples=a)
+def _extreme(base: np.ndarray, far: float) -> np.ndarray:
+    """Copies of one step's chunks with some samples pushed ``far`` away (finite float32)."""
+    rows = []
+    f = np.float32(far)
+    for k in range(5):
+        a = base.copy()
+        if k == 0:
+            a[:3] = f  # three points far away on every axis
+        elif k == 1:
+            a[:5, :, 0] = -f  # five far away on one axis only
+        elif k == 2:
+            a[0], a[1] = f, -f  # the span overflows float32: every cell is +inf
+        elif k == 3:
+            a[: len(a) // 2] = f * np.float32(0.5)
+            a[len(a) // 2 : len(a) // 2 + 2] = f
+        rows.append(a)  # k == 4: unchanged
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize(
+    ("b", "d", "kw"),
+    [
+        (32, 3, {}),
+        (16, 1, {}),
+        (8, 5, {"dims": [0, 1, 2, 4]}),
+        (64, 7, {}),  # packed dense ranks need a re-rank (64^7 > 2^53)
+        (256, 3, {}),
+        (32, 2, {"integrate_dt": 0.1}),
+    ],
+)
+def test_ace_exact_at_any_spread(b, d, kw, tmp_path):
+    """Issue 13: every finite spread torch accepts is scored, and exactly as in Python.
+
+    Cells far past 2^53 (and +inf cells, where the span overflows float32) are told apart
+    exactly; before, the graph flagged such steps and the runtime refused them.
+    """
+    from failguard import Rollout
+
+    rng = np.random.default_rng(b + d)
+
+    def roll(n: int) -> list:
+        return [
+            Rollout(
+                rng.normal(size=(6, 4)),
+                action_samples=(rng.normal(size=(6, b, 4, d)) * 0.5).astype(np.float32),
+                success=True,
+            )
+            for _ in range(n)
+        ]
+
+    ace = ActionChunkEntropy(**kw)
+    det = FailureDetector([ace], alpha=0.3).fit(roll(2), progress=False).calibrate(roll(6))
+    mon = OnnxMonitor(export_onnx(det, tmp_path / "ace.onnx"))
+    base = roll(1)[0].action_samples[0]
+    for far in (1e6, 1e12, 1e20, 3e38):
+        batch = _extreme(base, far)
+        expected = ace.score_steps({"action_samples": batch})
+        mon.reset_batch(len(batch))
+        out = mon.step_batch(action_samples=batch)
+        assert out.status is None and not out.errors, (far, out.errors)
+        np.testing.assert_allclose(out.scores["ace"], expected, rtol=0, atol=1e-12)
+        mon.reset()  # one robot, through step(): the same numbers, and the step is applied
+        torch_mon = det.monitor()
+        for a, e in zip(batch, expected, strict=True):
+            v, ref = mon.step(action_samples=a), torch_mon.step(action_samples=a)
+            assert abs(v.scores["ace"] - e) <= 1e-12 and v.alarm == ref.alarm
+        assert mon.t == len(batch)
+
+
+def test_ace_integrated_overflow_refused_like_torch(tmp_path):
+    """Velocities whose integral overflows float32: NaN in both monitors, refused by both."""
+    from failguard import NonFiniteScoreError, Rollout
+
+    rng = np.random.default_rng(0)
+    rolls = [
+        Rollout(
+            rng.normal(size=(6, 4)),
+            action_samples=rng.normal(size=(6, 16, 4, 2)).astype(np.float32),
+            success=True,
+        )
+        for _ in range(8)
+    ]
+    ace = ActionChunkEntropy(integrate_dt=1.0)
+    det = FailureDetector([ace], alpha=0.3).fit(rolls[:2], progress=False).calibrate(rolls[2:])
+    mon = OnnxMonitor(export_onnx(det, tmp_path / "ace.onnx"))
+    a = rolls[0].action_samples[0].copy()
+    a[0] = np.float32(3e38)
+    with pytest.raises(NonFiniteScoreError):
+        det.monitor().step(action_samples=a)
+    with pytest.raises(NonFiniteScoreError, match="not applied"):
+        mon.step(action_samples=a)
     assert mon.t == 0
+    alarm_mon = OnnxMonitor(tmp_path / "ace.onnx", nonfinite="alarm")
+    v = alarm_mon.step(action_samples=a)
+    assert v.alarm and v.status == "nonfinite" and np.isnan(v.scores["ace"])
 
 
 def test_bad_files(exported, tmp_path):

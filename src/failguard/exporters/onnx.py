@@ -6,8 +6,9 @@ and its floating-point order is chosen here to match the Python scores:
 * RND: standardisation buffers, target and predictor MLPs (``Gemm`` + ``LeakyRelu``) and the
   L2 norm of the residual, in float32 like torch;
 * ACE: grid cells in float32 with the same operation order as
-  :func:`failguard.scores.ace_cells`, one packed key per point (an exact integer in
-  float64), keys sorted with ``TopK`` (O(B log B) per chunk index, no B x B comparison),
+  :func:`failguard.scores.entropy.ace_float_cells`, one exact float64 key per point (a packed fixed radix,
+  or per-axis dense ranks when a cell index is too large to pack: an ``If`` picks, so any
+  finite spread is scored exactly), keys sorted with ``TopK`` (O(B log B) per chunk index),
   run lengths through ``CumSum`` + ``ScatterElements``, and the entropy terms
   ``-p log2 p`` read from a table computed in numpy;
 * discrete entropy from logits (float64) or from sampled ids (the same sort / run-length core);
@@ -43,8 +44,9 @@ Outputs per indicator: ``score_<name>``, ``windowed_<name>``, ``threshold_<name>
 ``ratio_<name>`` (N,) float64 and ``new_state_<name>``; then ``fused_ratio`` (N,) float64 and
 ``alarm`` (N,) bool (``fused_ratio > 1``, or a non-finite score); ``nonfinite`` (N,) bool,
 true where a score is NaN or inf (such a score enters its window as +inf, never NaN);
-``overflow`` (N,) bool, true where an ACE input spread so far that its
-cell keys cannot be packed exactly (the runtime then refuses the step rather than guess); and
+``overflow`` (N,) bool, kept for older runtimes and custom scores (a score's ``onnx_graph`` may
+flag a step it cannot compute exactly, which the runtime then refuses; the built-in scores
+never do: ACE is exact at any finite spread); and
 ``report`` ((4k + 1) N,) float64, the same per-step floats in one tensor (score, windowed,
 threshold, ratio of each of the k indicators, then the fused ratio, each block N long), which
 is what the runtime fetches.
@@ -95,7 +97,6 @@ OPSET = 18
 METADATA_KEY = "failguard"
 #: ACE keys are exact float64 integers: at most ``2 ** floor(53 / D)`` cells per axis.
 _KEY_BITS = 53
-_FIXED_RADIX_MAX_D = 4  # up to here 2^floor(53 / D) >= 8192 cells per axis
 
 _INT64_MIN = -(2**63)
 _FLOAT = 1  # onnx.TensorProto.FLOAT
@@ -184,6 +185,38 @@ class _Builder:
         self.nodes.append(self._onnx.helper.make_node(op_type, list(inputs), outs, **attrs))
         return outs
 
+    def cond(self, flag: str, then: Any, other: Any, elem: int) -> str:
+        """An ``If`` on the scalar bool ``flag``: the value ``then()`` or ``other()`` builds.
+
+        Each callable adds its nodes through this builder (they land in its branch) and
+        returns the branch's value; constants stay initializers of the main graph.
+        """
+        helper = self._onnx.helper
+
+        def branch(build: Any, name: str) -> Any:
+            saved, self.nodes = self.nodes, []
+            value = build()
+            nodes, self.nodes = self.nodes, saved
+            out = value
+            if not any(value in n.output for n in nodes):  # an outer value: copy it in
+                out = self._name(name)
+                nodes.append(helper.make_node("Identity", [value], [out]))
+            return helper.make_graph(
+                nodes, name, [], [helper.make_tensor_value_info(out, elem, None)]
+            )
+
+        out = self._name("if")
+        self.nodes.append(
+            helper.make_node(
+                "If",
+                [flag],
+                [out],
+                then_branch=branch(then, "then"),
+                else_branch=branch(other, "else"),
+            )
+        )
+        return out
+
     def name_output(self, src: str, name: str) -> None:
         """Make graph output ``name`` hold ``src``; applied by :meth:`finish`."""
         self._outputs.append((src, name))
@@ -251,34 +284,26 @@ def _entropy_table(b: int) -> NDArray[np.float64]:
     return np.asarray(terms, dtype=np.float64)
 
 
-def _keys_entropy(g: _Builder, keys: str, b: int) -> str:
-    """Base-2 entropy along axis 1 of a float64 tensor of integer-valued keys (N, b, ...).
+def _ace_graph(g: _Builder, score: Any, a: str, shape: tuple[int, ...]) -> tuple[str, None]:
+    """ACE per robot, (N,) float64: exact at any finite action spread, one sort per chunk index.
 
-    Keys are sorted with ``TopK`` (float keys sort twice as fast as int64 ones in
-    onnxruntime); a run of equal keys is one outcome. The result drops axis 1.
+    Self-contained (reads only ``score.dims``, ``score.integrate_dt`` and ``score.cell_``), so
+    it can move into the score's own ``onnx_graph`` hook unchanged. Two points share a cell iff
+    their D float32 cell values ``floor((p - origin) / c)`` are equal, as in
+    :func:`failguard.scores.entropy.ace_float_cells`; no value can overflow, so no step is refused.
+
+    * Cells in float32 with the operations and order of :func:`failguard.scores.entropy.ace_float_cells`.
+    * One float64 key per point. Fast branch: a fixed radix ``R = 2^floor(53 / D)`` per axis and
+      one ``MatMul`` (exact while every cell index is below R: about 250 times the fitted
+      action range at D = 3). Otherwise, chosen at run time by an ``If``: per-axis dense ranks
+      (one sort per axis), packed exactly, re-ranked whenever B^k would pass 2^53. Exact for
+      every finite float32 cell value, including cells that overflow to +inf.
+    * Counts: the keys sorted with ``TopK`` along B, run lengths by ``CumSum`` +
+      ``ScatterElements``, the terms -p log2 p read from a table.
+
+    With ``integrate_dt``, a chunk whose integrated positions overflow float32 gives NaN (as the
+    Python score does), which the monitor then refuses or counts as an alarm.
     """
-    ax = g.i64([1])
-    sorted_keys = g.ops("TopK", [keys, g.i64([b])], 2, axis=1, largest=0, sorted=1)[0]
-    if b == 1:
-        return g.op("ReduceSum", g.op("Sub", sorted_keys, sorted_keys), ax, keepdims=0)
-    # run id of each sorted key = number of increases before it (0-based): the first key is
-    # compared with +inf, so it never counts as an increase
-    prev = g.op("Slice", sorted_keys, g.i64([0]), g.i64([b - 1]), ax)
-    pads = [0] * (2 * g.ranks[keys])
-    pads[1] = 1
-    prev = g.op("Pad", prev, g.i64(pads), g.f64(np.inf))
-    increase = g.op("Greater", sorted_keys, prev)
-    run_id = g.op("CumSum", g.op("Cast", increase, to=_INT64), g.i64(1))
-    shape = g.op("Shape", run_id)
-    zeros = g.op("ConstantOfShape", shape, value=_int64_tensor(0))
-    ones = g.op("ConstantOfShape", shape, value=_int64_tensor(1))
-    counts = g.op("ScatterElements", zeros, run_id, ones, axis=1, reduction="add")
-    terms = g.op("Gather", g.const(_entropy_table(b), np.float64, "entropy_table"), counts)
-    return g.op("ReduceSum", terms, ax, keepdims=0)
-
-
-def _ace_graph(g: _Builder, score: Any, a: str, shape: tuple[int, ...]) -> tuple[str, str]:
-    """ACE per robot (N,) float64, and an (N,) bool 'cell keys overflowed' flag."""
     b, h, d_full = shape
     pts = a
     d = d_full
@@ -287,7 +312,7 @@ def _ace_graph(g: _Builder, score: Any, a: str, shape: tuple[int, ...]) -> tuple
         d = len(score.dims)
     if score.integrate_dt is not None:
         pts = g.op("CumSum", g.op("Mul", pts, g.f32(np.float32(score.integrate_dt))), g.i64(2))
-    # the same float32 operations, in the same order, as failguard.scores.ace_cells
+    # the same float32 operations, in the same order, as failguard.scores.entropy.ace_float_cells
     lo = g.op("ReduceMin", pts, g.i64([1]), keepdims=1)
     hi = g.op("ReduceMax", pts, g.i64([1]), keepdims=1)
     origin = g.op("Sub", lo, g.op("Mul", g.f32(np.float32(0.01)), g.op("Sub", hi, lo)))
@@ -297,39 +322,102 @@ def _ace_graph(g: _Builder, score: Any, a: str, shape: tuple[int, ...]) -> tuple
     cells = g.op(
         "Floor", g.op("Div", g.op("Sub", pts, origin), g.const(cell, np.float32, "ace_cell"))
     )
-    # One exact float64 key per point; a step whose keys would not be exact is flagged (the
-    # runtime refuses it), never guessed. For D <= 4, a fixed radix R = 2^floor(53/D) per axis
-    # (>= 8192 cells, about 250 times the fitted action range) and one MatMul: the fast path.
-    # For more axes a fixed radix would be too small, so a mixed radix: with s_k = 1 + the
-    # largest cell index on axis k among the B points of this (robot, chunk index),
-    # key = Σ_k cell_k · Π_{j>k} s_j (Horner), exact while Π s_k <= 2^53.
+    key = _ace_keys(g, cells, b, d)  # (N, B, H) float64, equal iff same cell
+    total = _sorted_run_entropy(g, key, b, 1)  # (N,): Σ_h E_h
+    ace = g.op("Div", total, g.f64(float(h)))  # the mean over h, as numpy takes it
+    if score.integrate_dt is not None:
+        # integrated positions that overflowed float32 leave no defined cell: NaN, as in Python
+        # (0 * x is NaN exactly where x is not finite)
+        probe = g.op("ReduceSum", g.op("Mul", pts, g.f32(0.0)), g.i64([1, 2, 3]), keepdims=0)
+        ace = g.op("Where", g.op("IsNaN", probe), g.f64(np.nan), ace)
+    return ace, None
+
+
+def _ace_keys(g: _Builder, cells: str, b: int, d: int) -> str:
+    """One exact float64 key per point of (N, B, H, D) float32 cells: (N, B, H).
+
+    Equal keys iff equal cells. The packed fixed-radix key when every cell index fits the
+    radix; otherwise (an ``If`` decides at run time) a key built from per-axis dense ranks.
+    """
     cells_d = g.op("Cast", cells, to=_DOUBLE)
-    if d == 1:
-        key = cells_d
-        top = g.op("ReduceMax", cells_d, g.i64([1, 2, 3]), keepdims=0)
-        overflow = g.op("Greater", top, g.f64(float(2**_KEY_BITS - 1)))
-    elif d <= _FIXED_RADIX_MAX_D:
-        radix = 2 ** (_KEY_BITS // d)
-        top = g.op("ReduceMax", cells_d, g.i64([1, 2, 3]), keepdims=0)
-        overflow = g.op("Greater", top, g.f64(float(radix - 1)))
+    if d == 1:  # the cell value itself: any float32 is an exact float64
+        return g.op("Squeeze", cells_d, g.i64([3]))
+    radix = 2 ** (_KEY_BITS // d)
+
+    def fast() -> str:
         weights = np.array([[float(radix) ** (d - 1 - k)] for k in range(d)], dtype=np.float64)
-        key = g.op("MatMul", cells_d, g.const(weights, np.float64, "ace_radix"))  # (N, B, H, 1)
-    else:
-        span = g.op("Add", g.op("ReduceMax", cells_d, g.i64([1]), keepdims=1), g.f64(1.0))
-        axis3 = g.i64([3])
+        packed = g.op("MatMul", cells_d, g.const(weights, np.float64, "ace_radix"))
+        return g.op("Squeeze", packed, g.i64([3]))
 
-        def axis_k(x: str, k: int) -> str:
-            return g.op("Slice", x, g.i64([k]), g.i64([k + 1]), axis3)
+    def exact() -> str:
+        # dense ranks per axis (0 … B-1, exact for any float32 value, +inf included), packed
+        # in base B and re-ranked before the packed key could pass 2^53
+        key = ""
+        bound = 0
+        for k in range(d):
+            col = g.op("Slice", cells_d, g.i64([k]), g.i64([k + 1]), g.i64([3]))
+            rank = _dense_rank(g, g.op("Squeeze", col, g.i64([3])), b, 1)
+            if not key:
+                key, bound = rank, b
+                continue
+            if bound * b > 2**_KEY_BITS:
+                key, bound = _dense_rank(g, key, b, 1), b
+            key = g.op("Add", g.op("Mul", key, g.f64(float(b))), rank)
+            bound *= b
+        return key
 
-        key = axis_k(cells_d, 0)
-        for k in range(1, d):
-            key = g.op("Add", g.op("Mul", key, axis_k(span, k)), axis_k(cells_d, k))
-        cells_needed = g.op("ReduceProd", span, axis3, keepdims=1)  # (N, 1, H, 1)
-        worst = g.op("ReduceMax", cells_needed, g.i64([1, 2, 3]), keepdims=0)
-        overflow = g.op("Greater", worst, g.f64(float(2**_KEY_BITS)))
-    g.ranks[key] = 4
-    ent = _keys_entropy(g, key, b)  # (N, H, 1)
-    return g.op("ReduceMean", ent, g.i64([1, 2]), keepdims=0), overflow
+    # every cell index below the radix (a NaN or +inf cell fails the test): the packed key
+    fits = g.op("Less", g.op("ReduceMax", cells, keepdims=0), g.f32(np.float32(radix)))
+    return g.cond(fits, fast, exact, _DOUBLE)
+
+
+def _dense_rank(g: _Builder, x: str, b: int, axis: int) -> str:
+    """Dense rank (0 = smallest) of each value along ``axis`` (of size b) of a rank-3 float64
+    tensor, as float64: equal values get equal ranks, and every rank is below b."""
+    ax = g.i64([axis])
+    if b == 1:
+        return g.op("Sub", x, x)
+    sorted_x, order = g.ops("TopK", [x, g.i64([b])], 2, axis=axis, largest=0, sorted=1)
+    step = g.op(
+        "Greater",
+        g.op("Slice", sorted_x, g.i64([1]), g.i64([b]), ax),
+        g.op("Slice", sorted_x, g.i64([0]), g.i64([b - 1]), ax),
+    )
+    ranks = g.op("CumSum", g.op("Cast", step, to=_DOUBLE), ax)  # ranks of sorted 1 … b-1
+    pads = [0] * 6
+    pads[axis] = 1
+    ranks = g.op("Pad", ranks, g.i64(pads), g.f64(0.0))
+    return g.op("ScatterElements", g.op("Sub", x, x), order, ranks, axis=axis)
+
+
+def _sorted_run_entropy(g: _Builder, keys: str, b: int, axis: int) -> str:
+    """Σ over rows of the base-2 entropy of the b keys along ``axis`` of a rank-3 float64
+    tensor (N, ·, ·) of integer-valued keys; returns (N,) float64.
+
+    Keys are sorted with ``TopK`` (float keys sort twice as fast as int64 ones in
+    onnxruntime); a run of equal keys is one outcome, counted by ``CumSum`` +
+    ``ScatterElements``, and the terms -p log2 p are read from a table.
+    """
+    ax = g.i64([axis])
+    if b == 1:
+        return g.op("ReduceSum", g.op("Sub", keys, keys), g.i64([1, 2]), keepdims=0)
+    sorted_keys = g.ops("TopK", [keys, g.i64([b])], 2, axis=axis, largest=0, sorted=1)[0]
+    # run id of each sorted key (0-based) = number of increases before it
+    increase = g.op(
+        "Greater",
+        g.op("Slice", sorted_keys, g.i64([1]), g.i64([b]), ax),
+        g.op("Slice", sorted_keys, g.i64([0]), g.i64([b - 1]), ax),
+    )
+    run_id = g.op("CumSum", g.op("Cast", increase, to=_INT64), ax)
+    pads = [0] * 6
+    pads[axis] = 1
+    run_id = g.op("Pad", run_id, g.i64(pads), g.i64(0))
+    shape = g.op("Shape", run_id)
+    zeros = g.op("ConstantOfShape", shape, value=_int64_tensor(0))
+    ones = g.op("ConstantOfShape", shape, value=_int64_tensor(1))
+    counts = g.op("ScatterElements", zeros, run_id, ones, axis=axis, reduction="add")
+    terms = g.op("Gather", g.const(_entropy_table(b), np.float64, "entropy_table"), counts)
+    return g.op("ReduceSum", terms, g.i64([1, 2]), keepdims=0)
 
 
 def _logits_entropy_graph(g: _Builder, logits: str) -> str:
@@ -404,8 +492,8 @@ def _score_graph(
         if score.source == "logits":
             return _logits_entropy_graph(g, "action_logits"), None
         ids = g.op("Cast", "action_ids", to=_DOUBLE)  # exact for |id| < 2**53
-        g.ranks[ids] = 2
-        return _keys_entropy(g, ids, shapes["action_ids"][0]), None
+        rows = g.op("Unsqueeze", ids, g.i64([2]))  # (N, B, 1): one row of B draws
+        return _sorted_run_entropy(g, rows, shapes["action_ids"][0], 1), None
     value, flag = score.onnx_graph(g, lambda inner: _score_graph(g, inner, shapes))
     return value, flag
 

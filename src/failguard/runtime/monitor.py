@@ -519,9 +519,9 @@ class OnnxMonitor:
         for i in np.flatnonzero(overflow).tolist():
             refused.setdefault(
                 i,
-                f"the action samples of robot {i} spread over more grid cells (over 2^53 in "
-                "one chunk index) than the exported ACE can count exactly. Check the action "
-                "scale (the cell size was fitted on the actions of the rollouts given to fit)",
+                f"the graph cannot score robot {i}'s input exactly (monitors exported before "
+                "failguard scored ACE exactly at any spread flag action samples spread over "
+                "more than 2^53 grid cells; export the detector again to score such steps)",
             )
         if self.nonfinite == "raise":
             for i in np.flatnonzero(nonfinite).tolist():

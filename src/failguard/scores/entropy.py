@@ -27,6 +27,7 @@ __all__ = [
     "ActionChunkEntropy",
     "DiscreteActionEntropy",
     "ace_cells",
+    "ace_float_cells",
     "empirical_entropy",
     "logits_entropy",
 ]
@@ -79,13 +80,44 @@ def logits_entropy(logits: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
     return np.asarray(np.abs((p * log_p).sum(axis=1)) / np.log(2.0), dtype=np.float64)
 
 
+def ace_float_cells(
+    points: NDArray[np.float32], cell: NDArray[np.float32], axis: int = 1
+) -> NDArray[np.float32]:
+    """Grid cell of each point as float32 values ``floor((p - origin) / c)``.
+
+    The one home of ACE's cell arithmetic: :class:`ActionChunkEntropy` scores with it, and
+    its ONNX subgraph performs the same float32 operations in the same order. Two points
+    share a cell iff their cell values are equal on every axis; the values are exact for any
+    finite input (past 2^24 they are the float32 quotient itself, and a span past float32's
+    range gives +inf for every point, one cell).
+
+    Parameters
+    ----------
+    points : float32 array of shape (T, B, H, D)
+        Or any layout, with the B samples along ``axis``.
+    cell : float32 array of shape (D,)
+        Or broadcastable against ``points`` in that layout.
+    axis : int, default=1
+        The axis of the B samples (the origin is their minimum, minus 1 % of their range).
+
+    Returns
+    -------
+    float32 array of the shape of ``points``, all >= 0 (integers, or +inf).
+    """
+    lo = points.min(axis=axis, keepdims=True)
+    hi = points.max(axis=axis, keepdims=True)
+    with np.errstate(over="ignore"):  # a span past float32's range: every cell is +inf
+        origin = lo - ORIGIN_MARGIN * (hi - lo)
+        return np.asarray(np.floor((points - origin) / cell), dtype=np.float32)
+
+
 def ace_cells(
     points: NDArray[np.float32], cell: NDArray[np.float32], axis: int = 1
 ) -> NDArray[np.int64]:
     """Integer grid cell of each point, with a floating origin per chunk index.
 
-    The one home of ACE's cell arithmetic: :class:`ActionChunkEntropy` scores with it, and
-    its ONNX subgraph performs the same float32 operations in the same order.
+    :func:`ace_float_cells` as int64: exact while every cell index is below 2^63 (the score
+    itself compares the float32 cell values, so it stays exact beyond).
 
     Parameters
     ----------
@@ -100,10 +132,7 @@ def ace_cells(
     -------
     int64 array of the shape of ``points``, all >= 0.
     """
-    lo = points.min(axis=axis, keepdims=True)
-    hi = points.max(axis=axis, keepdims=True)
-    origin = lo - ORIGIN_MARGIN * (hi - lo)
-    return np.floor((points - origin) / cell).astype(np.int64)
+    return ace_float_cells(points, cell, axis).astype(np.int64)
 
 
 def _pack_cells(cells: NDArray[np.int64], axis: int = -1) -> NDArray[np.int64]:
@@ -197,7 +226,8 @@ class ActionChunkEntropy(BaseScore):
                 )
             a = a[..., self.dims]
         if self.integrate_dt is not None:
-            a = np.cumsum(a * np.float32(self.integrate_dt), axis=2, dtype=np.float32)
+            with np.errstate(over="ignore"):  # an overflow makes the step NaN (see _score)
+                a = np.cumsum(a * np.float32(self.integrate_dt), axis=2, dtype=np.float32)
         return a
 
     def _fit(self, rollouts: Sequence[Rollout], progress: bool) -> None:
@@ -221,9 +251,25 @@ class ActionChunkEntropy(BaseScore):
         t, b, h, _ = pts.shape
         # A (D, T, H, B) layout, where every reduction and every per-axis slice is contiguous.
         p = np.ascontiguousarray(pts.transpose(3, 0, 2, 1))
-        cells = ace_cells(p, self.cell_[:, None, None, None], axis=-1)
-        keys = _pack_cells(cells, axis=0)  # (T, H, B)
-        return empirical_entropy(keys.reshape(t * h, b)).reshape(t, h).mean(axis=1)
+        # integrated positions can overflow float32: such a step has no defined cells (NaN)
+        bad = ~np.isfinite(p).all(axis=(0, 2, 3)) if self.integrate_dt is not None else None
+        if bad is not None and bad.any():
+            p[:, bad] = 0.0
+        fcells = ace_float_cells(p, self.cell_[:, None, None, None], axis=-1)
+        if fcells.max() < 2.0**62:  # the usual case: exact int64 cell indices
+            keys = _pack_cells(fcells.astype(np.int64), axis=0)  # (T, H, B)
+        else:  # an extreme spread (cells past int64, or +inf): rank the float32 cells exactly
+            ranks = np.stack(
+                [
+                    np.unique(fcells[k], return_inverse=True)[1].reshape(fcells.shape[1:])
+                    for k in range(fcells.shape[0])
+                ]
+            )
+            keys = _pack_cells(ranks.astype(np.int64), axis=0)
+        out = empirical_entropy(keys.reshape(t * h, b)).reshape(t, h).mean(axis=1)
+        if bad is not None and bad.any():
+            out[bad] = np.nan
+        return out
 
     def _params(self) -> dict[str, Any]:
         return {
