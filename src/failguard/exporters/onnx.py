@@ -6,10 +6,10 @@ and its floating-point order is chosen here to match the Python scores:
 * RND: standardisation buffers, target and predictor MLPs (``Gemm`` + ``LeakyRelu``) and the
   L2 norm of the residual, in float32 like torch;
 * ACE: grid cells in float32 with the same operation order as
-  :func:`failguard.scores.entropy.ace_float_cells`, one exact float64 key per point (a packed fixed radix,
-  or per-axis dense ranks when a cell index is too large to pack: an ``If`` picks, so any
-  finite spread is scored exactly), keys sorted with ``TopK`` (O(B log B) per chunk index),
-  run lengths through ``CumSum`` + ``ScatterElements``, and the entropy terms
+  :func:`failguard.scores.entropy.ace_float_cells`, one exact float64 key per point (a packed
+  fixed radix, or per-axis dense ranks when a cell index is too large to pack: an ``If``
+  picks, so any finite spread is scored exactly), keys sorted with ``TopK`` (O(B log B) per
+  chunk index), run lengths through ``CumSum`` + ``ScatterElements``, and the entropy terms
   ``-p log2 p`` read from a table computed in numpy;
 * discrete entropy from logits (float64) or from sampled ids (the same sort / run-length core);
 * windows (``sum`` / ``mean``: an (N, w) buffer of raw scores, oldest first; ``cumulative``: an
@@ -290,9 +290,10 @@ def _ace_graph(g: _Builder, score: Any, a: str, shape: tuple[int, ...]) -> tuple
     Self-contained (reads only ``score.dims``, ``score.integrate_dt`` and ``score.cell_``), so
     it can move into the score's own ``onnx_graph`` hook unchanged. Two points share a cell iff
     their D float32 cell values ``floor((p - origin) / c)`` are equal, as in
-    :func:`failguard.scores.entropy.ace_float_cells`; no value can overflow, so no step is refused.
+    :func:`failguard.scores.entropy.ace_float_cells`; no value can overflow, so no step is
+    refused.
 
-    * Cells in float32 with the operations and order of :func:`failguard.scores.entropy.ace_float_cells`.
+    * Cells in float32 with the operations and order of ``ace_float_cells``.
     * One float64 key per point. Fast branch: a fixed radix ``R = 2^floor(53 / D)`` per axis and
       one ``MatMul`` (exact while every cell index is below R: about 250 times the fitted
       action range at D = 3). Otherwise, chosen at run time by an ``If``: per-axis dense ranks
