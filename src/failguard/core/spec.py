@@ -45,7 +45,7 @@ MAX_WINDOW = 100_000
 #: Longest threshold table (one entry per policy step).
 MAX_TABLE_LENGTH = 10_000_000
 #: The per-step inputs a score may read (``Rollout`` fields).
-INPUT_FIELDS = ("embeddings", "action_samples", "action_logits", "action_ids")
+INPUT_FIELDS = ("embeddings", "action_samples", "action_logits", "action_ids", "states")
 NONFINITE_POLICIES = ("raise", "alarm")
 #: Calibration facts carried along (informative; the step does not read them), with types.
 FACTS: dict[str, type] = {
@@ -408,7 +408,7 @@ class MonitorSpec:
             raise
         except (ConfigError, TypeError, ValueError, KeyError, IndexError) as err:
             raise bad(str(err)) from None
-        if list(data["requires"]) != list(spec.requires):
+        if sorted(data["requires"]) != sorted(spec.requires):
             raise bad(f"'requires' {data['requires']} disagrees with the scores' inputs.")
         return spec
 

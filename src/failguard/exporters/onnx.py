@@ -1,10 +1,19 @@
 """Export a calibrated FailureDetector as one ONNX graph that computes a whole monitor step.
 
 The graph is written node by node with :mod:`onnx.helper` (no tracing), so every operation
-and its floating-point order is chosen here to match the Python scores:
+and its floating-point order is chosen to match the Python scores. Three parts build it:
 
-* RND: standardisation buffers, target and predictor MLPs (``Gemm`` + ``LeakyRelu``) and the
-  L2 norm of the residual, in float32 like torch;
+* the builder (:class:`failguard.exporters._builder.Builder`): fresh names, constants as
+  initializers, per-score state;
+* the score subgraphs: each score writes its own through its ``onnx_graph(builder, emit)``
+  hook, so adding a score never touches the exporter (RND: standardisation buffers, target
+  and predictor MLPs, ``Gemm`` + ``LeakyRelu``, the L2 norm of the residual, in float32 like
+  torch);
+* the step graph (:mod:`failguard.exporters._step`), emitted from the detector's
+  :class:`~failguard.core.MonitorSpec`: windows, thresholds, ratios, fusion and the alarm.
+
+Built-in subgraphs in more detail:
+
 * ACE: grid cells in float32 with the same operation order as
   :func:`failguard.scores.entropy.ace_float_cells`, one exact float64 key per point (a packed
   fixed radix, or per-axis dense ranks when a cell index is too large to pack: an ``If``
@@ -12,10 +21,10 @@ and its floating-point order is chosen here to match the Python scores:
   chunk index), run lengths through ``CumSum`` + ``ScatterElements``, and the entropy terms
   ``-p log2 p`` read from a table computed in numpy;
 * discrete entropy from logits (float64) or from sampled ids (the same sort / run-length core);
-* windows (``sum`` / ``mean``: an (N, w) buffer of raw scores, oldest first; ``cumulative``: an
-  (N, 1) running total), thresholds read from a (G, L) table at ``min(t, L - 1)`` (the "repeat
-  the last value" rule) and row ``group`` (0 = pooled, then Mondrian groups in sorted order),
-  ratios, and AND (min) / OR (max) fusion.
+* the step: windows (``sum`` / ``mean``: an (N, w) buffer of raw scores, oldest first;
+  ``cumulative``: an (N, 1) running total), thresholds read from a (G, L) table at
+  ``min(t, L - 1)`` (the "repeat the last value" rule) and row ``group`` (0 = pooled, then
+  Mondrian groups in sorted order), ratios, and AND (min) / OR (max) / k-of-n fusion.
 
 Graph inputs, N robots at once (N is dynamic):
 
@@ -33,10 +42,10 @@ name                shape / dtype          when
 ``hist_<k>``        (N, ...) float64       per-score state a score declared (see below)
 =================== ====================== =========================================
 
-A score that reads past steps (``Movement``'s lagged embedding, ``SlowingDown``'s trailing
-window, ``ChunkConsistency``'s previous mean chunk, ``ProgressScore(mode="shortfall")``'s past
-predictions) declares its state in its ``onnx_graph`` hook with ``builder.state(shape)``, which
-returns the input name ``hist_<k>``, and hands back the next value with
+A score that reads past steps (a lagged embedding, a trailing window, the previous mean
+chunk, past progress predictions) declares its state in its ``onnx_graph`` hook with
+``builder.state(shape)``, which returns the input name ``hist_<k>``, and hands back the next
+value with
 ``builder.update_state(name, tensor)`` (output ``new_hist_<k>``). The metadata lists them under
 ``score_states``; the runtime keeps them per robot like the window buffers, zero at a reset.
 
@@ -51,9 +60,11 @@ never do: ACE is exact at any finite spread); and
 threshold, ratio of each of the k indicators, then the fused ratio, each block N long), which
 is what the runtime fetches.
 
-The calibration facts (alpha, guarantee, rollout counts, thresholds, score names, failguard
-version and schema version) are also written to the model's ``metadata_props`` under the key
-``failguard`` as JSON, which is all :class:`failguard.runtime.OnnxMonitor` needs.
+The detector's :class:`~failguard.core.MonitorSpec` (names, windows, fusion, thresholds,
+groups, profiles, input shapes and the calibration facts: alpha, guarantee, rollout counts),
+the failguard and schema versions and the score states are written to the model's
+``metadata_props`` under the key ``failguard`` as JSON; :class:`failguard.runtime.OnnxMonitor`
+reads the spec back from there (validated key by key).
 
 Numerical agreement with :class:`failguard.Monitor`: ACE cells, discrete-entropy keys, the
 entropy terms, thresholds and the window buffers are the same numbers; RND's float32 matrix
@@ -75,10 +86,17 @@ from numpy.typing import NDArray
 
 from .._version import SCHEMA_VERSION, __version__
 from ..exceptions import ExportError
+from ._builder import DOUBLE as _DOUBLE
+from ._builder import FLOAT as _FLOAT
+from ._builder import INT64 as _INT64
+from ._builder import Builder
+from ._builder import int64_tensor as _int64_tensor
+from ._step import emit_step
 
 if TYPE_CHECKING:
     import onnx
 
+    from ..core.spec import MonitorSpec
     from ..detector import FailureDetector
 
 __all__ = [
@@ -98,182 +116,19 @@ METADATA_KEY = "failguard"
 #: ACE keys are exact float64 integers: at most ``2 ** floor(53 / D)`` cells per axis.
 _KEY_BITS = 53
 
-_INT64_MIN = -(2**63)
-_FLOAT = 1  # onnx.TensorProto.FLOAT
-_INT64 = 7
-_BOOL = 9
-_DOUBLE = 11
-
-_FIELD_SPECS: dict[str, tuple[int, str]] = {
-    "embeddings": (_FLOAT, "(N, d)"),
-    "action_samples": (_FLOAT, "(N, B, H, D)"),
-    "action_logits": (_FLOAT, "(N, K)"),
-    "action_ids": (_INT64, "(N, B)"),
-    "states": (_FLOAT, "(N, S)"),
+#: Element type of each graph input named after a rollout field.
+_FIELD_TYPES: dict[str, int] = {
+    "embeddings": _FLOAT,
+    "action_samples": _FLOAT,
+    "action_logits": _FLOAT,
+    "action_ids": _INT64,
+    "states": _FLOAT,
 }
-
-
-class _Builder:
-    """A tiny graph builder: constants become initializers, every op gets a fresh name."""
-
-    def __init__(self) -> None:
-        import onnx
-
-        self._onnx = onnx
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-        self._count = 0
-        self._consts: dict[tuple[str, bytes, tuple[int, ...]], str] = {}
-        self._outputs: list[tuple[str, str]] = []
-        #: ranks of the tensors whose rank a subgraph needs
-        self.ranks: dict[str, int] = {}
-        #: per-score state: (input name, per-robot shape), in declaration order
-        self.states: list[tuple[str, tuple[int, ...]]] = []
-        self.state_updates: dict[str, str] = {}
-
-    def state(self, shape: Sequence[int]) -> str:
-        """Declare a per-robot float64 state of ``shape`` (the robot axis is added in front).
-
-        The graph takes it as input ``hist_<k>`` and must return its next value through
-        :meth:`update_state`; the runtime keeps it per robot, zero at every reset (a score
-        recognises its first step by ``t == 0``, not by the state's value).
-        """
-        dims = tuple(int(x) for x in shape)
-        if not dims or min(dims) < 1:
-            raise ExportError(f"a score declared a state of shape {dims}; every axis must be >= 1.")
-        name = f"hist_{len(self.states)}"
-        self.states.append((name, dims))
-        return name
-
-    def update_state(self, name: str, value: str) -> None:
-        """Set the next value of the state ``name`` (output ``new_<name>``)."""
-        if name in self.state_updates or not any(n == name for n, _ in self.states):
-            raise ExportError(f"state {name!r} is unknown or updated twice.")
-        self.state_updates[name] = value
-
-    def _name(self, hint: str) -> str:
-        self._count += 1
-        return f"{hint}_{self._count}"
-
-    def const(self, value: Any, dtype: Any, hint: str = "c") -> str:
-        arr = np.ascontiguousarray(np.asarray(value, dtype=dtype))
-        key = (arr.dtype.str, arr.tobytes(), arr.shape)
-        if arr.size <= 64 and key in self._consts:
-            return self._consts[key]
-        name = self._name(hint)
-        self.initializers.append(self._onnx.numpy_helper.from_array(arr, name))
-        if arr.size <= 64:
-            self._consts[key] = name
-        return name
-
-    def f32(self, value: Any) -> str:
-        return self.const(value, np.float32)
-
-    def f64(self, value: Any) -> str:
-        return self.const(value, np.float64)
-
-    def i64(self, value: Any) -> str:
-        return self.const(value, np.int64)
-
-    def op(self, op_type: str, *inputs: str, hint: str | None = None, **attrs: Any) -> str:
-        out = self._name(hint or op_type.lower())
-        self.nodes.append(self._onnx.helper.make_node(op_type, list(inputs), [out], **attrs))
-        return out
-
-    def ops(self, op_type: str, inputs: Sequence[str], n_out: int, **attrs: Any) -> list[str]:
-        outs = [self._name(op_type.lower()) for _ in range(n_out)]
-        self.nodes.append(self._onnx.helper.make_node(op_type, list(inputs), outs, **attrs))
-        return outs
-
-    def cond(self, flag: str, then: Any, other: Any, elem: int) -> str:
-        """An ``If`` on the scalar bool ``flag``: the value ``then()`` or ``other()`` builds.
-
-        Each callable adds its nodes through this builder (they land in its branch) and
-        returns the branch's value; constants stay initializers of the main graph.
-        """
-        helper = self._onnx.helper
-
-        def branch(build: Any, name: str) -> Any:
-            saved, self.nodes = self.nodes, []
-            value = build()
-            nodes, self.nodes = self.nodes, saved
-            out = value
-            if not any(value in n.output for n in nodes):  # an outer value: copy it in
-                out = self._name(name)
-                nodes.append(helper.make_node("Identity", [value], [out]))
-            return helper.make_graph(
-                nodes, name, [], [helper.make_tensor_value_info(out, elem, None)]
-            )
-
-        out = self._name("if")
-        self.nodes.append(
-            helper.make_node(
-                "If",
-                [flag],
-                [out],
-                then_branch=branch(then, "then"),
-                else_branch=branch(other, "else"),
-            )
-        )
-        return out
-
-    def name_output(self, src: str, name: str) -> None:
-        """Make graph output ``name`` hold ``src``; applied by :meth:`finish`."""
-        self._outputs.append((src, name))
-
-    def finish(self) -> None:
-        """Rename each output's producer to the output name (Identity only for duplicates)."""
-        renamed: dict[str, str] = {}
-        for src, name in self._outputs:
-            if src in renamed or not any(src in n.output for n in self.nodes):
-                source = renamed.get(src, src)
-                self.nodes.append(self._onnx.helper.make_node("Identity", [source], [name]))
-                continue
-            renamed[src] = name
-        for node in self.nodes:
-            for seq in (node.input, node.output):
-                for i, value in enumerate(seq):
-                    if value in renamed:
-                        seq[i] = renamed[value]
+#: The builder under its former name (score subgraphs written before the split use it).
+_Builder = Builder
 
 
 # ---------------------------------------------------------------------- score subgraphs
-def _rnd_graph(g: _Builder, score: Any, x: str) -> str:
-    """s = ||f(z) - g(z)||_2 with z = (x - mean) * inv_std; float32, then cast to float64."""
-    from torch import nn
-
-    net = score.network_
-    mean = net.mean.detach().cpu().numpy().astype(np.float32)
-    inv_std = net.inv_std.detach().cpu().numpy().astype(np.float32)
-    z = x
-    if not (np.all(mean == 0) and np.all(inv_std == 1)):  # (x - 0) * 1 == x exactly
-        z = g.op(
-            "Mul",
-            g.op("Sub", x, g.const(mean, np.float32, "rnd_mean")),
-            g.const(inv_std, np.float32, "rnd_inv_std"),
-        )
-
-    def mlp(seq: Any) -> str:
-        linears = [m for m in seq if isinstance(m, nn.Linear)]
-        h = z
-        for i, lin in enumerate(linears):
-            w = lin.weight.detach().cpu().numpy().astype(np.float32)
-            b = lin.bias.detach().cpu().numpy().astype(np.float32)
-            h = g.op("Gemm", h, g.const(w, np.float32, "w"), g.const(b, np.float32, "b"), transB=1)
-            if i < len(linears) - 1:
-                h = g.op("LeakyRelu", h, alpha=0.01)
-        return h
-
-    residual = g.op("Sub", mlp(net.predictor), mlp(net.target))
-    return g.op("Cast", g.op("ReduceL2", residual, g.i64([1]), keepdims=0), to=_DOUBLE)
-
-
-def _int64_tensor(value: int) -> Any:
-    from onnx import helper
-
-    return helper.make_tensor("value", _INT64, [1], [value])
-
-
 def _entropy_table(b: int) -> NDArray[np.float64]:
     """-p log2 p for p = c / b, c = 0 … b (0 for c = 0), exactly as numpy computes it."""
     counts = np.arange(b + 1, dtype=np.float64)
@@ -430,63 +285,11 @@ def _logits_entropy_graph(g: _Builder, logits: str) -> str:
     return g.op("Div", g.op("Neg", total), g.f64(np.log(2.0)))
 
 
-def _fuse_graph(g: _Builder, ratios: list[str], combine: str) -> str:
-    """AND = Min, OR = Max, k-of-n = the k-th largest ratio (TopK over the stacked legs)."""
-    from ..core.kernel import fusion_rank
+# ---------------------------------------------------------------------- dispatch
+def _builtin_graph(g: _Builder, score: Any, shapes: dict[str, tuple[int, ...]]) -> Any:
+    """ACE and discrete entropy, until they carry their own ``onnx_graph`` hook."""
+    from ..scores import ActionChunkEntropy, DiscreteActionEntropy
 
-    n = len(ratios)
-    k = fusion_rank(combine, n)
-    if k == n:
-        return g.op("Min", *ratios)
-    if k == 1:
-        return g.op("Max", *ratios)
-    stacked = g.op("Concat", *[g.op("Unsqueeze", r, g.i64([0])) for r in ratios], axis=0)
-    top = g.ops("TopK", [stacked, g.i64([k])], 2, axis=0, largest=1, sorted=1)[0]
-    return g.op("Squeeze", g.op("Slice", top, g.i64([k - 1]), g.i64([k]), g.i64([0])), g.i64([0]))
-
-
-# ---------------------------------------------------------------------- detector facts
-def _groups(detector: FailureDetector) -> list[str | None]:
-    """Threshold rows: pooled first, then the Mondrian groups in sorted order."""
-    return [None, *sorted(detector.group_calibration_)] if detector.mondrian else [None]
-
-
-def _threshold_table(
-    detector: FailureDetector, name: str, groups: list[str | None]
-) -> NDArray[np.float64]:
-    """(G, L) table; shorter rows are padded with their last value (the same rule)."""
-    rows = []
-    for grp in groups:
-        cal = detector.calibration_ if grp is None else detector.group_calibration_[grp]
-        assert cal is not None
-        rows.append(np.asarray(cal.tables[name], dtype=np.float64).reshape(-1))
-    width = max(r.shape[0] for r in rows)
-    return np.stack([np.concatenate([r, np.full(width - r.shape[0], r[-1])]) for r in rows])
-
-
-def _has_graph(score: Any) -> bool:
-    from ..scores import ActionChunkEntropy, DiscreteActionEntropy, RNDScore
-
-    if not getattr(score, "exportable", False):
-        return False
-    builtin = isinstance(score, (RNDScore, ActionChunkEntropy, DiscreteActionEntropy))
-    # a score that reads past steps keeps what it needs in a declared state (Builder.state)
-    return builtin or hasattr(score, "onnx_graph")
-
-
-def _score_graph(
-    g: _Builder, score: Any, shapes: dict[str, tuple[int, ...]]
-) -> tuple[str, str | None]:
-    """One score's subgraph: its (N,) float64 value and an optional (N,) bool overflow flag.
-
-    FIPER's scores are written here; any other score brings its own subgraph through an
-    ``onnx_graph(builder, emit)`` method, where ``emit(score)`` builds a wrapped score's
-    subgraph (graph inputs are named after the rollout fields, plus ``t``).
-    """
-    from ..scores import ActionChunkEntropy, DiscreteActionEntropy, RNDScore
-
-    if isinstance(score, RNDScore):
-        return _rnd_graph(g, score, "embeddings"), None
     if isinstance(score, ActionChunkEntropy):
         return _ace_graph(g, score, "action_samples", shapes["action_samples"])
     if isinstance(score, DiscreteActionEntropy):
@@ -495,6 +298,31 @@ def _score_graph(
         ids = g.op("Cast", "action_ids", to=_DOUBLE)  # exact for |id| < 2**53
         rows = g.op("Unsqueeze", ids, g.i64([2]))  # (N, B, 1): one row of B draws
         return _sorted_run_entropy(g, rows, shapes["action_ids"][0], 1), None
+    return None
+
+
+def _has_graph(score: Any) -> bool:
+    """Whether a score can be exported: it says so, and brings its ``onnx_graph`` hook."""
+    if not getattr(score, "exportable", False):
+        return False
+    from ..scores import ActionChunkEntropy, DiscreteActionEntropy
+
+    return hasattr(score, "onnx_graph") or isinstance(
+        score, (ActionChunkEntropy, DiscreteActionEntropy)
+    )
+
+
+def _score_graph(
+    g: Builder, score: Any, shapes: dict[str, tuple[int, ...]]
+) -> tuple[str, str | None]:
+    """One score's subgraph: its (N,) float64 value and an optional (N,) bool overflow flag.
+
+    The score writes it through its ``onnx_graph(builder, emit)`` hook, where
+    ``emit(inner)`` builds a wrapped score's subgraph (graph inputs are named after the
+    rollout fields, plus ``t``). The exporter never looks inside a score.
+    """
+    if not hasattr(score, "onnx_graph"):
+        return _builtin_graph(g, score, shapes)
     value, flag = score.onnx_graph(g, lambda inner: _score_graph(g, inner, shapes))
     return value, flag
 
@@ -503,11 +331,10 @@ def _check_exportable(detector: FailureDetector) -> None:
     bad = [f"{s.name} ({type(s).__name__})" for s in detector.scores if not _has_graph(s)]
     if bad:
         raise ExportError(
-            f"export_onnx: these scores have no ONNX form: {', '.join(bad)}. Exportable scores "
-            "are RNDScore, ActionChunkEntropy, DiscreteActionEntropy, ProgressScore "
-            "(history=0), Movement, SlowingDown, ChunkConsistency and Deviation of an "
-            "exportable score; monitor the others "
-            "with failguard.Monitor in Python, or leave them out of the exported detector."
+            f"export_onnx: these scores have no ONNX form: {', '.join(bad)}. A score exports "
+            "when it is exportable and writes its subgraph in an onnx_graph hook (see "
+            "failguard.exporters); monitor the others with failguard.Monitor in Python, or "
+            "leave them out of the exported detector."
         )
     if not detector.is_calibrated:
         raise ExportError(
@@ -516,40 +343,13 @@ def _check_exportable(detector: FailureDetector) -> None:
         )
 
 
-def _metadata(
-    detector: FailureDetector,
-    groups: list[str | None],
-    tables: dict[str, NDArray[np.float64]],
-    states: Sequence[tuple[str, tuple[int, ...]]] = (),
-) -> dict[str, Any]:
-    shapes: dict[str, list[int]] = {}
-    for s in detector.scores:
-        for f, shp in (s.input_shapes_ or {}).items():
-            shapes[f] = list(shp)
-    cal = detector.calibration_
-    assert cal is not None
+def _metadata(spec: MonitorSpec, states: Sequence[tuple[str, tuple[int, ...]]]) -> dict[str, Any]:
+    """The model's failguard metadata: its MonitorSpec, plus versions and the score states."""
     return {
         "schema": SCHEMA_VERSION,
         "failguard_version": __version__,
         "kind": "FailureDetectorMonitor",
-        "names": detector.names,
-        "score_types": {s.name: type(s).__name__ for s in detector.scores},
-        "requires": list(detector.requires),
-        "input_shapes": shapes,
-        "windows": {n: int(w) for n, w in detector.windows.items()},
-        "window_kind": detector.window_kind,
-        "combine": detector.combine,
-        "threshold": detector.threshold,
-        "alpha": detector.alpha,
-        "guarantee": detector.guarantee,
-        "delta": detector.delta,
-        "mode": detector.mode,
-        "mondrian": detector.mondrian,
-        "groups": [g for g in groups if g is not None],
-        "n_fit": detector.n_fit_,
-        "n_calibration": detector.n_calibration_,
-        "n_conformal": cal.n_conformal,
-        "thresholds": {n: t.tolist() for n, t in tables.items()},
+        **spec.to_dict(),
         # per-score state (float64, zero at reset), graph input <name>, output new_<name>
         "score_states": [{"name": n, "shape": list(shp)} for n, shp in states],
     }
@@ -583,22 +383,14 @@ def build_model(detector: FailureDetector) -> onnx.ModelProto:
     from onnx import helper
 
     _check_exportable(detector)
-    g = _Builder()
-    shapes: dict[str, tuple[int, ...]] = {}
-    for s in detector.scores:
-        shapes.update(s.input_shapes_ or {})
+    spec = detector.spec()
+    g = Builder()
+    shapes = dict(spec.input_shapes)
     inputs = []
-    for f in detector.requires:
-        elem, _ = _FIELD_SPECS[f]
-        inputs.append(helper.make_tensor_value_info(f, elem, ["N", *shapes[f]]))
+    for f in spec.requires:
+        inputs.append(helper.make_tensor_value_info(f, _FIELD_TYPES[f], ["N", *shapes[f]]))
     inputs.append(helper.make_tensor_value_info("t", _INT64, ["N"]))
     inputs.append(helper.make_tensor_value_info("group", _INT64, ["N"]))
-    width = {
-        n: 1 if detector.window_kind == "cumulative" else int(detector.windows[n])
-        for n in detector.names
-    }
-    for n in detector.names:
-        inputs.append(helper.make_tensor_value_info(f"state_{n}", _DOUBLE, ["N", width[n]]))
 
     raw: dict[str, str] = {}
     overflows: list[str] = []
@@ -607,87 +399,8 @@ def build_model(detector: FailureDetector) -> onnx.ModelProto:
         raw[s.name] = value
         if flag is not None:
             overflows.append(flag)
-
-    groups = _groups(detector)
-    tables = {n: _threshold_table(detector, n, groups) for n in detector.names}
-    outputs = []
-    ratios: list[str] = []
-    clipped_t: dict[int, str] = {}
-    windowed_of: dict[str, str] = {}
-    gamma_of: dict[str, str] = {}
-    ratio_of: dict[str, str] = {}
-    n_terms: dict[int, str] = {}
-    # A non-finite score (an extreme input overflowed a network) enters its window as +inf,
-    # never as NaN, and flags the step: the runtime refuses it, or counts it as an alarm.
-    nonfinite_of: dict[str, str] = {}
-    for n in detector.names:
-        finite = g.op("Not", g.op("Or", g.op("IsNaN", raw[n]), g.op("IsInf", raw[n])))
-        nonfinite_of[n] = g.op("Not", finite)
-        safe = g.op("Where", finite, raw[n], g.f64(np.inf))
-        col = g.op("Unsqueeze", safe, g.i64([1]))
-        state = f"state_{n}"
-        if detector.window_kind == "cumulative":
-            new_state = g.op("Add", state, col)
-            windowed = g.op("Squeeze", new_state, g.i64([1]))
-        else:
-            w = width[n]
-            if w == 1:
-                new_state = col
-            else:
-                keep = g.op("Slice", state, g.i64([1]), g.i64([w]), g.i64([1]))
-                new_state = g.op("Concat", keep, col, axis=1)
-            windowed = g.op("ReduceSum", new_state, g.i64([1]), keepdims=0)
-            if detector.window_kind == "mean":
-                if w not in n_terms:
-                    count = g.op("Min", g.op("Add", "t", g.i64(1)), g.i64(w))
-                    n_terms[w] = g.op("Cast", count, to=_DOUBLE)
-                windowed = g.op("Div", windowed, n_terms[w])
-        # γ = table[group, min(t, L - 1)]: the last value is repeated past the table's end
-        table = tables[n]
-        length = table.shape[1]
-        if length == 1:
-            idx = "group"
-        else:
-            if length not in clipped_t:
-                clipped_t[length] = g.op("Min", "t", g.i64(length - 1))
-            idx = clipped_t[length]
-            if table.shape[0] > 1:
-                idx = g.op("Add", g.op("Mul", "group", g.i64(length)), idx)
-        gamma = g.op("Gather", g.const(table.reshape(-1), np.float64, f"thresholds_{n}"), idx)
-        ratio = g.op("Div", windowed, gamma)
-        ratios.append(ratio)
-        windowed_of[n], gamma_of[n], ratio_of[n] = windowed, gamma, ratio
-        for label, src in (
-            ("score", raw[n]),
-            ("windowed", windowed),
-            ("threshold", gamma),
-            ("ratio", ratio),
-        ):
-            g.name_output(src, f"{label}_{n}")
-            outputs.append(helper.make_tensor_value_info(f"{label}_{n}", _DOUBLE, ["N"]))
-        g.name_output(new_state, f"new_state_{n}")
-        outputs.append(helper.make_tensor_value_info(f"new_state_{n}", _DOUBLE, ["N", width[n]]))
-    # elementwise over indicators: AND = min, OR = max, k-of-n = k-th largest
-    fused = ratios[0] if len(ratios) == 1 else _fuse_graph(g, ratios, detector.combine)
-    g.name_output(fused, "fused_ratio")
-    nonfinite = g.op("IsNaN", fused)
-    for n in detector.names:
-        nonfinite = g.op("Or", nonfinite, nonfinite_of[n])
-    g.name_output(nonfinite, "nonfinite")
-    g.name_output(g.op("Or", g.op("Greater", fused, g.f64(1.0)), nonfinite), "alarm")
-    if overflows:
-        flag = overflows[0]
-        for other in overflows[1:]:
-            flag = g.op("Or", flag, other)
-    else:
-        flag = g.op("Less", "t", g.i64(_INT64_MIN))  # never true; keeps the output present
-    g.name_output(flag, "overflow")
-    # every per-step float in one output, [score, windowed, threshold, ratio] per indicator and
-    # then the fused ratio, each block N long: one output to fetch instead of 4k + 1
-    report = [
-        src for n in detector.names for src in (raw[n], windowed_of[n], gamma_of[n], ratio_of[n])
-    ]
-    g.name_output(g.op("Concat", *report, fused, axis=0), "report")
+    state_inputs, outputs = emit_step(g, spec, raw, overflows)
+    inputs += state_inputs
     for name, shp in g.states:
         if name not in g.state_updates:
             raise ExportError(f"export_onnx: a score declared state {name!r} but never updated it.")
@@ -695,13 +408,6 @@ def build_model(detector: FailureDetector) -> onnx.ModelProto:
         g.name_output(g.state_updates[name], f"new_{name}")
         outputs.append(helper.make_tensor_value_info(f"new_{name}", _DOUBLE, ["N", *shp]))
     g.finish()
-    outputs += [
-        helper.make_tensor_value_info("fused_ratio", _DOUBLE, ["N"]),
-        helper.make_tensor_value_info("alarm", _BOOL, ["N"]),
-        helper.make_tensor_value_info("overflow", _BOOL, ["N"]),
-        helper.make_tensor_value_info("nonfinite", _BOOL, ["N"]),
-        helper.make_tensor_value_info("report", _DOUBLE, ["R"]),
-    ]
     graph = helper.make_graph(g.nodes, "failguard_monitor_step", inputs, outputs, g.initializers)
     model = helper.make_model(
         graph,
@@ -710,19 +416,19 @@ def build_model(detector: FailureDetector) -> onnx.ModelProto:
         producer_version=__version__,
         doc_string=(
             "failguard monitor step: scores, causal windows, conformal thresholds and "
-            f"{detector.combine.upper()} fusion for indicators {detector.names}. Higher means "
+            f"{spec.combine.upper()} fusion for indicators {spec.names}. Higher means "
             "more likely to fail; alarm = fused_ratio > 1."
         ),
     )
     model.ir_version = min(model.ir_version, 9)
-    meta = _metadata(detector, groups, tables, g.states)
+    meta = _metadata(spec, g.states)
     helper.set_model_props(
         model,
         {
             METADATA_KEY: json.dumps(meta),
             "failguard.schema_version": str(SCHEMA_VERSION),
             "failguard.version": __version__,
-            "failguard.names": ",".join(detector.names),
+            "failguard.names": ",".join(spec.names),
             "failguard.alpha": repr(detector.alpha),
             "failguard.guarantee": detector.guarantee,
         },

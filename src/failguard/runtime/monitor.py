@@ -24,6 +24,9 @@ import onnxruntime as ort
 from numpy.typing import ArrayLike, NDArray
 
 from .._version import SCHEMA_VERSION, __version__
+from ..core import kernel
+from ..core.spec import KEYS as _SPEC_KEYS
+from ..core.spec import MonitorSpec
 from ..exceptions import (
     ArtifactError,
     ConcurrentUseError,
@@ -259,15 +262,16 @@ class OnnxMonitor:
         meta = _read_metadata(self.session, self.path)
         _verify_checksum(raw, meta, self.path, verify)
         self.metadata: dict[str, Any] = meta
-        self.names: list[str] = list(meta["names"])
-        self.requires: tuple[str, ...] = tuple(meta["requires"])
-        self.groups: list[str] = list(meta["groups"])
-        self.combine: str = str(meta.get("combine", "and"))
-        self._shapes = {f: tuple(int(x) for x in s) for f, s in meta["input_shapes"].items()}
-        self._width = {
-            n: 1 if meta["window_kind"] == "cumulative" else int(meta["windows"][n])
-            for n in self.names
-        }
+        #: the monitor step this model computes, read back (and validated) from its metadata
+        self.spec: MonitorSpec = MonitorSpec.from_dict(
+            {k: v for k, v in meta.items() if k in _SPEC_KEYS}, str(self.path)
+        ).with_nonfinite(nonfinite)
+        self.names: list[str] = self.spec.names
+        self.requires: tuple[str, ...] = self.spec.requires
+        self.groups: list[str] = list(self.spec.groups)
+        self.combine: str = self.spec.combine
+        self._shapes = dict(self.spec.input_shapes)
+        self._width = self.spec.state_widths
         # per-score state (a lagged embedding, a trailing window, the previous chunk): absent
         # in graphs exported before scores could keep one, which then have none
         try:
@@ -323,18 +327,7 @@ class OnnxMonitor:
 
     # ------------------------------------------------------------------ state
     def _group_index(self, group: str | None, warn: bool = True) -> int:
-        if not self.metadata.get("mondrian"):
-            return 0
-        if group in self.groups:
-            return 1 + self.groups.index(group)
-        if warn:
-            warnings.warn(
-                f"No Mondrian thresholds for group {group!r} (calibrated groups: {self.groups}); "
-                "using the pooled thresholds.",
-                UserWarning,
-                stacklevel=3,
-            )
-        return 0
+        return kernel.group_row(self.spec.groups, self.spec.mondrian, group, warn)
 
     def _enter(self, where: str) -> None:
         if not self._lock.acquire(blocking=False):
@@ -404,10 +397,8 @@ class OnnxMonitor:
 
     def thresholds_for(self, group: str | None = None) -> dict[str, NDArray[np.float64]]:
         """Threshold table γ(t) of each indicator for ``group`` (last value repeated)."""
-        row = 1 + self.groups.index(group) if group in self.groups else 0
-        return {
-            n: np.asarray(v[row], dtype=np.float64) for n, v in self.metadata["thresholds"].items()
-        }
+        row = kernel.group_row(self.spec.groups, self.spec.mondrian, group, warn=False)
+        return self.spec.thresholds_row(row)
 
     # ------------------------------------------------------------------ checks
     def _feed(

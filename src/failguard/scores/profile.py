@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..core.kernel import split_indices
+from ..core.kernel import split_indices, table_at
 from ..exceptions import ConfigError, ParameterError, RolloutError
 from ..types import Rollout
 from ._base import BaseScore, register_score, score_from_config, step_index
@@ -188,8 +188,7 @@ class Deviation(BaseScore):
     def standardise(self, values: NDArray[np.float64], t: NDArray[np.int64]) -> NDArray[np.float64]:
         """z = (s - μ(t)) / σ(t), the last profile value repeated past its end."""
         assert self.mean_ is not None and self.scale_ is not None
-        idx = np.minimum(t, self.mean_.shape[0] - 1)
-        return (values - self.mean_[idx]) / self.scale_[idx]
+        return (values - table_at(self.mean_, t)) / table_at(self.scale_, t)
 
     def onnx_graph(self, g: Any, emit: Any) -> tuple[str, str | None]:
         """ONNX subgraph: the wrapped score's, then the profile lookup at min(t, L-1)."""

@@ -369,6 +369,40 @@ class RNDScore(BaseScore):
         with torch.no_grad():
             return self.network_(x).double().numpy()
 
+    def onnx_graph(self, g: Any, emit: Any) -> tuple[str, str | None]:
+        """ONNX subgraph: s = ||f(z) - g(z)||_2, z = (x - mean) * inv_std, in float32 like torch.
+
+        ``Gemm`` + ``LeakyRelu`` per layer and ``ReduceL2`` of the residual, then a cast to
+        float64 (see :mod:`failguard.exporters`).
+        """
+        assert self.network_ is not None
+        net = self.network_
+        mean = net.mean.detach().cpu().numpy().astype(np.float32)
+        inv_std = net.inv_std.detach().cpu().numpy().astype(np.float32)
+        z = "embeddings"
+        if not (np.all(mean == 0) and np.all(inv_std == 1)):  # (x - 0) * 1 == x exactly
+            z = g.op(
+                "Mul",
+                g.op("Sub", z, g.const(mean, np.float32, "rnd_mean")),
+                g.const(inv_std, np.float32, "rnd_inv_std"),
+            )
+
+        def mlp(seq: nn.Sequential) -> str:
+            linears = [m for m in seq if isinstance(m, nn.Linear)]
+            h = z
+            for i, lin in enumerate(linears):
+                w = lin.weight.detach().cpu().numpy().astype(np.float32)
+                b = lin.bias.detach().cpu().numpy().astype(np.float32)
+                h = g.op(
+                    "Gemm", h, g.const(w, np.float32, "w"), g.const(b, np.float32, "b"), transB=1
+                )
+                if i < len(linears) - 1:
+                    h = g.op("LeakyRelu", h, alpha=0.01)
+            return h
+
+        residual = g.op("Sub", mlp(net.predictor), mlp(net.target))
+        return g.op("Cast", g.op("ReduceL2", residual, g.i64([1]), keepdims=0), to=g.DOUBLE), None
+
     @property
     def n_parameters(self) -> int:
         """Parameters of target plus predictor."""
