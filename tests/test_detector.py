@@ -368,16 +368,43 @@ def test_with_alpha_recalibrates_without_refitting(detector):
     assert detector.alpha == 0.1
 
 
-def test_rnd_training_is_seeded_and_splits_by_rollout(fit_set):
+def test_rnd_training_is_seeded_and_splits_by_rollout(fit_set, monkeypatch, caplog):
     a = small_rnd(seed=4).fit(fit_set)
     b = small_rnd(seed=4).fit(fit_set)
     r = fit_set[0]
     np.testing.assert_array_equal(a.score(r), b.score(r))
     assert len(a.history_["val"]) >= 1
+    # The validation steps are whole rollouts, none of them also in training: the step counts
+    # the network sees are sums over two disjoint sets of rollouts (lengths vary by rollout).
+    seen = []
+    fit_network = RNDScore._fit_network
+
+    def spy(self, x_train, x_val, *args):
+        seen.append((x_train.shape[0], x_val.shape[0]))
+        return fit_network(self, x_train, x_val, *args)
+
+    monkeypatch.setattr(RNDScore, "_fit_network", spy)
+    rollouts = fit_set[:10]
+    lengths = [len(x.embeddings) for x in rollouts]
+    assert len(set(lengths)) > 1  # otherwise the counts below could not tell rollouts apart
+    small_rnd(seed=4, val_fraction=0.2).fit(rollouts)
+    n_train, n_val = seen[-1]
+    assert n_train + n_val == sum(lengths)
+    from itertools import combinations
+
+    # exactly round(0.2 * 10) = 2 whole rollouts are held out
+    assert any(sum(c) == n_val for c in combinations(lengths, 2))
+    assert not any(sum(c) == n_val for c in combinations(lengths, 1))
+    # Two rollouts still split (one each); one rollout cannot, and says so in the log.
+    caplog.set_level("WARNING", logger="failguard.scores.rnd")
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
         warnings.filterwarnings("ignore", message=".*still falling")  # 3 epochs: undertrained
         small_rnd().fit(fit_set[:2])
+        assert seen[-1] == (lengths[0], lengths[1]) or seen[-1] == (lengths[1], lengths[0])
+        assert not caplog.records
+        small_rnd().fit(fit_set[:1])
+    assert seen[-1] == (lengths[0], lengths[0])  # validated on the training steps
+    assert "fewer than 2 rollouts" in caplog.text
 
 
 def test_rnd_warns_when_max_epochs_cut_a_falling_loss(fit_set):
@@ -465,7 +492,16 @@ def test_mondrian_group_names_with_dots_round_trip(tmp_path, fit_set, cal_set):
 
 def test_reference_mode_runs_on_any_n_and_has_no_p_values(fit_set, cal_set):
     det = make_detector(alpha=0.05, mode="reference").fit(fit_set, progress=False)
-    det.calibrate(cal_set[:10])  # the reference code calibrates on 10 rollouts at alpha=0.05
+    cal = cal_set[:10]
+    det.calibrate(cal)  # the reference code calibrates on 10 rollouts at alpha=0.05
+    # Its constant threshold is numpy's linear quantile of the per-rollout peaks (no n+1).
+    for name in det.names:
+        peaks = [det.score(r).windowed[name].max() for r in cal]
+        assert det.calibration_.levels[name] == pytest.approx(np.quantile(peaks, 0.95))
+        np.testing.assert_allclose(det.thresholds_[name], np.quantile(peaks, 0.95))
+    # the corrected mode refuses the same 10 rollouts: it needs 19 at alpha=0.05
+    with pytest.raises(CalibrationError, match="19"):
+        det.with_params(mode="corrected").calibrate(cal)
     with pytest.raises(ValueError, match="reference"):
         det.p_values(cal_set[0])
 

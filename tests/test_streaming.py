@@ -98,7 +98,7 @@ def test_streamed_calibration_keeps_the_checks(fitted, fit_set, cal_set):
     # time-varying styles need curves: results without them are refused, clearly
     band = fitted.with_params(threshold="band")
     bare = list(iter_results(band, cal_set, alarms=False))
-    with pytest.raises(Exception, match="curves=True"):
+    with pytest.raises(CalibrationError, match="curves=True"):
         calibrate_from_results(band, bare)
 
 

@@ -44,7 +44,7 @@ from numpy.typing import NDArray
 
 from .calibration.calibrator import require_finite
 from .core import kernel
-from .exceptions import CalibrationError, FailguardError, ParameterError
+from .exceptions import CalibrationError, NotFittedError, ParameterError, RolloutError
 from .types import Rollout
 from .windows import window_scores
 
@@ -346,7 +346,7 @@ def calibrate_from_results(
         for k in names:
             if need_curves:
                 if r.curves is None or k not in r.curves:
-                    raise FailguardError(
+                    raise CalibrationError(
                         f"calibrate: {r.describe(i)} has no windowed curve for {k!r}; "
                         f"{detector.threshold!r} thresholds (or joint calibration) need them. "
                         "Score with curves=True."
@@ -380,7 +380,7 @@ def calibrate_from_results(
 def _require_alarms(results: list[RolloutResult], what: str) -> None:
     for i, r in enumerate(results):
         if math.isnan(r.peak_fused):
-            raise FailguardError(
+            raise NotFittedError(
                 f"{what}: {r.describe(i)} was scored by an uncalibrated detector (no alarm "
                 "fields); score it with the calibrated detector."
             )
@@ -416,7 +416,7 @@ def evaluate_results(
 
     res = list(results)
     if not res:
-        raise FailguardError("evaluate: no rollouts given.")
+        raise RolloutError("evaluate: no rollouts given.")
     _require_alarms(res, "evaluate")
     t_max = t_max or max(r.n_steps for r in res)
     traces: Any = res  # RolloutResult has every attribute the metrics read from a Trace
