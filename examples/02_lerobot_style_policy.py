@@ -1,6 +1,6 @@
 """Wrap a LeRobot-style chunking policy: record -> fit/calibrate -> deploy -> alarm.
 
-The policy is :class:`failguard.integrations.ToyChunkPolicy`, a tiny torch module with
+The policy is :class:`failguard.testing.ToyChunkPolicy`, a tiny torch module with
 LeRobot's interface and mechanics (``reset``, ``select_action`` popping an action queue that
 ``predict_action_chunk`` refills every ``n_action_steps``, an ``encoder`` submodule, noisy
 sampling like a diffusion/flow policy). It is a toy: it becomes multi-modal when its
@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 import failguard as fg
-from failguard.integrations import LeRobotPolicyWrapper, ToyChunkPolicy
+from failguard.integrations import LeRobotPolicyWrapper
+from failguard.testing import ToyChunkPolicy
 
 N_SAMPLES = 16  # B: action chunks drawn per policy inference for the entropy score
 

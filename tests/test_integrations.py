@@ -17,9 +17,10 @@ from failguard import (
     RolloutError,
     read_rollouts,
 )
-from failguard.integrations import LeRobotPolicyWrapper, PolicyAdapter, ToyChunkPolicy
+from failguard.integrations import LeRobotPolicyWrapper, PolicyAdapter
 from failguard.integrations.lerobot import repeat_batch
 from failguard.synthetic import make_rollouts
+from failguard.testing import ToyChunkPolicy
 
 B = 8
 OBS_DIM = 4

@@ -20,26 +20,34 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .generic import MonitoringSession, PolicyAdapter
     from .gym import FailguardEnv
-    from .lerobot import LeRobotPolicyWrapper, ToyChunkPolicy
+    from .lerobot import LeRobotPolicyWrapper
 
 __all__ = [
     "FailguardEnv",
     "LeRobotPolicyWrapper",
     "MonitoringSession",
     "PolicyAdapter",
-    "ToyChunkPolicy",
 ]
 
 _WHERE = {
     "FailguardEnv": ".gym",
     "LeRobotPolicyWrapper": ".lerobot",
-    "ToyChunkPolicy": ".lerobot",
     "MonitoringSession": ".generic",
     "PolicyAdapter": ".generic",
 }
 
 
 def __getattr__(name: str) -> Any:
+    if name == "ToyChunkPolicy":  # deprecated here: it is a test double, not an integration
+        import warnings
+
+        warnings.warn(
+            "failguard.integrations.ToyChunkPolicy moved to failguard.testing; import it "
+            "from there.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return import_module("..testing", __name__).ToyChunkPolicy
     if name in _WHERE:
         return getattr(import_module(_WHERE[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

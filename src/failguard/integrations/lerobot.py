@@ -64,7 +64,6 @@ import os
 import warnings
 from collections import deque
 from collections.abc import Callable, Mapping
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -81,7 +80,7 @@ if TYPE_CHECKING:
 
     from ..detector import FailureDetector
 
-__all__ = ["LeRobotPolicyWrapper", "ToyChunkPolicy", "repeat_batch"]
+__all__ = ["LeRobotPolicyWrapper", "repeat_batch"]
 
 Batch = Mapping[str, Any]
 
@@ -202,6 +201,7 @@ class LeRobotPolicyWrapper:
     Examples
     --------
     >>> import tempfile, torch
+    >>> from failguard.testing import ToyChunkPolicy
     >>> policy = ToyChunkPolicy(obs_dim=4, n_action_steps=4)
     >>> wrapped = LeRobotPolicyWrapper(policy, embed_module="encoder", n_samples=8,
     ...                                record_dir=tempfile.mkdtemp())
@@ -535,79 +535,15 @@ class LeRobotPolicyWrapper:
         return getattr(self.policy, name)
 
 
-class ToyChunkPolicy(nn.Module):
-    """A tiny stand-in for a LeRobot chunking policy, for examples and tests.
-
-    It has LeRobot's interface and mechanics: ``config.n_action_steps``, an ``encoder``
-    submodule, an action queue in ``_queues["action"]`` refilled by ``select_action`` when
-    empty, and a stochastic ``predict_action_chunk`` (draws with ``torch.randn``, like a
-    diffusion or flow policy's noise). Like a generative policy off its training data, it
-    becomes multi-modal when the observation is far from the unit ball it "was trained" on:
-    each sampled chunk then veers to one of two sides.
-
-    Parameters
-    ----------
-    obs_dim, embed_dim, horizon, action_dim, n_action_steps : int
-    noise : float, default=0.02
-        Spread of the samples in distribution.
-    seed : int, default=0
-        Initialises the weights.
-
-    Examples
-    --------
-    >>> import torch
-    >>> p = ToyChunkPolicy(obs_dim=4)
-    >>> tuple(p.predict_action_chunk({"observation.state": torch.zeros(5, 4)}).shape)
-    (5, 8, 2)
-    """
-
-    def __init__(
-        self,
-        obs_dim: int = 4,
-        embed_dim: int = 16,
-        horizon: int = 8,
-        action_dim: int = 2,
-        n_action_steps: int = 4,
-        noise: float = 0.02,
-        seed: int = 0,
-    ) -> None:
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        self.config = SimpleNamespace(
-            n_action_steps=n_action_steps, chunk_size=horizon, action_dim=action_dim
+def __getattr__(name: str) -> Any:
+    if name == "ToyChunkPolicy":  # moved to failguard.testing in 0.x; kept importable
+        warnings.warn(
+            "failguard.integrations.lerobot.ToyChunkPolicy moved to failguard.testing; "
+            "import it from there.",
+            DeprecationWarning,
+            stacklevel=2,
         )
-        self.encoder = nn.Sequential(nn.Linear(obs_dim, embed_dim), nn.Tanh())
-        self.head = nn.Linear(embed_dim, horizon * action_dim)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-        self.noise = noise
-        self._queues: dict[str, Any] = {}
-        self.reset()
+        from ..testing import ToyChunkPolicy
 
-    def reset(self) -> None:
-        """Clear the action queue."""
-        from collections import deque
-
-        self._queues = {"action": deque(maxlen=self.config.n_action_steps)}
-
-    @torch.no_grad()
-    def predict_action_chunk(self, batch: Batch) -> torch.Tensor:
-        """Sample one chunk (H, D) per batch row; returns (N, H, D)."""
-        obs = batch["observation.state"]
-        n = obs.shape[0]
-        h, d = self.config.chunk_size, self.config.action_dim
-        mean = self.head(self.encoder(obs)).view(n, h, d)
-        ood = torch.clamp(obs.norm(dim=-1) - 1.0, min=0.0).view(n, 1, 1)
-        side = torch.where(torch.rand(n, 1, 1) < 0.5, -1.0, 1.0)
-        ramp = torch.linspace(0.0, 1.0, h).view(1, h, 1)
-        return mean + self.noise * torch.randn(n, h, d) + ood * side * ramp
-
-    @torch.no_grad()
-    def select_action(self, batch: Batch) -> torch.Tensor:
-        """Pop the next queued action (1, D), predicting a new chunk when the queue is empty."""
-        queue = self._queues["action"]
-        if len(queue) == 0:
-            chunk = self.predict_action_chunk(batch)[:, : self.config.n_action_steps]
-            queue.extend(chunk.transpose(0, 1))
-        return queue.popleft()
+        return ToyChunkPolicy
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
