@@ -55,6 +55,8 @@ def test_src_raises_no_bare_builtin_errors():
     bad = []
     for path in sorted(SRC.rglob("*.py")):
         for line, name in _raised_names(path):
+            if name == "AssertionError" and path.name == "testing.py":
+                continue  # the contract checks fail as test assertions, as pytest expects
             if name in builtin:
                 bad.append(f"{path.relative_to(SRC)}:{line}: raise {name}")
     assert not bad, "\n".join(bad)
