@@ -73,7 +73,6 @@ def test_onnx_monitor_reads_the_spec_back(detector, tmp_path):
     assert OnnxMonitor(mon.path, nonfinite="alarm").spec.nonfinite == "alarm"
 
 
-@pytest.mark.xfail(strict=True, reason="ACE and discrete entropy move to their hooks last")
 def test_the_exporter_names_no_score_class():
     """The exporter reads scores only through their hooks: its code names no score class."""
     import ast

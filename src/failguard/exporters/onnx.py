@@ -81,16 +81,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from numpy.typing import NDArray
-
 from .._version import SCHEMA_VERSION, __version__
 from ..exceptions import ExportError
 from ._builder import DOUBLE as _DOUBLE
 from ._builder import FLOAT as _FLOAT
 from ._builder import INT64 as _INT64
 from ._builder import Builder
-from ._builder import int64_tensor as _int64_tensor
 from ._step import emit_step
 
 if TYPE_CHECKING:
@@ -113,8 +109,6 @@ __all__ = [
 OPSET = 18
 #: Key of the JSON metadata in ``metadata_props``.
 METADATA_KEY = "failguard"
-#: ACE keys are exact float64 integers: at most ``2 ** floor(53 / D)`` cells per axis.
-_KEY_BITS = 53
 
 #: Element type of each graph input named after a rollout field.
 _FIELD_TYPES: dict[str, int] = {
@@ -128,202 +122,20 @@ _FIELD_TYPES: dict[str, int] = {
 _Builder = Builder
 
 
-# ---------------------------------------------------------------------- score subgraphs
-def _entropy_table(b: int) -> NDArray[np.float64]:
-    """-p log2 p for p = c / b, c = 0 … b (0 for c = 0), exactly as numpy computes it."""
-    counts = np.arange(b + 1, dtype=np.float64)
-    p = counts / b
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = -p * np.log2(p)
-    terms[0] = 0.0
-    return np.asarray(terms, dtype=np.float64)
-
-
-def _ace_graph(g: _Builder, score: Any, a: str, shape: tuple[int, ...]) -> tuple[str, None]:
-    """ACE per robot, (N,) float64: exact at any finite action spread, one sort per chunk index.
-
-    Self-contained (reads only ``score.dims``, ``score.integrate_dt`` and ``score.cell_``), so
-    it can move into the score's own ``onnx_graph`` hook unchanged. Two points share a cell iff
-    their D float32 cell values ``floor((p - origin) / c)`` are equal, as in
-    :func:`failguard.scores.entropy.ace_float_cells`; no value can overflow, so no step is
-    refused.
-
-    * Cells in float32 with the operations and order of ``ace_float_cells``.
-    * One float64 key per point. Fast branch: a fixed radix ``R = 2^floor(53 / D)`` per axis and
-      one ``MatMul`` (exact while every cell index is below R: about 250 times the fitted
-      action range at D = 3). Otherwise, chosen at run time by an ``If``: per-axis dense ranks
-      (one sort per axis), packed exactly, re-ranked whenever B^k would pass 2^53. Exact for
-      every finite float32 cell value, including cells that overflow to +inf.
-    * Counts: the keys sorted with ``TopK`` along B, run lengths by ``CumSum`` +
-      ``ScatterElements``, the terms -p log2 p read from a table.
-
-    With ``integrate_dt``, a chunk whose integrated positions overflow float32 gives NaN (as the
-    Python score does), which the monitor then refuses or counts as an alarm.
-    """
-    b, h, d_full = shape
-    pts = a
-    d = d_full
-    if score.dims is not None:
-        pts = g.op("Gather", pts, g.i64(list(score.dims)), axis=3)
-        d = len(score.dims)
-    if score.integrate_dt is not None:
-        pts = g.op("CumSum", g.op("Mul", pts, g.f32(np.float32(score.integrate_dt))), g.i64(2))
-    # the same float32 operations, in the same order, as failguard.scores.entropy.ace_float_cells
-    lo = g.op("ReduceMin", pts, g.i64([1]), keepdims=1)
-    hi = g.op("ReduceMax", pts, g.i64([1]), keepdims=1)
-    origin = g.op("Sub", lo, g.op("Mul", g.f32(np.float32(0.01)), g.op("Sub", hi, lo)))
-    # the cell size tiled to (B, H, D): onnxruntime divides far faster without a short
-    # innermost broadcast, and the quotient is the same IEEE division
-    cell = np.broadcast_to(np.asarray(score.cell_, dtype=np.float32), (b, h, d))
-    cells = g.op(
-        "Floor", g.op("Div", g.op("Sub", pts, origin), g.const(cell, np.float32, "ace_cell"))
-    )
-    key = _ace_keys(g, cells, b, d)  # (N, B, H) float64, equal iff same cell
-    total = _sorted_run_entropy(g, key, b, 1)  # (N,): Σ_h E_h
-    ace = g.op("Div", total, g.f64(float(h)))  # the mean over h, as numpy takes it
-    if score.integrate_dt is not None:
-        # integrated positions that overflowed float32 leave no defined cell: NaN, as in Python
-        # (0 * x is NaN exactly where x is not finite)
-        probe = g.op("ReduceSum", g.op("Mul", pts, g.f32(0.0)), g.i64([1, 2, 3]), keepdims=0)
-        ace = g.op("Where", g.op("IsNaN", probe), g.f64(np.nan), ace)
-    return ace, None
-
-
-def _ace_keys(g: _Builder, cells: str, b: int, d: int) -> str:
-    """One exact float64 key per point of (N, B, H, D) float32 cells: (N, B, H).
-
-    Equal keys iff equal cells. The packed fixed-radix key when every cell index fits the
-    radix; otherwise (an ``If`` decides at run time) a key built from per-axis dense ranks.
-    """
-    cells_d = g.op("Cast", cells, to=_DOUBLE)
-    if d == 1:  # the cell value itself: any float32 is an exact float64
-        return g.op("Squeeze", cells_d, g.i64([3]))
-    radix = 2 ** (_KEY_BITS // d)
-
-    def fast() -> str:
-        weights = np.array([[float(radix) ** (d - 1 - k)] for k in range(d)], dtype=np.float64)
-        packed = g.op("MatMul", cells_d, g.const(weights, np.float64, "ace_radix"))
-        return g.op("Squeeze", packed, g.i64([3]))
-
-    def exact() -> str:
-        # dense ranks per axis (0 … B-1, exact for any float32 value, +inf included), packed
-        # in base B and re-ranked before the packed key could pass 2^53
-        key = ""
-        bound = 0
-        for k in range(d):
-            col = g.op("Slice", cells_d, g.i64([k]), g.i64([k + 1]), g.i64([3]))
-            rank = _dense_rank(g, g.op("Squeeze", col, g.i64([3])), b, 1)
-            if not key:
-                key, bound = rank, b
-                continue
-            if bound * b > 2**_KEY_BITS:
-                key, bound = _dense_rank(g, key, b, 1), b
-            key = g.op("Add", g.op("Mul", key, g.f64(float(b))), rank)
-            bound *= b
-        return key
-
-    # every cell index below the radix (a NaN or +inf cell fails the test): the packed key
-    fits = g.op("Less", g.op("ReduceMax", cells, keepdims=0), g.f32(np.float32(radix)))
-    return g.cond(fits, fast, exact, _DOUBLE)
-
-
-def _dense_rank(g: _Builder, x: str, b: int, axis: int) -> str:
-    """Dense rank (0 = smallest) of each value along ``axis`` (of size b) of a rank-3 float64
-    tensor, as float64: equal values get equal ranks, and every rank is below b."""
-    ax = g.i64([axis])
-    if b == 1:
-        return g.op("Sub", x, x)
-    sorted_x, order = g.ops("TopK", [x, g.i64([b])], 2, axis=axis, largest=0, sorted=1)
-    step = g.op(
-        "Greater",
-        g.op("Slice", sorted_x, g.i64([1]), g.i64([b]), ax),
-        g.op("Slice", sorted_x, g.i64([0]), g.i64([b - 1]), ax),
-    )
-    ranks = g.op("CumSum", g.op("Cast", step, to=_DOUBLE), ax)  # ranks of sorted 1 … b-1
-    pads = [0] * 6
-    pads[axis] = 1
-    ranks = g.op("Pad", ranks, g.i64(pads), g.f64(0.0))
-    return g.op("ScatterElements", g.op("Sub", x, x), order, ranks, axis=axis)
-
-
-def _sorted_run_entropy(g: _Builder, keys: str, b: int, axis: int) -> str:
-    """Σ over rows of the base-2 entropy of the b keys along ``axis`` of a rank-3 float64
-    tensor (N, ·, ·) of integer-valued keys; returns (N,) float64.
-
-    Keys are sorted with ``TopK`` (float keys sort twice as fast as int64 ones in
-    onnxruntime); a run of equal keys is one outcome, counted by ``CumSum`` +
-    ``ScatterElements``, and the terms -p log2 p are read from a table.
-    """
-    ax = g.i64([axis])
-    if b == 1:
-        return g.op("ReduceSum", g.op("Sub", keys, keys), g.i64([1, 2]), keepdims=0)
-    sorted_keys = g.ops("TopK", [keys, g.i64([b])], 2, axis=axis, largest=0, sorted=1)[0]
-    # run id of each sorted key (0-based) = number of increases before it
-    increase = g.op(
-        "Greater",
-        g.op("Slice", sorted_keys, g.i64([1]), g.i64([b]), ax),
-        g.op("Slice", sorted_keys, g.i64([0]), g.i64([b - 1]), ax),
-    )
-    run_id = g.op("CumSum", g.op("Cast", increase, to=_INT64), ax)
-    pads = [0] * 6
-    pads[axis] = 1
-    run_id = g.op("Pad", run_id, g.i64(pads), g.i64(0))
-    shape = g.op("Shape", run_id)
-    zeros = g.op("ConstantOfShape", shape, value=_int64_tensor(0))
-    ones = g.op("ConstantOfShape", shape, value=_int64_tensor(1))
-    counts = g.op("ScatterElements", zeros, run_id, ones, axis=axis, reduction="add")
-    terms = g.op("Gather", g.const(_entropy_table(b), np.float64, "entropy_table"), counts)
-    return g.op("ReduceSum", terms, g.i64([1, 2]), keepdims=0)
-
-
-def _logits_entropy_graph(g: _Builder, logits: str) -> str:
-    z = g.op("Cast", logits, to=_DOUBLE)
-    z = g.op("Sub", z, g.op("ReduceMax", z, g.i64([1]), keepdims=1))
-    log_norm = g.op("Log", g.op("ReduceSum", g.op("Exp", z), g.i64([1]), keepdims=1))
-    log_p = g.op("Sub", z, log_norm)
-    total = g.op("ReduceSum", g.op("Mul", g.op("Exp", log_p), log_p), g.i64([1]), keepdims=0)
-    return g.op("Div", g.op("Neg", total), g.f64(np.log(2.0)))
-
-
 # ---------------------------------------------------------------------- dispatch
-def _builtin_graph(g: _Builder, score: Any, shapes: dict[str, tuple[int, ...]]) -> Any:
-    """ACE and discrete entropy, until they carry their own ``onnx_graph`` hook."""
-    from ..scores import ActionChunkEntropy, DiscreteActionEntropy
-
-    if isinstance(score, ActionChunkEntropy):
-        return _ace_graph(g, score, "action_samples", shapes["action_samples"])
-    if isinstance(score, DiscreteActionEntropy):
-        if score.source == "logits":
-            return _logits_entropy_graph(g, "action_logits"), None
-        ids = g.op("Cast", "action_ids", to=_DOUBLE)  # exact for |id| < 2**53
-        rows = g.op("Unsqueeze", ids, g.i64([2]))  # (N, B, 1): one row of B draws
-        return _sorted_run_entropy(g, rows, shapes["action_ids"][0], 1), None
-    return None
-
-
 def _has_graph(score: Any) -> bool:
     """Whether a score can be exported: it says so, and brings its ``onnx_graph`` hook."""
-    if not getattr(score, "exportable", False):
-        return False
-    from ..scores import ActionChunkEntropy, DiscreteActionEntropy
-
-    return hasattr(score, "onnx_graph") or isinstance(
-        score, (ActionChunkEntropy, DiscreteActionEntropy)
-    )
+    return bool(getattr(score, "exportable", False)) and hasattr(score, "onnx_graph")
 
 
-def _score_graph(
-    g: Builder, score: Any, shapes: dict[str, tuple[int, ...]]
-) -> tuple[str, str | None]:
+def _score_graph(g: Builder, score: Any) -> tuple[str, str | None]:
     """One score's subgraph: its (N,) float64 value and an optional (N,) bool overflow flag.
 
     The score writes it through its ``onnx_graph(builder, emit)`` hook, where
     ``emit(inner)`` builds a wrapped score's subgraph (graph inputs are named after the
     rollout fields, plus ``t``). The exporter never looks inside a score.
     """
-    if not hasattr(score, "onnx_graph"):
-        return _builtin_graph(g, score, shapes)
-    value, flag = score.onnx_graph(g, lambda inner: _score_graph(g, inner, shapes))
+    value, flag = score.onnx_graph(g, lambda inner: _score_graph(g, inner))
     return value, flag
 
 
@@ -395,7 +207,7 @@ def build_model(detector: FailureDetector) -> onnx.ModelProto:
     raw: dict[str, str] = {}
     overflows: list[str] = []
     for s in detector.scores:
-        value, flag = _score_graph(g, s, shapes)
+        value, flag = _score_graph(g, s)
         raw[s.name] = value
         if flag is not None:
             overflows.append(flag)

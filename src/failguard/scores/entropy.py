@@ -271,6 +271,57 @@ class ActionChunkEntropy(BaseScore):
             out[bad] = np.nan
         return out
 
+    def onnx_graph(self, g: Any, emit: Any) -> tuple[str, None]:
+        """ONNX subgraph: ACE per robot, (N,) float64, exact at any finite action spread.
+
+        One sort per chunk index. Two points share a cell iff their D float32 cell values
+        ``floor((p - origin) / c)`` are equal, as in :func:`ace_float_cells`; no value can
+        overflow, so no step is refused.
+
+        * Cells in float32 with the operations and order of ``ace_float_cells``.
+        * One float64 key per point. Fast branch: a fixed radix ``R = 2^floor(53 / D)`` per axis and
+          one ``MatMul`` (exact while every cell index is below R: about 250 times the fitted
+          action range at D = 3). Otherwise, chosen at run time by an ``If``: per-axis dense ranks
+          (one sort per axis), packed exactly, re-ranked whenever B^k would pass 2^53. Exact for
+          every finite float32 cell value, including cells that overflow to +inf.
+        * Counts: the keys sorted with ``TopK`` along B, run lengths by ``CumSum`` +
+          ``ScatterElements``, the terms -p log2 p read from a table.
+
+        With ``integrate_dt``, a chunk whose integrated positions overflow float32 gives NaN (as the
+        Python score does), which the monitor then refuses or counts as an alarm.
+        """
+        from ..exporters._subgraphs import ace_keys, sorted_run_entropy
+
+        assert self.cell_ is not None and self.input_shapes_ is not None
+        b, h, d_full = self.input_shapes_["action_samples"]
+        pts = "action_samples"
+        d = d_full
+        if self.dims is not None:
+            pts = g.op("Gather", pts, g.i64(list(self.dims)), axis=3)
+            d = len(self.dims)
+        if self.integrate_dt is not None:
+            pts = g.op("CumSum", g.op("Mul", pts, g.f32(np.float32(self.integrate_dt))), g.i64(2))
+        # the same float32 operations, in the same order, as ace_float_cells
+        lo = g.op("ReduceMin", pts, g.i64([1]), keepdims=1)
+        hi = g.op("ReduceMax", pts, g.i64([1]), keepdims=1)
+        origin = g.op("Sub", lo, g.op("Mul", g.f32(np.float32(0.01)), g.op("Sub", hi, lo)))
+        # the cell size tiled to (B, H, D): onnxruntime divides far faster without a short
+        # innermost broadcast, and the quotient is the same IEEE division
+        cell = np.broadcast_to(np.asarray(self.cell_, dtype=np.float32), (b, h, d))
+        cells = g.op(
+            "Floor", g.op("Div", g.op("Sub", pts, origin), g.const(cell, np.float32, "ace_cell"))
+        )
+        key = ace_keys(g, cells, b, d)  # (N, B, H) float64, equal iff same cell
+        total = sorted_run_entropy(g, key, b, 1)  # (N,): Σ_h E_h
+        ace = g.op("Div", total, g.f64(float(h)))  # the mean over h, as numpy takes it
+        if self.integrate_dt is not None:
+            # integrated positions that overflowed float32 leave no defined cell: NaN, as in
+            # Python
+            # (0 * x is NaN exactly where x is not finite)
+            probe = g.op("ReduceSum", g.op("Mul", pts, g.f32(0.0)), g.i64([1, 2, 3]), keepdims=0)
+            ace = g.op("Where", g.op("IsNaN", probe), g.f64(np.nan), ace)
+        return ace, None
+
     def _params(self) -> dict[str, Any]:
         return {
             "dims": self.dims,
@@ -331,6 +382,19 @@ class DiscreteActionEntropy(BaseScore):
 
     def _fit(self, rollouts: Sequence[Rollout], progress: bool) -> None:
         """Nothing to learn: the entropy needs no fitting beyond recording input shapes."""
+
+    def onnx_graph(self, g: Any, emit: Any) -> tuple[str, None]:
+        """ONNX subgraph: the entropy of softmax(logits) in float64, or the empirical entropy
+        of the B sampled ids (compared as exact float64 integers, |id| < 2^53) by the same
+        sort / run-length core as ACE."""
+        from ..exporters._subgraphs import logits_entropy, sorted_run_entropy
+
+        if self.source == "logits":
+            return logits_entropy(g, "action_logits"), None
+        assert self.input_shapes_ is not None
+        ids = g.op("Cast", "action_ids", to=g.DOUBLE)  # exact for |id| < 2**53
+        rows = g.op("Unsqueeze", ids, g.i64([2]))  # (N, B, 1): one row of B draws
+        return sorted_run_entropy(g, rows, self.input_shapes_["action_ids"][0], 1), None
 
     def _score(self, inputs: Mapping[str, NDArray[Any]]) -> NDArray[np.float64]:
         if self.source == "logits":
