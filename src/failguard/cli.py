@@ -413,7 +413,8 @@ def _check_calibration_set(
     a fit rollout unless declared independent."""
     from collections import Counter
 
-    from .detector import REPEATS_HELP, _fingerprint
+    from ._gate import REPEATS_HELP
+    from ._gate import fingerprint as _fingerprint
 
     needed = det.calibration_plan().n_required
     if len(cal_set) < needed:
@@ -578,7 +579,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     det = _load_detector(args.detector)
     if not args.alphas:  # streamed in process, or on Ray: the same per-rollout results
-        from .streaming import evaluate_results
+        from .metrics import evaluate_results
 
         det._require_calibrated()
         results = _gather(args, det)
@@ -726,7 +727,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    from .streaming import health_from_results
+    from .health import health_from_results
 
     det = _load_detector(args.detector)
     det._require_calibrated()

@@ -12,7 +12,6 @@ The phases are explicit and their order is enforced (as in MAPIE v1):
 from __future__ import annotations
 
 import copy
-import hashlib
 import numbers
 import os
 import warnings
@@ -24,6 +23,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from ._gate import CalibrationGate, source_key
+from ._gate import fingerprint as _fingerprint
 from .calibration.calibrator import (
     CalibrationResult,
     CalibrationSettings,
@@ -59,83 +60,6 @@ def _param_error(name: str, expected: str, value: Any) -> ParameterError:
 def _check_nonfinite(value: str) -> None:
     if value not in ("raise", "alarm"):
         raise _param_error("nonfinite", "one of ('raise', 'alarm')", value)
-
-
-def _fingerprint(r: Rollout) -> str:
-    """Content hash of a rollout (its embeddings), stored in the artifact."""
-    h = hashlib.sha1(r.embeddings.tobytes())
-    h.update(str(r.embeddings.shape).encode())
-    return h.hexdigest()
-
-
-def _source_key(source: str | None) -> str | None:
-    """Hash of the file a rollout was read from (no local path ends up in the artifact)."""
-    if source is None:
-        return None
-    return hashlib.sha1(os.path.realpath(source).encode()).hexdigest()
-
-
-REPEATS_HELP = (
-    "If they are copies, drop them. If they are independent episodes that happened to "
-    "repeat step for step (small discrete worlds do), declare them so with "
-    "independent_repeats=True (CLI: --independent-repeats): independent draws keep the "
-    "guarantee, and dropping them would bias the calibration set toward atypical episodes."
-)
-
-
-class _CalibrationGate:
-    """Admits calibration rollouts one at a time: refuses reuse, and repeats unless declared.
-
-    *Reuse* (always refused) is provable: the same rollout object, or the same file with the
-    same content, given to fit (or twice to calibrate). A *repeat* has the same content
-    (embeddings) under another object or file: refused unless ``independent_repeats``.
-    """
-
-    def __init__(self, detector: FailureDetector, independent_repeats: bool) -> None:
-        self.det = detector
-        self.independent = independent_repeats
-        self.prints: dict[str, int] = {}
-        self.keys: dict[tuple[str, str], int] = {}
-        self.ids: dict[int, int] = {}
-
-    def add(self, i: int, what: str, fingerprint: str, source: str | None, obj: Any) -> None:
-        det = self.det
-        key = _source_key(source)
-        if (obj is not None and obj in det._fit_objects) or (
-            key is not None and (fingerprint, key) in det._fit_keys
-        ):
-            raise CalibrationError(
-                f"calibrate: {what} was also used to fit the scores (the same rollout object or "
-                "file). In-sample scores are too small and void the guarantee; calibrate on "
-                "other successful rollouts."
-            )
-        same = self.ids.get(id(obj)) if obj is not None else None
-        if same is None and key is not None:
-            same = self.keys.get((fingerprint, key))
-        if same is not None:
-            raise CalibrationError(
-                f"calibrate: {what} repeats rollout {same} (the same rollout object or file). "
-                "A duplicated rollout breaks the exchangeability the guarantee rests on; pass "
-                "each rollout once."
-            )
-        if not self.independent:
-            if fingerprint in det._fit_fingerprints:
-                raise CalibrationError(
-                    f"calibrate: {what} is identical, step for step, to a rollout used to fit "
-                    "the scores. Rollouts also used to fit void the guarantee (in-sample "
-                    f"scores are too small). {REPEATS_HELP}"
-                )
-            if fingerprint in self.prints:
-                raise CalibrationError(
-                    f"calibrate: {what} repeats rollout {self.prints[fingerprint]} step for "
-                    "step. A duplicated rollout breaks the exchangeability the guarantee rests "
-                    f"on. {REPEATS_HELP}"
-                )
-        self.prints.setdefault(fingerprint, i)
-        if obj is not None:
-            self.ids[id(obj)] = i
-        if key is not None:
-            self.keys[(fingerprint, key)] = i
 
 
 class FailureDetector:
@@ -453,7 +377,7 @@ class FailureDetector:
         """
         self._fit_fingerprints = {_fingerprint(r) for r in rollouts}
         self._fit_keys = {
-            (_fingerprint(r), k) for r in rollouts if (k := _source_key(r.source)) is not None
+            (_fingerprint(r), k) for r in rollouts if (k := source_key(r.source)) is not None
         }
         self._fit_objects = weakref.WeakSet(rollouts)
         self._calibration_fingerprints = set()
@@ -523,7 +447,7 @@ class FailureDetector:
             )
             return calibrate_from_results(self, results, independent_repeats)
         rollouts = self._check_nominal(rollouts, "calibrate")
-        gate = _CalibrationGate(self, independent_repeats)
+        gate = CalibrationGate(self, independent_repeats)
         for i, r in enumerate(rollouts):
             gate.add(i, r.describe(i), _fingerprint(r), r.source, r)
         raw = self.raw_scores_many(rollouts, progress)

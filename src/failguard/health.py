@@ -37,12 +37,19 @@ from numpy.typing import NDArray
 
 from .core import kernel
 from .exceptions import CalibrationError, ConfigError
+from .streaming import RolloutResult, require_alarms
 from .types import Rollout
 
 if TYPE_CHECKING:
     from .detector import FailureDetector
 
-__all__ = ["HealthReport", "check_calibration", "clopper_pearson", "episode_statistics"]
+__all__ = [
+    "HealthReport",
+    "check_calibration",
+    "clopper_pearson",
+    "episode_statistics",
+    "health_from_results",
+]
 
 
 def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -203,7 +210,7 @@ def check_calibration(
         )
     if not isinstance(new_successes, Sequence):
         # An iterator (fg.iter_rollouts): stream it, one rollout in memory.
-        from .streaming import health_from_results, iter_results
+        from .streaming import iter_results
 
         detector.spec()  # raises NotFittedError unless calibrated
         results = iter_results(detector, new_successes)
@@ -276,3 +283,28 @@ def _health_report(
             )
         )
     return report
+
+
+def health_from_results(
+    detector: FailureDetector,
+    results: Iterable[RolloutResult],
+    confidence: float = 0.95,
+    min_rollouts: int = 10,
+) -> HealthReport:
+    """:func:`failguard.health.check_calibration` from per-rollout results of new successes."""
+    spec = detector.spec()
+    res = list(results)
+    if not res:
+        raise CalibrationError("check_calibration: no rollouts given.")
+    for i, r in enumerate(res):
+        if r.success is False:
+            raise CalibrationError(
+                f"check_calibration: {r.describe(i)} failed; pass successful rollouts only."
+            )
+    require_alarms(res, "check_calibration")
+    k = int(sum(r.predicted_failure for r in res))
+    stats = {
+        name: np.asarray([r.statistics[name] for r in res], dtype=np.float64)
+        for name in (spec.statistics[0] if spec.statistics is not None else {})
+    }
+    return _health_report(detector, len(res), k, stats, confidence, min_rollouts)

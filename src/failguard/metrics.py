@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .exceptions import ConfigError
+from .exceptions import ConfigError, RolloutError
+from .streaming import RolloutResult, require_alarms
 from .types import Rollout, Trace
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ __all__ = [
     "EvaluationReport",
     "alpha_sweep",
     "evaluate",
+    "evaluate_results",
     "metrics_from_traces",
     "remove_clock",
     "resolve_id_groups",
@@ -427,7 +429,7 @@ def evaluate(
     """
     if not isinstance(rollouts, Sequence):
         # An iterator (fg.iter_rollouts): stream it, one rollout in memory.
-        from .streaming import evaluate_results, iter_results
+        from .streaming import iter_results
 
         if alphas or raw is not None:
             raise ConfigError(
@@ -530,3 +532,45 @@ def alpha_sweep(
             }
         )
     return out
+
+
+def evaluate_results(
+    results: Iterable[RolloutResult],
+    alpha: float,
+    t_max: int | None = None,
+    id_groups: Iterable[str] | str | None = "auto",
+) -> EvaluationReport:
+    """:func:`failguard.evaluate` from per-rollout results (the same numbers, bit for bit).
+
+    Parameters
+    ----------
+    results : iterable of RolloutResult
+        From a calibrated detector, with ``success`` known.
+    alpha : float
+        The detector's alpha (reported).
+    t_max : int, optional
+        Normaliser of detection times (default: the longest rollout).
+    id_groups : iterable of str, "auto" or None, default="auto"
+        As in :func:`failguard.evaluate`.
+    """
+    res = list(results)
+    if not res:
+        raise RolloutError("evaluate: no rollouts given.")
+    require_alarms(res, "evaluate")
+    t_max = t_max or max(r.n_steps for r in res)
+    traces: Any = res  # RolloutResult has every attribute the metrics read from a Trace
+    groups = resolve_id_groups(id_groups, traces)
+    report = EvaluationReport(
+        metrics_from_traces(traces, t_max, groups),
+        _per_group(traces, t_max),
+        alpha,
+        by_group=_by_group(traces, t_max, groups),
+        notes=_notes(traces, groups),
+    )
+    horizons = {r.horizon for r in res}
+    if len(horizons) == 1 and None not in horizons:
+        clockless: Any = [r.without_clock() for r in res]
+        report.horizon = res[0].horizon
+        report.no_clock = metrics_from_traces(clockless, t_max, groups)
+        report.no_clock_per_group = _per_group(clockless, t_max)
+    return report

@@ -8,8 +8,8 @@ thresholds, the metrics and the health check from those records alone:
 - :func:`iter_results` scores an iterator lazily (one rollout in memory, a progress bar);
 - :func:`calibrate_from_results` computes the exact conformal order statistic (and the PAC
   and Mondrian variants) from the gathered episode statistics;
-- :func:`evaluate_results` and :func:`health_from_results` give what
-  :func:`failguard.evaluate` and :func:`failguard.health.check_calibration` give.
+- :func:`failguard.metrics.evaluate_results` and :func:`failguard.health.health_from_results`
+  give what :func:`failguard.evaluate` and :func:`failguard.health.check_calibration` give.
 
 The results of :mod:`failguard.distributed` (Ray) are the same records, so both engines give
 the same thresholds, metrics and health report, bit for bit. Memory grows with the number of
@@ -27,6 +27,7 @@ Examples
 >>> results = list(iter_results(det, iter(test)))
 >>> results[-1].success, results[-1].predicted_failure
 (False, True)
+>>> from failguard.metrics import evaluate_results
 >>> evaluate_results(results, det.alpha).overall["tpr"]
 1.0
 """
@@ -42,23 +43,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from ._gate import CalibrationGate, fingerprint
 from .calibration.calibrator import require_finite
 from .core import kernel
-from .exceptions import CalibrationError, NotFittedError, ParameterError, RolloutError
+from .exceptions import CalibrationError, NotFittedError, ParameterError
 from .types import Rollout
 from .windows import window_scores
 
 if TYPE_CHECKING:
     from .detector import FailureDetector
-    from .health import HealthReport
-    from .metrics import EvaluationReport
 
 __all__ = [
     "RolloutResult",
     "calibrate_from_results",
-    "evaluate_results",
-    "health_from_results",
     "iter_results",
+    "require_alarms",
     "summarise",
 ]
 
@@ -235,8 +234,6 @@ def summarise(
     index : int, optional
         Position of the rollout in its stream, for error messages.
     """
-    from .detector import _fingerprint
-
     detector._require_fitted()
     raw = detector.raw_scores(rollout)
     res = RolloutResult(
@@ -244,7 +241,7 @@ def summarise(
         n_steps=len(rollout),
         success=rollout.success,
         group=rollout.group,
-        fingerprint=_fingerprint(rollout),
+        fingerprint=fingerprint(rollout),
         peak_windowed={},
     )
     if alarms and detector.is_calibrated:
@@ -329,9 +326,7 @@ def calibrate_from_results(
     names = detector.names
     series: dict[str, list[NDArray[np.float64]]] = {n: [] for n in names}
     groups: list[str | None] = []
-    from .detector import _CalibrationGate
-
-    gate = _CalibrationGate(detector, independent_repeats)
+    gate = CalibrationGate(detector, independent_repeats)
     unknown: list[int] = []
     n = longest = 0
     for i, r in enumerate(results):
@@ -377,7 +372,8 @@ def calibrate_from_results(
     return detector
 
 
-def _require_alarms(results: list[RolloutResult], what: str) -> None:
+def require_alarms(results: list[RolloutResult], what: str) -> None:
+    """Refuse results scored without thresholds (by an uncalibrated detector)."""
     for i, r in enumerate(results):
         if math.isnan(r.peak_fused):
             raise NotFittedError(
@@ -386,79 +382,18 @@ def _require_alarms(results: list[RolloutResult], what: str) -> None:
             )
 
 
-def evaluate_results(
-    results: Iterable[RolloutResult],
-    alpha: float,
-    t_max: int | None = None,
-    id_groups: Iterable[str] | str | None = "auto",
-) -> EvaluationReport:
-    """:func:`failguard.evaluate` from per-rollout results (the same numbers, bit for bit).
+#: Moved to the modules whose reports they build; still reachable here under their old names.
+_MOVED = {"evaluate_results": "failguard.metrics", "health_from_results": "failguard.health"}
 
-    Parameters
-    ----------
-    results : iterable of RolloutResult
-        From a calibrated detector, with ``success`` known.
-    alpha : float
-        The detector's alpha (reported).
-    t_max : int, optional
-        Normaliser of detection times (default: the longest rollout).
-    id_groups : iterable of str, "auto" or None, default="auto"
-        As in :func:`failguard.evaluate`.
+
+def __getattr__(name: str) -> Any:
+    """``failguard.streaming.evaluate_results`` / ``health_from_results``, by their old path.
+
+    Resolved on first use, so this module imports neither :mod:`failguard.metrics` nor
+    :mod:`failguard.health` (which both build on it).
     """
-    from .metrics import (
-        EvaluationReport,
-        _by_group,
-        _notes,
-        _per_group,
-        metrics_from_traces,
-        resolve_id_groups,
-    )
+    if name in _MOVED:
+        import importlib
 
-    res = list(results)
-    if not res:
-        raise RolloutError("evaluate: no rollouts given.")
-    _require_alarms(res, "evaluate")
-    t_max = t_max or max(r.n_steps for r in res)
-    traces: Any = res  # RolloutResult has every attribute the metrics read from a Trace
-    groups = resolve_id_groups(id_groups, traces)
-    report = EvaluationReport(
-        metrics_from_traces(traces, t_max, groups),
-        _per_group(traces, t_max),
-        alpha,
-        by_group=_by_group(traces, t_max, groups),
-        notes=_notes(traces, groups),
-    )
-    horizons = {r.horizon for r in res}
-    if len(horizons) == 1 and None not in horizons:
-        clockless: Any = [r.without_clock() for r in res]
-        report.horizon = res[0].horizon
-        report.no_clock = metrics_from_traces(clockless, t_max, groups)
-        report.no_clock_per_group = _per_group(clockless, t_max)
-    return report
-
-
-def health_from_results(
-    detector: FailureDetector,
-    results: Iterable[RolloutResult],
-    confidence: float = 0.95,
-    min_rollouts: int = 10,
-) -> HealthReport:
-    """:func:`failguard.health.check_calibration` from per-rollout results of new successes."""
-    from .health import _health_report
-
-    spec = detector.spec()
-    res = list(results)
-    if not res:
-        raise CalibrationError("check_calibration: no rollouts given.")
-    for i, r in enumerate(res):
-        if r.success is False:
-            raise CalibrationError(
-                f"check_calibration: {r.describe(i)} failed; pass successful rollouts only."
-            )
-    _require_alarms(res, "check_calibration")
-    k = int(sum(r.predicted_failure for r in res))
-    stats = {
-        name: np.asarray([r.statistics[name] for r in res], dtype=np.float64)
-        for name in (spec.statistics[0] if spec.statistics is not None else {})
-    }
-    return _health_report(detector, len(res), k, stats, confidence, min_rollouts)
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module 'failguard.streaming' has no attribute {name!r}")

@@ -45,12 +45,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..exceptions import ArtifactError, DependencyError, DistributedError, FailguardError
-from ..streaming import (
-    RolloutResult,
-    calibrate_from_results,
-    evaluate_results,
-    health_from_results,
-)
+from ..health import health_from_results
+from ..metrics import evaluate_results
+from ..streaming import RolloutResult, calibrate_from_results
 
 if TYPE_CHECKING:
     from ..detector import FailureDetector
