@@ -53,9 +53,10 @@ Outputs per indicator: ``score_<name>``, ``windowed_<name>``, ``threshold_<name>
 ``ratio_<name>`` (N,) float64 and ``new_state_<name>``; then ``fused_ratio`` (N,) float64 and
 ``alarm`` (N,) bool (``fused_ratio > 1``, or a non-finite score); ``nonfinite`` (N,) bool,
 true where a score is NaN or inf (such a score enters its window as +inf, never NaN);
-``overflow`` (N,) bool, kept for older runtimes and custom scores (a score's ``onnx_graph`` may
-flag a step it cannot compute exactly, which the runtime then refuses; the built-in scores
-never do: ACE is exact at any finite spread); and
+``overflow`` (N,) bool, true where the step cannot be scored as given: a float input holds
+NaN or inf (the inputs listed under ``input_checks`` in the metadata), or a custom score's
+``onnx_graph`` flagged its input (the built-in scores never do: ACE is exact at any finite
+spread); the runtime then refuses that robot's step; and
 ``report`` ((4k + 1) N,) float64, the same per-step floats in one tensor (score, windowed,
 threshold, ratio of each of the k indicators, then the fused ratio, each block N long), which
 is what the runtime fetches.
@@ -80,6 +81,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from .._version import SCHEMA_VERSION, __version__
 from ..exceptions import ExportError
@@ -206,6 +209,14 @@ def build_model(detector: FailureDetector) -> onnx.ModelProto:
 
     raw: dict[str, str] = {}
     overflows: list[str] = []
+    # A float input that holds NaN or inf flags its robot (0 * x is NaN exactly there), so the
+    # runtime's per-step path needs no numpy pass over the inputs; it then runs its full
+    # checks, which name the problem, and applies nothing.
+    checked = [f for f in spec.requires if _FIELD_TYPES[f] == _FLOAT]
+    for f in checked:
+        axes = list(range(1, 1 + len(shapes[f])))
+        probe = g.op("ReduceSum", g.op("Mul", f, g.f32(np.float32(0.0))), g.i64(axes), keepdims=0)
+        overflows.append(g.op("IsNaN", probe))
     for s in detector.scores:
         value, flag = _score_graph(g, s)
         raw[s.name] = value
@@ -234,6 +245,7 @@ def build_model(detector: FailureDetector) -> onnx.ModelProto:
     )
     model.ir_version = min(model.ir_version, 9)
     meta = _metadata(spec, g.states)
+    meta["input_checks"] = checked  # inputs whose NaN/inf the graph flags in "overflow"
     helper.set_model_props(
         model,
         {

@@ -175,6 +175,45 @@ def _verify_checksum(raw: bytes, meta: dict[str, Any], path: Path, verify: bool)
         )
 
 
+_VERDICT_FIELDS = (
+    "step",
+    "scores",
+    "windowed",
+    "thresholds",
+    "ratios",
+    "fused_ratio",
+    "alarm",
+    "fired",
+    "status",
+    "error",
+)
+_new = object.__new__
+
+
+def _ok_verdict(step: int, names: list[str], values: list[float], alarm: Any) -> Verdict:
+    """The Verdict of an ordinary step (every score finite) from the packed report.
+
+    Equal to ``Verdict(...)`` field by field (a test holds the two together); filled in one
+    ``__dict__`` update instead of the frozen dataclass' ten ``object.__setattr__`` calls, as
+    this runs once per monitored step.
+    """
+    v = _new(Verdict)
+    v.__dict__.update(
+        step=step,
+        scores=dict(zip(names, values[0::4], strict=False)),
+        windowed=dict(zip(names, values[1::4], strict=False)),
+        thresholds=dict(zip(names, values[2::4], strict=False)),
+        ratios=dict(zip(names, values[3::4], strict=False)),
+        fused_ratio=values[-1],
+        alarm=bool(alarm[0]),
+        # every score is finite here, so an indicator fired iff its ratio is above 1
+        fired=tuple([n for n, r in zip(names, values[3::4], strict=False) if r > 1.0]),
+        status="ok",
+        error=None,
+    )
+    return v
+
+
 class OnnxMonitor:
     """Watch rollouts with an exported monitor; behaves like :class:`failguard.Monitor`.
 
@@ -332,7 +371,22 @@ class OnnxMonitor:
                 self._expect.append((fld, np.dtype(dtype), self._shapes[fld], kind == "float"))
             else:
                 self._expect.append(None)
-        self._n_report = 4 * len(self.names) + 1
+        # graphs that flag NaN/inf inputs themselves (in "overflow") need no numpy pass here
+        checks = meta.get("input_checks")
+        in_graph = set(checks) if isinstance(checks, list) else set()
+        self._absent = [i for i, e in enumerate(self._expect) if e is None]
+        self._present = [
+            (
+                i,
+                e[0],
+                e[1],
+                e[2],
+                ("none" if e[0] in in_graph else "finite") if e[3] else "ids",
+            )
+            for i, e in enumerate(self._expect)
+            if e is not None
+        ]
+        self._state_keys = [(n, f"state_{n}") for n in self.names]
         # onnxruntime's C entry point skips the Python wrapper's per-call input re-validation
         # (our inputs are checked above); the public run() where it is not there
         inner = getattr(self.session, "_sess", None)
@@ -508,27 +562,32 @@ class OnnxMonitor:
     def _thin_feed(self, given: tuple[Any, ...]) -> dict[str, Any] | None:
         """The feed of one robot's step if every argument is exactly what the graph takes
         (a C-contiguous ndarray of the cached dtype and shape, finite, nothing extra), else
-        None: the caller then runs the full checks of :meth:`_feed`, which name the problem."""
+        None: the caller then runs the full checks of :meth:`_feed`, which name the problem.
+
+        Finiteness is checked by the graph itself (its ``overflow`` flag) when it can; numpy
+        calls are kept out of this path (next to onnxruntime, each costs far more than its own
+        run time)."""
         if self._n != 1:
             return None
+        for i in self._absent:
+            if given[i] is not None:
+                return None
         feed = self._feed_base
-        for expect, value in zip(self._expect, given, strict=True):
-            if expect is None:
-                if value is not None:
-                    return None
-                continue
-            fld, dtype, shape, is_float = expect
+        for i, fld, dtype, shape, check in self._present:
+            value = given[i]
             if (
                 type(value) is not np.ndarray
-                or value.dtype != dtype
+                or (value.dtype is not dtype and value.dtype != dtype)
                 or value.shape != shape
                 or not value.flags.c_contiguous
             ):
                 return None
-            if is_float:
+            if check == "finite":
                 if not np.isfinite(value).all():
                     return None
-            elif value.size and (np.abs(value).max() >= _ID_LIMIT):  # int ids
+            elif check == "ids" and value.size and (
+                value.max() >= _ID_LIMIT or value.min() <= -_ID_LIMIT
+            ):
                 return None
             feed[fld] = value[None]
         return feed
@@ -547,7 +606,7 @@ class OnnxMonitor:
         """One onnxruntime call: the fetched outputs, in ``self._fetch`` order."""
         try:
             if self._crun is not None:
-                return list(self._crun(self._fetch, feed, self._run_options))
+                return self._crun(self._fetch, feed, self._run_options)
             return list(self.session.run(self._fetch, feed))
         except Exception as err:  # onnxruntime raises its own exception types
             raise RolloutError(f"{where}: onnxruntime rejected the step ({err}).") from err
@@ -647,7 +706,8 @@ class OnnxMonitor:
             Another thread is using this monitor.
         """
         where = "OnnxMonitor.step"
-        self._enter(where)
+        if not self._lock.acquire(blocking=False):
+            self._enter(where)  # raises ConcurrentUseError
         try:
             given = (embedding, action_samples, action_logits, action_ids, state)
             feed = self._thin_feed(given)
@@ -662,22 +722,26 @@ class OnnxMonitor:
             else:
                 step = int(self._t[0])
                 outputs = self._call(feed, where)
+                if outputs[2][0]:  # a NaN/inf input, or a flagged score: the full checks
+                    self._feed(dict(zip(_ARGS.values(), given, strict=True)), False, where)
                 if outputs[2][0] or not self._has_nonfinite or outputs[-1][0]:
                     # flagged (or an older graph): the full rules of _apply
                     report, alarm, nonfinite, _ = self._apply(outputs, where, {}, False)
                     values = report[:, 0].tolist()
                     is_nonfinite = bool(nonfinite[0])
                 else:  # the usual step: take the new state as it is
-                    k = len(self.names)
-                    base = self._feed_base
-                    for i, n in enumerate(self.names):
-                        self._state[n] = base[f"state_{n}"] = outputs[3 + i]
-                    for j, h in enumerate(self._hist):
-                        self._hist_state[h] = base[h] = outputs[3 + k + j]
-                    self._t += 1  # in place: the feed holds this array
-                    values = outputs[0].tolist()
-                    alarm = outputs[1]
-                    is_nonfinite = False
+                    windows, base = self._state, self._feed_base
+                    for j, (n, key) in enumerate(self._state_keys, 3):
+                        windows[n] = base[key] = outputs[j]
+                    hist = self._hist_state
+                    for j, h in enumerate(self._hist, 3 + len(self._state_keys)):
+                        hist[h] = base[h] = outputs[j]
+                    # in place (the feed holds this array); an item store, not a ufunc: in a
+                    # loop with onnxruntime a numpy ufunc call costs several times its own time
+                    self._t[0] = step + 1
+                    verdict = _ok_verdict(step, self.names, outputs[0].tolist(), outputs[1])
+                    self.last_verdict = verdict
+                    return verdict
         finally:
             self._lock.release()
         names = self.names
