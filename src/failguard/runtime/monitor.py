@@ -585,8 +585,10 @@ class OnnxMonitor:
             if check == "finite":
                 if not np.isfinite(value).all():
                     return None
-            elif check == "ids" and value.size and (
-                value.max() >= _ID_LIMIT or value.min() <= -_ID_LIMIT
+            elif (
+                check == "ids"
+                and value.size
+                and (value.max() >= _ID_LIMIT or value.min() <= -_ID_LIMIT)
             ):
                 return None
             feed[fld] = value[None]
