@@ -34,7 +34,7 @@ from .calibration.calibrator import (
 )
 from .calibration.conformal import THRESHOLD_STYLES, conformal_p_values
 from .core import kernel
-from .core.spec import MAX_WINDOW, MonitorSpec, compile_spec
+from .core.spec import MAX_WINDOW, MonitorSpec, compile_spec, inputs_read
 from .exceptions import (
     CalibrationError,
     NonFiniteScoreError,
@@ -316,10 +316,7 @@ class FailureDetector:
     @property
     def requires(self) -> tuple[str, ...]:
         """Rollout fields the scores read."""
-        out: list[str] = []
-        for s in self.scores:
-            out += [f for f in s.requires if f not in out]
-        return tuple(out)
+        return inputs_read(self.scores)
 
     # ------------------------------------------------------------------ phases
     def _check_nominal(self, rollouts: Sequence[Rollout], phase: str) -> list[Rollout]:

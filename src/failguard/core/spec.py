@@ -36,6 +36,7 @@ __all__ = [
     "MonitorSpec",
     "ScoreSpec",
     "compile_spec",
+    "inputs_read",
 ]
 
 #: Version of the spec's JSON layout.
@@ -86,6 +87,21 @@ class ScoreSpec:
     def state_width(self, window_kind: str) -> int:
         """Width of its window state: w raw scores, or one running total (cumulative)."""
         return 1 if window_kind == "cumulative" else self.window
+
+
+def inputs_read(scores: Sequence[Any]) -> tuple[str, ...]:
+    """The inputs that ``scores`` read (their ``requires``), each once, in first-use order.
+
+    Examples
+    --------
+    >>> inputs_read([ScoreSpec("a", "A", ("embeddings",), 1),
+    ...              ScoreSpec("b", "B", ("action_samples", "embeddings"), 1)])
+    ('embeddings', 'action_samples')
+    """
+    out: list[str] = []
+    for s in scores:
+        out += [f for f in s.requires if f not in out]
+    return tuple(out)
 
 
 def _frozen(arr: Any) -> NDArray[np.float64]:
@@ -259,10 +275,7 @@ class MonitorSpec:
     @property
     def requires(self) -> tuple[str, ...]:
         """The per-step inputs the scores read, in first-use order."""
-        out: list[str] = []
-        for s in self.scores:
-            out += [f for f in s.requires if f not in out]
-        return tuple(out)
+        return inputs_read(self.scores)
 
     @property
     def state_widths(self) -> dict[str, int]:
