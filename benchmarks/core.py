@@ -1,8 +1,8 @@
 """Core benchmark: fit and calibration time, batch scoring throughput, Monitor.step latency in
 torch, and the realised false-alarm rate table of the conformal guarantee.
 
-    python benchmarks/core.py            # full size (a few minutes on 2 cores)
-    python benchmarks/core.py --tiny     # CI size, checks the script only
+    python -m benchmarks.core            # full size (a few minutes on 2 cores)
+    python -m benchmarks.core --tiny     # CI size, checks the script only
 
 Writes ``benchmarks/results/core.json`` (or ``--out``) and prints Markdown tables. Timings are
 medians of repeated runs on the machine at hand; the machine may be shared and noisy.
@@ -28,14 +28,7 @@ import failguard as fg
 from failguard.calibration import CalibrationSettings, false_alarm_rate
 from failguard.synthetic import make_rollouts, make_score_curves
 
-
-def timed(fn: Any, repeat: int) -> list[float]:
-    out = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
+from ._protocol import timed
 
 
 def bench_pipeline(n: int, length: int, repeat: int) -> dict[str, Any]:

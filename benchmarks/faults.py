@@ -3,11 +3,11 @@ writers and threads, and corrupted artifacts (the cases of issue 13).
 
 Each case runs the library as a user would and prints one outcome line. It uses only the
 public API that existed before the fixes, so the same script runs against an older checkout
-(``PYTHONPATH=/path/to/old/src python benchmarks/faults.py``) for a before/after table.
+(``PYTHONPATH=/path/to/old/src python -m benchmarks.faults``) for a before/after table.
 
 Usage::
 
-    python benchmarks/faults.py [--json out.json]
+    python -m benchmarks.faults [--json out.json]
 """
 
 from __future__ import annotations
@@ -60,6 +60,15 @@ DET.fit(make_rollouts(8, seed=0, **KW), progress=False).calibrate(make_rollouts(
 FAILS = make_rollouts(10, kind="failure", seed=4, **KW)
 
 
+def _exported(name: str) -> tuple[Path, Any]:
+    """DET exported to TMP/name, and the OnnxMonitor class (onnx is imported by ONNX cases
+    only, so the other cases run without it)."""
+    from failguard.exporters import export_onnx
+    from failguard.runtime import OnnxMonitor
+
+    return export_onnx(DET, TMP / name), OnnxMonitor
+
+
 def _failing() -> tuple[Any, int]:
     for r in FAILS:
         tr = DET.score(r)
@@ -72,10 +81,8 @@ def _extreme(value: float, engine: str) -> str:
     r, first = _failing()
     clean = sum(DET.score(r).alarm)
     if engine == "onnx":
-        from failguard.exporters import export_onnx
-        from failguard.runtime import OnnxMonitor
-
-        mon: Any = OnnxMonitor(export_onnx(DET, TMP / f"m{value}.onnx"))
+        path, OnnxMonitor = _exported(f"m{value}.onnx")
+        mon: Any = OnnxMonitor(path)
     else:
         mon = DET.monitor()
     alarms, refused, other = 0, 0, ""
@@ -385,10 +392,7 @@ def _flips() -> str:
 
 @case("60 single-bit flips in monitor.onnx")
 def _onnx_flips() -> str:
-    from failguard.exporters import export_onnx
-    from failguard.runtime import OnnxMonitor
-
-    path = export_onnx(DET, TMP / "flip.onnx")
+    path, OnnxMonitor = _exported("flip.onnx")
     raw = path.read_bytes()
     rng = np.random.default_rng(1)
     r = FAILS[0]
@@ -436,10 +440,7 @@ def _log_flips() -> str:
 def _names() -> str:
     import onnx
 
-    from failguard.exporters import export_onnx
-    from failguard.runtime import OnnxMonitor
-
-    path = export_onnx(DET, TMP / "names.onnx")
+    path, OnnxMonitor = _exported("names.onnx")
     model = onnx.load(str(path))
     for p in model.metadata_props:
         if p.key == "failguard":
@@ -516,10 +517,8 @@ def _grad() -> str:
 
 @case("OnnxMonitor.reset_robot(True) in a batch of 4")
 def _reset_robot() -> str:
-    from failguard.exporters import export_onnx
-    from failguard.runtime import OnnxMonitor
-
-    m = OnnxMonitor(export_onnx(DET, TMP / "rr.onnx"))
+    path, OnnxMonitor = _exported("rr.onnx")
+    m = OnnxMonitor(path)
     m.reset_batch(4)
     r = FAILS[0]
     m.step_batch(
@@ -535,10 +534,8 @@ def _reset_robot() -> str:
 
 @case("OnnxMonitor.step_batch with one NaN robot of 3")
 def _batch_nan() -> str:
-    from failguard.exporters import export_onnx
-    from failguard.runtime import OnnxMonitor
-
-    m = OnnxMonitor(export_onnx(DET, TMP / "bn.onnx"))
+    path, OnnxMonitor = _exported("bn.onnx")
+    m = OnnxMonitor(path)
     m.reset_batch(3)
     r = FAILS[0]
     e = np.stack([r.embeddings[0]] * 3)
@@ -552,10 +549,8 @@ def _batch_nan() -> str:
 
 @case("OnnxMonitor: one action sample 1e12 away (torch accepts)")
 def _spread() -> str:
-    from failguard.exporters import export_onnx
-    from failguard.runtime import OnnxMonitor
-
-    m = OnnxMonitor(export_onnx(DET, TMP / "sp.onnx"))
+    path, OnnxMonitor = _exported("sp.onnx")
+    m = OnnxMonitor(path)
     r = FAILS[0]
     a = np.array(r.action_samples[0])
     a[0] = 1e12

@@ -1,7 +1,7 @@
 """Fleet benchmark: score and calibrate 10^7 steps in constant memory, in process and on Ray.
 
-    python benchmarks/fleet.py            # 10^5 rollouts, 10^7 steps (about 20-40 min on 2 cores)
-    python benchmarks/fleet.py --tiny     # CI size: the pipeline end to end, both engines
+    python -m benchmarks.fleet            # 10^5 rollouts, 10^7 steps (about 20-40 min on 2 cores)
+    python -m benchmarks.fleet --tiny     # CI size: the pipeline end to end, both engines
 
 1. A synthetic fleet is generated to disk in chunks (one safetensors file per rollout, the
    format of :class:`failguard.Recorder`): small per-step data (an 8-dim embedding and 4

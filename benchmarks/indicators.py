@@ -1,8 +1,8 @@
 """Which indicator sees which failure, on failguard's synthetic rollouts (a smoke test of the
 new indicators, not evidence about real policies: the simulator benchmarks are that).
 
-    python benchmarks/indicators.py            # 3 seeds (about a minute on 2 cores)
-    python benchmarks/indicators.py --tiny     # CI size, checks the script only
+    python -m benchmarks.indicators            # 3 seeds (about a minute on 2 cores)
+    python -m benchmarks.indicators --tiny     # CI size, checks the script only
 
 For each indicator alone (window mean of 8 steps): ROC-AUC of the per-rollout maximum,
 successes against "stuck" failures (no progress, confident, entropy collapse) and against

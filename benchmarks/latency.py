@@ -15,9 +15,9 @@ Medians and ratios come from one run; the machine may be shared, so treat p99 wi
 
 Usage::
 
-    python benchmarks/latency.py            # full run, writes benchmarks/results/latency.json
-    python benchmarks/latency.py --quick    # fewer repetitions, no paper size (smoke test)
-    python benchmarks/latency.py --markdown # also rewrite the section in docs/BENCHMARKS.md
+    python -m benchmarks.latency            # full run, writes benchmarks/results/latency.json
+    python -m benchmarks.latency --quick    # fewer repetitions, no paper size (smoke test)
+    python -m benchmarks.latency --markdown # also rewrite the section in docs/BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.markdown_only:
         saved = json.loads(args.out.read_text())
-        write_section(saved, "python benchmarks/latency.py --markdown")
+        write_section(saved, "python -m benchmarks.latency --markdown")
         return saved
     torch.set_num_threads(1)
     repeats = 200 if args.quick else args.repeats
@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2))
     if args.markdown:
-        write_section(res, "python benchmarks/latency.py --markdown")
+        write_section(res, "python -m benchmarks.latency --markdown")
     return res
 
 

@@ -17,8 +17,8 @@ one finite but extreme embedding (3e38): the ``onnx`` and ``torch`` monitors run
 
 Usage::
 
-    python benchmarks/soak.py                          # 10^6 steps per engine, JSON to stdout
-    python benchmarks/soak.py --steps 3000 --out r.json  # the size CI runs
+    python -m benchmarks.soak                          # 10^6 steps per engine, JSON to stdout
+    python -m benchmarks.soak --steps 3000 --out r.json  # the size CI runs
 """
 
 from __future__ import annotations

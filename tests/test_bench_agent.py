@@ -1,4 +1,4 @@
-"""Tiny run of the discrete-action agent benchmark (benchmarks/agent/run.py --tiny)."""
+"""Tiny run of the discrete-action agent benchmark (python -m benchmarks.agent.run --tiny)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "agent" / "run.py"
 
 
 @pytest.mark.bench
@@ -20,7 +19,8 @@ def test_agent_benchmark_tiny(tmp_path: Path) -> None:
     pytest.importorskip("gymnasium", reason="needs gymnasium: pip install 'failguard[agents]'")
     out = tmp_path / "agent"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--tiny", "--out", str(out)],
+        [sys.executable, "-m", "benchmarks.agent.run", "--tiny", "--out", str(out)],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,

@@ -20,11 +20,13 @@ def test_robot_benchmark_tiny(tmp_path: Path) -> None:
     proc = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "benchmarks" / "robot" / "run.py"),
+            "-m",
+            "benchmarks.robot.run",
             "--tiny",
             "--out",
             str(out),
         ],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=900,

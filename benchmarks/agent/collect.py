@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lander import ShiftedLander, sample_shift
-from ppo import Policy
+
+from .lander import ShiftedLander, sample_shift
+from .ppo import Policy
 
 __all__ = ["collect_group"]
 

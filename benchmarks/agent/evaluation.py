@@ -18,7 +18,6 @@ Protocol (the same as the robot benchmark's), for each seed:
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,18 +37,10 @@ from failguard import (
     SlowingDown,
     evaluate,
 )
+from failguard import select as fg_select
 from failguard.scores import BaseScore, CachedScore, logits_entropy
 
-try:  # validated selection (failguard, issue 9)
-    from failguard import select as fg_select
-except ImportError:  # pragma: no cover - older failguard
-    fg_select = None
-try:  # k-of-n votes, combine="k-of-n" (failguard, issue 9)
-    from failguard._pipeline import fusion_rank as _fusion_rank
-
-    HAS_VOTE = _fusion_rank("2-of-3", 3) == 2
-except ImportError:  # pragma: no cover - older failguard
-    HAS_VOTE = False
+from .._protocol import validation_key, vote_rule
 
 __all__ = [
     "DETECTORS",
@@ -251,22 +242,6 @@ def _no_clock(d: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _key(m: Mapping[str, Any]) -> tuple[float, float]:
-    def num(x: Any) -> float:
-        return -math.inf if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
-
-    return (num(m["twa"]), num(m["balanced_accuracy"]))
-
-
-def _combine(n: int, k: int | None) -> Any:
-    """``combine`` of a detector with ``n`` legs: AND, or a k-of-n vote."""
-    if k is None or k == n:
-        return "and"
-    if k == 1:
-        return "or"
-    return f"{k}-of-{n}"
-
-
 def _detector(
     cached: Mapping[str, BaseScore],
     names: Sequence[str],
@@ -279,7 +254,7 @@ def _detector(
     return FailureDetector(
         scores=[cached[n] for n in names],
         windows={n: int(w) for n, w in zip(names, wins, strict=True)},
-        combine=_combine(len(names), k),
+        combine=vote_rule(len(names), k),
         threshold=style,
         alpha=alpha,
         random_state=seed,
@@ -365,8 +340,6 @@ def evaluate_seed(
     cached = {k: CachedScore(v) for k, v in base.items()}
     result: dict[str, Any] = {"seed": seed, "split": split.sizes(), "t_max": t_max, "alpha": {}}
     names_all = list(detectors) if detectors is not None else [*DETECTORS, SELECT]
-    if fg_select is None:
-        names_all = [n for n in names_all if n != SELECT]
     jobs = [(a, name) for a in alphas for name in names_all]
     for alpha, name in tqdm(jobs, desc=f"seed {seed}: validation search", disable=not progress):
         if name == SELECT:
@@ -385,7 +358,6 @@ def evaluate_seed(
             for style in threshold_styles
             for wins in itertools.product(*grids)
             for k in (spec.ks or (None,))
-            if k is None or HAS_VOTE or k in (1, len(names))
         ]
         best: tuple[tuple[float, float], str, tuple[int, ...], int | None, dict[str, Any]] | None
         best = None
@@ -396,7 +368,7 @@ def evaluate_seed(
             except CalibrationError:  # too few calibration rollouts for this style and alpha
                 continue
             val = _summarise(evaluate(det, split.validation, t_max=t_max))
-            key = _key(val)
+            key = validation_key(val)
             # strictly better only: ties keep the earlier candidate (simpler style, smaller windows)
             if best is None or key > best[0]:
                 best = (key, style, wins, k, val)
@@ -440,7 +412,6 @@ def _run_select(
     """
     from failguard.calibration.selection import candidate_grid
 
-    assert fg_select is not None
     pool = ("rnd", "entropy", *NEW_SCORES)
     legs = {n: cached[n] for n in pool}
     structures: list[tuple[list[str], str]] = [([n], "and") for n in pool]

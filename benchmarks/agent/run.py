@@ -15,8 +15,8 @@ Then ``results.json`` and ``results.md`` aggregate all seeds (mean ± std).
 
 Usage::
 
-    python benchmarks/agent/run.py              # full run, 3 seeds: ~25 min on a busy 2-core VM
-    python benchmarks/agent/run.py --tiny --out /tmp/agent   # CI smoke run, about 15 s
+    python -m benchmarks.agent.run              # full run, 3 seeds: ~25 min on a busy 2-core VM
+    python -m benchmarks.agent.run --tiny --out /tmp/agent   # CI smoke run, about 15 s
 
 ``--tiny`` trains PPO for two updates only (to exercise the trainer) and records rollouts
 with the reference policy shipped in ``benchmarks/agent/reference_policy/`` (seed 0 of the
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,13 +36,13 @@ from typing import Any
 import numpy as np
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from .._protocol import mean_std
+from .collect import collect_group
+from .evaluation import DETECTORS, METRICS, SELECT, evaluate_seed
+from .lander import GROUPS
+from .ppo import PPOConfig, load_policy, save_policy, train_ppo
 
-from collect import collect_group  # noqa: E402
-from evaluation import DETECTORS, METRICS, SELECT, evaluate_seed  # noqa: E402
-from lander import GROUPS  # noqa: E402
-from ppo import PPOConfig, load_policy, save_policy, train_ppo  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 REFERENCE_POLICY = HERE / "reference_policy"
 DEFAULT_OUT = HERE.parent / "results" / "agent"
@@ -151,15 +150,13 @@ def stage_evaluate(
     choice is cached in its own file (``*_select.json``), so either part can be redone alone;
     ``select=False`` uses a cached one but runs none.
     """
-    from evaluation import fg_select
-
     from failguard import read_rollouts
 
     split = seed if split_seed is None else split_seed
     stem = "eval" if split == seed else f"eval_split{split}"
     parts = [(out / f"seed{seed}" / f"{stem}.json", list(DETECTORS))]
     select_path = out / f"seed{seed}" / f"{stem}_select.json"
-    if fg_select is not None and (select or select_path.is_file()):
+    if select or select_path.is_file():
         parts.append((select_path, [SELECT]))
     merged: dict[str, Any] = {}
     rollouts = None
@@ -195,13 +192,6 @@ def stage_evaluate(
     return merged
 
 
-def _mean_std(values: list[Any]) -> dict[str, float | None]:
-    vals = [float(v) for v in values if v is not None and not np.isnan(v)]
-    if not vals:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "n": len(vals)}
-
-
 def aggregate(
     settings: Settings, evals: list[dict[str, Any]], collects: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -216,7 +206,7 @@ def aggregate(
         rates = [c["groups"][group]["success_rate"] for c in collects]
         out["rollouts"][group] = {
             "per_seed": settings.n_id if group == "id" else settings.n_ood,
-            "success_rate": _mean_std(rates),
+            "success_rate": mean_std(rates),
         }
     for alpha in settings.alphas:
         per_det: dict[str, Any] = {}
@@ -234,9 +224,9 @@ def aggregate(
                 "windows": [r["windows"] for r in runs],
                 "threshold": [r.get("threshold", "constant") for r in runs],
                 "k": [r.get("k") for r in runs],
-                "test": {m: _mean_std([r["test"][m] for r in runs]) for m in METRICS},
+                "test": {m: mean_std([r["test"][m] for r in runs]) for m in METRICS},
                 "no_clock": {
-                    m: _mean_std([r["test"].get("no_clock", {}).get(m) for r in runs])
+                    m: mean_std([r["test"].get("no_clock", {}).get(m) for r in runs])
                     for m in METRICS
                 },
                 "per_group": {},
@@ -249,12 +239,12 @@ def aggregate(
                 for k, g in r["test"].get("no_clock", {}).get("per_group", {}).items():
                     entry["per_group_no_clock"].setdefault(k, []).append(g["alarm_rate"])
             entry["per_group_no_clock"] = {
-                k: _mean_std(v) for k, v in sorted(entry["per_group_no_clock"].items())
+                k: mean_std(v) for k, v in sorted(entry["per_group_no_clock"].items())
             }
             keys = sorted({k for r in runs for k in r["test"]["per_group"]})
             for k in keys:
                 entry["per_group"][k] = {
-                    "alarm_rate": _mean_std(
+                    "alarm_rate": mean_std(
                         [
                             r["test"]["per_group"][k]["alarm_rate"]
                             for r in runs
@@ -516,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
                 stage_evaluate(settings, seed, rdir, out, args.redo_eval, split, not args.no_select)
             )
     agg = aggregate(settings, evals, collects)
-    command = "python benchmarks/agent/run.py" + (" --tiny" if args.tiny else "")
+    command = "python -m benchmarks.agent.run" + (" --tiny" if args.tiny else "")
     if args.seeds:
         command += " --seeds " + " ".join(str(s) for s in settings.seeds)
     if settings.split_seeds:

@@ -9,8 +9,12 @@ from typing import Any
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from policy import FlowPolicy
-from tasks import (
+from tqdm import tqdm
+
+from failguard import Recorder
+
+from .policy import FlowPolicy
+from .tasks import (
     TaskSpec,
     ViaPointExpert,
     apply_perturbation,
@@ -19,9 +23,6 @@ from tasks import (
     reset_episode,
     sample_episode,
 )
-from tqdm import tqdm
-
-from failguard import Recorder
 
 __all__ = ["collect_demos", "load_demos", "record_rollouts"]
 

@@ -19,7 +19,6 @@ window/threshold grid does not rescore.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +40,7 @@ from failguard import (
     SlowingDown,
     evaluate,
 )
+from failguard import select as fg_select
 from failguard.scores import (
     BaseScore,
     CachedScore,
@@ -50,16 +50,7 @@ from failguard.scores import (
     STACScore,
 )
 
-try:  # validated selection (failguard, issue 9)
-    from failguard import select as fg_select
-except ImportError:  # pragma: no cover - older failguard
-    fg_select = None
-try:  # k-of-n votes, combine="k-of-n" (failguard, issue 9)
-    from failguard._pipeline import fusion_rank as _fusion_rank
-
-    HAS_VOTE = _fusion_rank("2-of-3", 3) == 2
-except ImportError:  # pragma: no cover - older failguard
-    HAS_VOTE = False
+from .._protocol import validation_key, vote_rule
 
 __all__ = ["METHODS", "MethodSpec", "evaluate_task", "make_scores", "split_rollouts"]
 
@@ -168,18 +159,6 @@ def split_rollouts(
     return out
 
 
-def _combine(method: MethodSpec, k: int | None) -> Any:
-    """The ``combine`` argument of one candidate (``"k-of-n"`` votes)."""
-    if k is None:
-        return method.combine
-    n = len(method.scores)
-    if k == 1:
-        return "or"
-    if k == n:
-        return "and"
-    return f"{k}-of-{n}"
-
-
 def _detector(
     method: MethodSpec,
     cached: Mapping[str, CachedScore],
@@ -193,22 +172,13 @@ def _detector(
     det = FailureDetector(
         scores=[cached[n] for n in method.scores],
         windows=dict(windows),
-        combine=_combine(method, k),
+        combine=vote_rule(len(method.scores), k, method.combine),
         threshold=threshold,
         alpha=alpha,
         mode=method.mode,
         calibration=method.calibration,
     )
     return det.fit(fit, progress=False).calibrate(cal)
-
-
-def _key(m: Mapping[str, Any]) -> tuple[float, float]:
-    twa = m.get("twa")
-    bal = m.get("balanced_accuracy")
-    return (
-        -1.0 if twa is None or math.isnan(twa) else float(twa),
-        -1.0 if bal is None or math.isnan(bal) else float(bal),
-    )
 
 
 def _candidates(
@@ -225,8 +195,7 @@ def _candidates(
             windows = {**fixed, **dict(zip(free, ws, strict=True))}
             windows = {n: windows[n] for n in method.scores}
             for k in method.ks or (None,):
-                if k is None or HAS_VOTE or k in (1, len(method.scores)):
-                    out.append((style, windows, k))
+                out.append((style, windows, k))
     return out
 
 
@@ -255,8 +224,6 @@ def evaluate_task(
     torch.manual_seed(seed)
     splits = split_rollouts(rollouts, seed, n_fit, n_cal)
     t_max = max(len(r) for r in rollouts)
-    if fg_select is None:
-        methods = [m for m in methods if m != "select"]
     needed = sorted({n for m in methods if m in METHODS for n in METHODS[m].scores})
     if "select" in methods:
         needed = sorted({*needed, *SELECT_POOL})
@@ -295,7 +262,7 @@ def evaluate_task(
                 except CalibrationError:
                     continue
                 val = evaluate(det, splits["val"], t_max=t_max).overall
-                key = (*_key(val), -sum(windows.values()))
+                key = (*validation_key(val), -sum(windows.values()))
                 if best is None or key > best[0]:
                     best = (key, windows, style, k, val)
             if best is None:
@@ -337,7 +304,6 @@ def _run_select(
     """
     from failguard.calibration.selection import candidate_grid
 
-    assert fg_select is not None
     legs = {n: cached[n] for n in SELECT_POOL}
     structures: list[tuple[list[str], str]] = [([n], "and") for n in SELECT_POOL]
     structures.append((["rnd", "ace"], "and"))

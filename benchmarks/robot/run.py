@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/robot/run.py [--tiny] [--out DIR] [--docs]
+    python -m benchmarks.robot.run [--tiny] [--out DIR] [--docs]
 
 Every stage is cached under ``--out`` (default ``benchmarks/results/robot``, or
 ``benchmarks/results/robot-tiny`` with ``--tiny``): rerunning skips what is already there.
@@ -127,9 +127,9 @@ def _mark_done(directory: Path, info: dict[str, Any]) -> None:
 
 def stage_demos_and_policies(cfg: Config, out: Path, log: dict[str, Any]) -> None:
     """Demonstrations and one trained policy per task (cached)."""
-    from collect import collect_demos, load_demos
-    from policy import PolicyConfig, save_policy, train_policy
-    from tasks import TASKS
+    from .collect import collect_demos, load_demos
+    from .policy import PolicyConfig, save_policy, train_policy
+    from .tasks import TASKS
 
     for key in cfg.tasks:
         demo_path = out / "demos" / f"{key}.safetensors"
@@ -154,9 +154,9 @@ def stage_rollouts(
 
     ``conditions`` restricts the stage to some conditions (default: all).
     """
-    from collect import record_rollouts
-    from policy import load_policy
-    from tasks import CONDITIONS, TASKS
+    from .collect import record_rollouts
+    from .policy import load_policy
+    from .tasks import CONDITIONS, TASKS
 
     conditions = CONDITIONS if conditions is None else conditions
 
@@ -214,9 +214,9 @@ def load_task_rollouts(
     ``sizes`` caps the rollouts read per condition (the first ones, by episode seed), so a
     directory recorded with a larger budget gives the same data as one recorded at ``sizes``.
     """
-    from tasks import CONDITIONS
-
     from failguard import read_rollout
+
+    from .tasks import CONDITIONS
 
     rollouts = []
     for cond in CONDITIONS:
@@ -229,7 +229,7 @@ def load_task_rollouts(
 
 def condition_sizes(cfg: Config, label: str, key: str) -> dict[str, int]:
     """Rollouts per condition of one task at sample size ``label``."""
-    from tasks import CONDITIONS
+    from .tasks import CONDITIONS
 
     n_id, n_ood = (cfg.n_id, cfg.n_ood) if label == "b32" else (cfg.b256_id, cfg.b256_ood)
     return {
@@ -239,8 +239,8 @@ def condition_sizes(cfg: Config, label: str, key: str) -> dict[str, int]:
 
 def stage_evaluate(cfg: Config, out: Path) -> dict[str, Any]:
     """Evaluate every (sample size, task, seed); cached per combination."""
-    from evaluate import evaluate_task, fg_select
-    from policy import PolicyConfig
+    from .evaluate import evaluate_task
+    from .policy import PolicyConfig
 
     exec_horizon = PolicyConfig().exec_horizon
     results: dict[str, Any] = {}
@@ -251,7 +251,7 @@ def stage_evaluate(cfg: Config, out: Path) -> dict[str, Any]:
     for label, tasks, n_fit, n_cal, methods in plans:
         # fg.select's choice is cached in its own file, so either part can be redone alone
         parts = [("", [m for m in methods if m != "select"])]
-        if "select" in methods and fg_select is not None:
+        if "select" in methods:
             parts.append(("_select", ["select"]))
         for key in tasks:
             rollouts = None
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     stage_rollouts(cfg, out, log)
     results = stage_evaluate(cfg, out)
 
-    from report import summarise, write_outputs
+    from .report import summarise, write_outputs
 
     summary = summarise(cfg, results, out)
     write_outputs(cfg, summary, results, out, ROOT / "docs" / "img" if args.docs else None)
@@ -326,5 +326,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.exit(main())

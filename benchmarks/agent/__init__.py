@@ -1,0 +1,1 @@
+"""The LunarLander agent benchmark: ``python -m benchmarks.agent.run``."""

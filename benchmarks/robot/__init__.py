@@ -1,0 +1,1 @@
+"""The MetaWorld robot benchmark: ``python -m benchmarks.robot.run``."""
