@@ -198,13 +198,6 @@ def test_trace_plot_marks_where_calibration_data_ends():
 
 
 def test_robot_benchmark_titles_are_readable():
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "robot"))
-    try:
-        report = importlib.import_module("report")
-        title = report.describe_setting({"windows": {"rnd": 10, "ace": 5}, "threshold": "band"})
-    finally:
-        sys.path.pop(0)
-        sys.modules.pop("report", None)
+    report = importlib.import_module("benchmarks.robot.report")  # pytest: pythonpath = ["."]
+    title = report.describe_setting({"windows": {"rnd": 10, "ace": 5}, "threshold": "band"})
     assert "{" not in title and "RND-OE 10" in title
