@@ -17,6 +17,7 @@ from failguard import (
     FailureDetector,
     LogpZOScore,
     NotFittedError,
+    ParameterError,
     PCAKMeansScore,
     RNDActionScore,
     RNDScore,
@@ -335,7 +336,8 @@ def test_with_params_shares_scores_and_recalibrates(detector, cal_set, test_set)
     for name in detector.names:
         np.testing.assert_array_equal(band.thresholds_[name], fresh.thresholds_[name])
     raw = detector.raw_scores_many(test_set)
-    via_raw = band.traces(test_set, raw=raw)
+    with pytest.warns(DeprecationWarning, match="CachedScore"):
+        via_raw = band.traces(test_set, raw=raw)  # deprecated, still exact
     direct = band.traces(test_set)
     for a, b in zip(via_raw, direct, strict=True):
         np.testing.assert_array_equal(a.alarm, b.alarm)
@@ -343,8 +345,37 @@ def test_with_params_shares_scores_and_recalibrates(detector, cal_set, test_set)
         detector.with_params(scores=[])
     with pytest.raises(TypeError, match="unknown parameter"):
         detector.with_params(window=3)
-    with pytest.raises(ValueError, match="raw must hold"):
+    with pytest.raises(ValueError, match="raw must hold"), pytest.warns(DeprecationWarning):
         band.traces(test_set[:2], raw=raw)
+
+
+def test_parameters_are_a_frozen_config_kept_apart_from_fitted_state(detector, cal_set):
+    import dataclasses
+
+    from failguard.config import DetectorConfig
+
+    det = make_detector(windows={"rnd": 4}, alpha=np.float32(0.25), combine="or")
+    # stored as given (a windows dict stays a dict of the names given), validated, frozen
+    assert det.config.windows == {"rnd": 4} and det.windows == {"rnd": 4, "ace": 10}
+    assert det.config.alpha == 0.25 and type(det.config.alpha) is float
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        det.config.alpha = 0.1  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        det.alpha = 0.1  # type: ignore[misc]
+    assert det.get_params() == {**det.config.as_dict(), "windows": {"rnd": 4, "ace": 10}}
+    assert DetectorConfig(**det.config.as_dict()) == det.config
+    with pytest.raises(ParameterError, match="'alpha' parameter"):
+        det.config.replace(alpha=2.0)
+    # with_params: a new validated config; the fitted state (scores, calibration) is shared
+    other = detector.with_params(alpha=0.2)
+    assert other.config == detector.config.replace(alpha=0.2)
+    assert other.scores[0] is detector.scores[0] and detector.alpha == 0.1
+    # fitting and calibrating never touch the parameters
+    before = detector.config
+    fresh = make_detector(scores=detector.scores, alpha=0.1)
+    fresh._fitted = True
+    fresh.calibrate(cal_set)
+    assert detector.config is before and fresh.config == detector.config
 
 
 def test_evaluate_far_on_in_distribution_successes(detector, test_set):

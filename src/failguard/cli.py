@@ -558,7 +558,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     det = _load_detector(args.detector)
     if args.alpha is not None:
-        det.alpha = args.alpha
+        det = det.with_params(alpha=args.alpha)  # parameters are frozen: a copy
     det._require_fitted()
     # streamed in process, or on Ray: the same per-rollout results
     results = _gather(args, det, curves=det.calibration_needs_curves, alarms=False)

@@ -12,7 +12,6 @@ The phases are explicit and their order is enforced (as in MAPIE v1):
 from __future__ import annotations
 
 import copy
-import numbers
 import os
 import warnings
 import weakref
@@ -32,9 +31,10 @@ from .calibration.calibrator import (
     require_finite,
     resolve_joint,
 )
-from .calibration.conformal import THRESHOLD_STYLES, conformal_p_values
+from .calibration.conformal import conformal_p_values
+from .config import DetectorConfig
 from .core import kernel
-from .core.spec import MAX_WINDOW, MonitorSpec, compile_spec, inputs_read
+from .core.spec import MonitorSpec, compile_spec, inputs_read
 from .exceptions import (
     CalibrationError,
     NonFiniteScoreError,
@@ -46,9 +46,17 @@ from .scores._base import BaseScore
 from .scores.entropy import ActionChunkEntropy
 from .scores.rnd import RNDScore
 from .types import Rollout, Trace
-from .windows import WINDOW_KINDS, window_scores
+from .windows import window_scores
 
 __all__ = ["FailureDetector"]
+
+
+#: The one way to reuse raw scores across configurations is CachedScore (issue 10).
+RAW_DEPRECATED = (
+    "{where}(raw=...) is deprecated: to reuse raw scores across configurations, wrap the "
+    "fitted scores in failguard.scores.CachedScore (with_params also recalibrates without "
+    "rescoring)."
+)
 
 
 def _param_error(name: str, expected: str, value: Any) -> ParameterError:
@@ -170,67 +178,24 @@ class FailureDetector:
                 f"Scores of a FailureDetector need unique names; got {names}. Pass name=... "
                 "to tell two scores of the same kind apart."
             )
-        if isinstance(windows, Mapping):
-            unknown = set(windows) - set(names)
-            if unknown:
-                raise _param_error("windows", f"a dict keyed by score names {names}", windows)
-            self.windows: dict[str, int] = {n: windows.get(n, 10) for n in names}
-        else:
-            self.windows = dict.fromkeys(names, windows)
-        for n, w in self.windows.items():
-            if (
-                isinstance(w, bool)
-                or not isinstance(w, numbers.Integral)
-                or not 1 <= int(w) <= MAX_WINDOW
-            ):
-                raise _param_error("windows", f"an int in [1, {MAX_WINDOW}] (for {n!r})", w)
-            self.windows[n] = int(w)
-        n_legs = len(names)
-        votes = tuple(f"{k}-of-{n_legs}" for k in range(1, n_legs + 1))
-        checks = (
-            ("window_kind", window_kind, WINDOW_KINDS),
-            ("combine", combine, ("and", "or", *votes)),
-            ("threshold", threshold, THRESHOLD_STYLES),
-            ("guarantee", guarantee, ("marginal", "pac")),
-            ("calibration", calibration, ("auto", "per_indicator", "joint")),
-            ("mode", mode, ("corrected", "reference")),
+        #: The parameters, frozen and validated (:class:`failguard.config.DetectorConfig`).
+        self.config = DetectorConfig(
+            windows=windows,
+            window_kind=window_kind,
+            combine=combine,
+            threshold=threshold,
+            alpha=alpha,
+            guarantee=guarantee,
+            delta=delta,
+            calibration=calibration,
+            split=split,
+            trim=trim,
+            min_support=min_support,
+            mondrian=mondrian,
+            mode=mode,
+            random_state=random_state,
         )
-        for label, choice, allowed in checks:
-            if choice not in allowed:
-                raise _param_error(label, f"one of {allowed}", choice)
-        for label, number in (("alpha", alpha), ("delta", delta), ("split", split)):
-            if (
-                isinstance(number, bool)
-                or not isinstance(number, numbers.Real)
-                or not 0 < number < 1
-            ):
-                raise _param_error(label, "a float in the range (0, 1)", number)
-        if (
-            isinstance(min_support, bool)
-            or not isinstance(min_support, numbers.Integral)
-            or min_support < 1
-        ):
-            raise _param_error("min_support", "an int >= 1", min_support)
-        if isinstance(trim, bool) or not isinstance(trim, numbers.Real) or not 0 <= trim < 1:
-            raise _param_error("trim", "a float in the range [0, 1)", trim)
-        if mode == "reference" and guarantee == "pac":
-            raise ParameterError(
-                "mode='reference' reproduces the reference code, which has no PAC "
-                "calibration; use guarantee='marginal'."
-            )
-        self.window_kind: str = window_kind
-        self.combine: str = combine
-        self.threshold: str = threshold
-        self.alpha: float = float(alpha)
-        self.guarantee: str = guarantee
-        self.delta: float = float(delta)
-        self.calibration: str = calibration
-        self.split: float = float(split)
-        self.trim: float = float(trim)
-        self.min_support: int = int(min_support)
-        self.mondrian: bool = bool(mondrian)
-        self.mode: str = mode
-        self.random_state: int = int(random_state)
+        self._windows = self.config.windows_for(names)
         self._fitted: bool = False
         self._shares_scores: bool = False  # set by with_params: fit must not touch the original's
         self._fit_fingerprints: set[str] = set()
@@ -247,6 +212,65 @@ class FailureDetector:
         #: set by failguard.select: what was compared and why this configuration won
         self.selection_: Any = None
         self._spec_cache: tuple[Any, Any, Any, MonitorSpec] | None = None
+
+    # ------------------------------------------------------------------ parameters
+    # Read-only views of self.config: change them with with_params, which validates again.
+    @property
+    def windows(self) -> dict[str, int]:
+        """Window length per score name (resolved from ``config.windows``)."""
+        return dict(self._windows)
+
+    @property
+    def window_kind(self) -> str:
+        return self.config.window_kind
+
+    @property
+    def combine(self) -> str:
+        return self.config.combine
+
+    @property
+    def threshold(self) -> str:
+        return self.config.threshold
+
+    @property
+    def alpha(self) -> float:
+        return self.config.alpha
+
+    @property
+    def guarantee(self) -> str:
+        return self.config.guarantee
+
+    @property
+    def delta(self) -> float:
+        return self.config.delta
+
+    @property
+    def calibration(self) -> str:
+        return self.config.calibration
+
+    @property
+    def split(self) -> float:
+        return self.config.split
+
+    @property
+    def trim(self) -> float:
+        return self.config.trim
+
+    @property
+    def min_support(self) -> int:
+        return self.config.min_support
+
+    @property
+    def mondrian(self) -> bool:
+        return self.config.mondrian
+
+    @property
+    def mode(self) -> str:
+        return self.config.mode
+
+    @property
+    def random_state(self) -> int:
+        return self.config.random_state
 
     # ------------------------------------------------------------------ properties
     @property
@@ -569,7 +593,7 @@ class FailureDetector:
                 f"with_params got unknown parameter(s) {sorted(unknown)}; "
                 f"known: {sorted(self.get_params())}."
             )
-        other = FailureDetector(scores=self.scores, **{**self.get_params(), **params})
+        other = FailureDetector(scores=self.scores, **{**self.config.as_dict(), **params})
         other._shares_scores = True
         other._fitted = self._fitted
         other._fit_fingerprints = set(self._fit_fingerprints)
@@ -612,8 +636,8 @@ class FailureDetector:
     ) -> dict[str, list[NDArray[np.float64]]]:
         """Raw per-step scores of many rollouts, by indicator name (batched networks).
 
-        Pass the result to :meth:`traces` (``raw=``) to evaluate several configurations made
-        with :meth:`with_params` without rescoring.
+        To evaluate several configurations without rescoring, wrap the fitted scores in
+        :class:`~failguard.scores.CachedScore` instead.
         """
         self._require_fitted()
         from tqdm.auto import tqdm
@@ -726,11 +750,26 @@ class FailureDetector:
         rollouts : sequence of Rollout
         progress : bool, default=False
         raw : mapping, optional
-            Raw scores from :meth:`raw_scores_many` on the same rollouts (by this detector or
-            one that shares its scores through :meth:`with_params`); skips rescoring.
+            Deprecated: wrap the fitted scores in :class:`~failguard.scores.CachedScore` to
+            reuse raw scores across configurations (the one way to do so).
         nonfinite : {"raise", "alarm"}, default="raise"
             See :meth:`score`.
         """
+        if raw is not None:
+            warnings.warn(
+                RAW_DEPRECATED.format(where="FailureDetector.traces"),
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        return self._traces(rollouts, raw, progress, nonfinite)
+
+    def _traces(
+        self,
+        rollouts: Sequence[Rollout],
+        raw: Mapping[str, Sequence[NDArray[np.float64]]] | None,
+        progress: bool = False,
+        nonfinite: str = "raise",
+    ) -> list[Trace]:
         self._require_calibrated()
         _check_nonfinite(nonfinite)
         rollouts = list(rollouts)
@@ -820,23 +859,9 @@ class FailureDetector:
 
     # ------------------------------------------------------------------ persistence
     def get_params(self) -> dict[str, Any]:
-        """Constructor parameters other than ``scores`` (JSON-serialisable)."""
-        return {
-            "windows": dict(self.windows),
-            "window_kind": self.window_kind,
-            "combine": self.combine,
-            "threshold": self.threshold,
-            "alpha": self.alpha,
-            "guarantee": self.guarantee,
-            "delta": self.delta,
-            "calibration": self.calibration,
-            "split": self.split,
-            "trim": self.trim,
-            "min_support": self.min_support,
-            "mondrian": self.mondrian,
-            "mode": self.mode,
-            "random_state": self.random_state,
-        }
+        """Constructor parameters other than ``scores`` (JSON-serialisable; ``windows``
+        resolved per score name). ``config`` holds them as given."""
+        return {**self.config.as_dict(), "windows": self.windows}
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into directory ``path``.

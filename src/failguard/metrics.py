@@ -408,7 +408,8 @@ def evaluate(
         ``"auto"``: the detector's calibration groups (saved with it), else ``"id"``, else
         the successes' only group; it raises when it cannot tell (:func:`resolve_id_groups`).
     raw : mapping, optional
-        Raw scores of ``rollouts`` from :meth:`FailureDetector.raw_scores_many`.
+        Deprecated: wrap the fitted scores in :class:`~failguard.scores.CachedScore` to
+        reuse raw scores across configurations.
     horizon : int, optional
         Step from which alarms are dropped for ``report.no_clock``; default the detector's
         ``longest_calibration_`` (the longest calibration success). Streamed rollouts (an
@@ -427,6 +428,10 @@ def evaluate(
     >>> report.horizon == det.longest_calibration_, "twa" in report.no_clock
     (True, True)
     """
+    if raw is not None:
+        from .detector import RAW_DEPRECATED
+
+        warnings.warn(RAW_DEPRECATED.format(where="evaluate"), DeprecationWarning, stacklevel=2)
     if not isinstance(rollouts, Sequence):
         # An iterator (fg.iter_rollouts): stream it, one rollout in memory.
         from .streaming import iter_results
@@ -462,7 +467,7 @@ def evaluate(
     _warn_seen(detector.seen(rollouts), len(rollouts))
     if raw is None:
         raw = detector.raw_scores_many(rollouts, progress)
-    traces = detector.traces(rollouts, raw=raw)
+    traces = detector._traces(rollouts, raw)
     t_max = t_max or max(len(r) for r in rollouts)
     groups = resolve_id_groups(id_groups, traces, detector.calibration_groups_)
     report = EvaluationReport(
@@ -480,7 +485,7 @@ def evaluate(
         report.no_clock = metrics_from_traces(clockless, t_max, groups)
         report.no_clock_per_group = _per_group(clockless, t_max)
     if alphas:
-        report.sweep = alpha_sweep(detector, rollouts, alphas, t_max, groups, raw)
+        report.sweep = _sweep(detector, rollouts, alphas, t_max, groups, raw)
     return report
 
 
@@ -507,8 +512,23 @@ def alpha_sweep(
 
     Raw scores are computed once; only thresholds change. Each row also holds the metrics
     within each group under ``"by_group"``. An α that the calibration set cannot support
-    gives ``{"alpha": a, "error": message}``.
+    gives ``{"alpha": a, "error": message}``. ``raw`` is deprecated (see :func:`evaluate`).
     """
+    if raw is not None:
+        from .detector import RAW_DEPRECATED
+
+        warnings.warn(RAW_DEPRECATED.format(where="alpha_sweep"), DeprecationWarning, stacklevel=2)
+    return _sweep(detector, rollouts, alphas, t_max, id_groups, raw)
+
+
+def _sweep(
+    detector: FailureDetector,
+    rollouts: Sequence[Rollout],
+    alphas: Sequence[float],
+    t_max: int | None,
+    id_groups: Sequence[str | None] | str | None,
+    raw: Mapping[str, Sequence[NDArray[np.float64]]] | None,
+) -> list[dict[str, Any]]:
     from .exceptions import CalibrationError
 
     rollouts = list(rollouts)
@@ -522,7 +542,7 @@ def alpha_sweep(
         except CalibrationError as err:
             out.append({"alpha": a, "error": str(err)})
             continue
-        traces = other.traces(rollouts, raw=raw)
+        traces = other._traces(rollouts, raw)
         groups = resolve_id_groups(id_groups, traces, detector.calibration_groups_)
         out.append(
             {
