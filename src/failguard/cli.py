@@ -581,7 +581,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not args.alphas:  # streamed in process, or on Ray: the same per-rollout results
         from .metrics import evaluate_results
 
-        det._require_calibrated()
+        det.spec()  # raises NotFittedError unless calibrated
         results = _gather(args, det)
         _require_labels(results, args.logs, "evaluate")
         _refuse_seen(det, results, args.logs, args.allow_seen)
@@ -730,7 +730,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     from .health import health_from_results
 
     det = _load_detector(args.detector)
-    det._require_calibrated()
+    det.spec()  # raises NotFittedError unless calibrated
     results = _gather(args, det)
     ok = _successes(results, args.logs, "the health check")
     if len(ok) < len(results):

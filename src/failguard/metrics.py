@@ -441,7 +441,7 @@ def evaluate(
                 "evaluate: alphas= and raw= need the rollouts' raw scores; pass a list of "
                 "rollouts, not an iterator, to use them."
             )
-        detector._require_calibrated()
+        detector.spec()  # raises NotFittedError unless calibrated
         if isinstance(id_groups, str) and id_groups == "auto" and detector.calibration_groups_:
             id_groups = detector.calibration_groups_
         known = detector._fit_fingerprints | detector._calibration_fingerprints

@@ -397,7 +397,7 @@ def evaluate(
     **kwargs: Any,
 ) -> EvaluationReport:
     """:func:`failguard.evaluate` of a calibrated detector on ``source`` (or on a run's results)."""
-    detector._require_calibrated()
+    detector.spec()  # raises NotFittedError unless calibrated
     results = _results_of(detector, source, kwargs)
     if id_groups == "auto" and detector.calibration_groups_:
         id_groups = detector.calibration_groups_
@@ -412,7 +412,7 @@ def check_health(
     **kwargs: Any,
 ) -> HealthReport:
     """:func:`failguard.health.check_calibration` on the new successes of ``source``."""
-    detector._require_calibrated()
+    detector.spec()  # raises NotFittedError unless calibrated
     results = _results_of(detector, source, kwargs)
     return health_from_results(detector, results, confidence, min_rollouts)
 
