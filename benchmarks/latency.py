@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import inspect
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -66,6 +68,36 @@ def timed(fn: Callable[[], Any], repeats: int, warmup: int = 50) -> dict[str, fl
         "p99_us": float(np.percentile(us, 99)),
         "mean_us": float(us.mean()),
         "repeats": repeats,
+    }
+
+
+def interleaved(
+    fns: dict[str, Callable[[], Any]], repeats: int, blocks: int = 10
+) -> dict[str, Any]:
+    """Time several callables in alternating blocks; p50 = median of the block medians."""
+    per = max(10, repeats // blocks)
+    for f in fns.values():
+        for _ in range(min(50, per)):
+            f()
+    meds: dict[str, list[float]] = {k: [] for k in fns}
+    alls: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(blocks):
+        for k, f in fns.items():
+            ts = np.empty(per)
+            for i in range(per):
+                t0 = time.perf_counter()
+                f()
+                ts[i] = time.perf_counter() - t0
+            meds[k].append(float(np.median(ts)) * 1e6)
+            alls[k].extend((ts * 1e6).tolist())
+    return {
+        k: {
+            "p50_us": float(np.median(meds[k])),
+            "p99_us": float(np.percentile(alls[k], 99)),
+            "mean_us": float(np.mean(alls[k])),
+            "repeats": per * blocks,
+        }
+        for k in fns
     }
 
 
@@ -147,14 +179,22 @@ def bench_detector(kind: str, repeats: int, tmp: Path) -> dict[str, Any]:
         out["rnd_parameters"] = det.scores[0].n_parameters  # type: ignore[attr-defined]
 
     sess = session(path, 1)
-    feed1 = feed_for(det, test, 1, t_mid)
-    # the outputs OnnxMonitor fetches each step (the per-step floats come packed in "report")
-    fetch = ["report", "alarm", "overflow", *(f"new_state_{n}" for n in det.names)]
-    out["ort_session_run_n1"] = timed(lambda: sess.run(fetch, feed1), repeats)
-
+    feed1 = feed_for(det, [r], 1, t_mid)
     mon = OnnxMonitor(path, intra_op_threads=1)
+    # the outputs OnnxMonitor fetches each step (the per-step floats come packed in "report")
+    fetch = list(getattr(mon, "_fetch", ["report", "alarm", "overflow"]))
     args = {"embedding": r.embeddings[t_mid], "action_samples": r.action_samples[t_mid]}
-    out["ort_monitor_step_n1"] = timed(lambda: mon.step(**args), repeats)
+    # side by side, alternating blocks (the machine may be shared): medians of block medians
+    pair = interleaved(
+        {"bare": lambda: sess.run(fetch, feed1), "step": lambda: mon.step(**args)}, repeats
+    )
+    out["ort_session_run_n1"] = pair["bare"]
+    out["ort_monitor_step_n1"] = pair["step"]
+    out["step_over_bare"] = pair["step"]["p50_us"] / pair["bare"]["p50_us"]
+    if kind != "default" and "weights" in inspect.signature(export_onnx).parameters:
+        for w in ("fp16", "int8"):
+            low = OnnxMonitor(export_onnx(det, tmp / f"{kind}_{w}.onnx", weights=w))
+            out[f"ort_monitor_step_n1_{w}"] = timed(lambda m=low: m.step(**args), repeats, 5)
 
     torch_mon = det.monitor()
     torch_reps = max(50, repeats // 10) if kind != "default" else repeats
@@ -199,10 +239,14 @@ def bench_ace(b: int, repeats: int, tmp: Path) -> dict[str, Any]:
     sess = session(path, 1)
     feed = feed_for(det, [r], 1, 5)
     inputs = {"action_samples": r.action_samples[5:6]}
+    pair = interleaved(
+        {"ort": lambda: sess.run(None, feed), "numpy": lambda: ace.score_steps(inputs)}, repeats
+    )
     return {
         "size": {"B": b, "H": h, "D": d},
-        "ort_session_run_n1": timed(lambda: sess.run(None, feed), repeats),
-        "numpy_score_steps_n1": timed(lambda: ace.score_steps(inputs), repeats),
+        "ort_session_run_n1": pair["ort"],
+        "numpy_score_steps_n1": pair["numpy"],
+        "ort_over_numpy": pair["ort"]["p50_us"] / pair["numpy"]["p50_us"],
     }
 
 
@@ -306,7 +350,7 @@ def table(res: dict[str, Any]) -> str:
         "| ACE alone | ORT graph p50 / p99 (µs) | numpy ACE p50 / p99 (µs) |",
         "|---|---|---|",
     ]
-    for key in ("ace_b32", "ace_b256"):
+    for key in sorted((k for k in res if k.startswith("ace_b")), key=lambda k: int(k[5:])):
         if key in res:
             a = res[key]
             s = a["size"]
@@ -412,6 +456,86 @@ def write_section(res: dict[str, Any], command: str) -> None:
     DOC.write_text(text)
 
 
+ACE_BS = (8, 16, 32, 64, 128, 256)
+
+
+def goal_ratios(res: dict[str, Any]) -> dict[str, float]:
+    """Every goal of issue 14 as a ratio measured in this run (lower is better)."""
+    d = res["default"]
+    out = {
+        "OnnxMonitor.step / bare graph (goal <= 1.2)": d["ort_monitor_step_n1"]["p50_us"]
+        / d["ort_session_run_n1"]["p50_us"],
+        "default step / policy forward (goal <= 0.01)": d["ort_monitor_step_n1"]["p50_us"]
+        / d["policy_forward"]["p50_us"],
+        "OnnxMonitor.step / torch Monitor.step (goal <= 1/8 = 0.125)": d["ort_monitor_step_n1"][
+            "p50_us"
+        ]
+        / d["torch_monitor_step_n1"]["p50_us"],
+    }
+    if "paper" in res:
+        p = res["paper"]
+        for w in ("", "_fp16", "_int8"):
+            key = f"ort_monitor_step_n1{w}"
+            if key in p:
+                label = w[1:] or "fp32"
+                out[f"paper {label} step / paper policy forward (goal <= 0.10)"] = (
+                    p[key]["p50_us"] / p["policy_forward"]["p50_us"]
+                )
+    for b in ACE_BS:
+        if f"ace_b{b}" in res:
+            out[f"ACE ORT / numpy, B={b} (goal <= 1)"] = res[f"ace_b{b}"]["ort_over_numpy"]
+    return out
+
+
+def compare_table(runs: dict[str, list[dict[str, float]]]) -> str:
+    """Median of each goal ratio over repeated runs, one column per package."""
+    labels = list(runs)
+    goals = [g for g in runs[labels[-1]][0] if all(g in r[0] for r in runs.values())]
+    goals += [g for g in runs[labels[-1]][0] if g not in goals]
+    lines = ["| goal | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    for g in goals:
+        cells = []
+        for lab in labels:
+            vals = [r[g] for r in runs[lab] if g in r]
+            cells.append(f"{np.median(vals):.3g}" if vals else "—")
+        lines.append(f"| {g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_compare(args: argparse.Namespace) -> dict[str, Any]:
+    """This script over two packages (``--baseline`` and this checkout's ``src``), in
+    alternating subprocesses, ``--rounds`` times each: the before/after table in one run."""
+    script = Path(__file__).resolve()
+    packages = {"baseline": args.baseline.resolve(), "this checkout": ROOT / "src"}
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in packages}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.rounds):
+            for label, src in packages.items():
+                out = Path(tmp) / f"{i}_{label.replace(' ', '_')}.json"
+                cmd = [
+                    sys.executable,
+                    str(script),
+                    "--out",
+                    str(out),
+                    "--repeats",
+                    str(args.repeats),
+                ]
+                if args.quick:
+                    cmd.append("--quick")
+                if args.no_paper:
+                    cmd.append("--no-paper")
+                env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
+                subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+                runs[label].append(goal_ratios(json.loads(out.read_text())))
+                print(f"round {i + 1}/{args.rounds}: {label} done", file=sys.stderr)
+    table_md = compare_table(runs)
+    print(table_md)
+    result = {"packages": {k: str(v) for k, v in packages.items()}, "runs": runs}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="few repetitions, no paper size")
@@ -423,7 +547,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--markdown-only", action="store_true", help="rewrite the docs from the saved JSON"
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="a failguard 'src' folder (e.g. of a git worktree at the baseline commit): time "
+        "it and this checkout in alternating runs and print the goal ratios side by side",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="runs per package (--baseline)")
     args = parser.parse_args(argv)
+    if args.baseline is not None:
+        if args.out == RESULTS:
+            args.out = RESULTS.parent / "latency_compare.json"
+        return run_compare(args)
     if args.markdown_only:
         saved = json.loads(args.out.read_text())
         write_section(saved, "python -m benchmarks.latency --markdown")
@@ -437,14 +573,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         res["default"] = bench_detector("default", repeats, Path(tmp))
         print(json.dumps(res["default"]["ratios"]), file=sys.stderr)
-        res["ace_b32"] = bench_ace(32, repeats, Path(tmp))
-        res["ace_b256"] = bench_ace(256, repeats, Path(tmp))
+        for b in (32, 256) if args.quick else ACE_BS:
+            res[f"ace_b{b}"] = bench_ace(b, repeats, Path(tmp))
         if not (args.quick or args.no_paper):
             res["paper"] = bench_detector("paper", max(300, repeats // 5), Path(tmp))
         if args.cuda and torch.cuda.is_available():
             res["cuda"] = bench_cuda(max(200, repeats // 5))
             print(json.dumps(res["cuda"], indent=1), file=sys.stderr)
     print(table(res))
+    res["goal_ratios"] = goal_ratios(res)
+    print("\n".join(f"{k}: {v:.3g}" for k, v in res["goal_ratios"].items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2))
     if args.markdown:

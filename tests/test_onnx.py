@@ -660,3 +660,46 @@ def test_thin_step_keeps_state_separate_from_inputs(exported, test_set):
         v = mon.step(embedding=e_buf, action_samples=a_buf)
         w = ref.step(embedding=r.embeddings[t].copy(), action_samples=r.action_samples[t].copy())
         assert v == w
+
+
+# ---------------------------------------------------------------------- reduced precision
+@pytest.mark.parametrize(("weights", "rel"), [("fp16", 2e-2), ("int8", 1e-1)])
+def test_reduced_precision_weights(detector, exported, test_set, tmp_path, weights, rel):
+    """fp16 / int8 dense weights: a smaller, verified file; only the RND score moves, a little."""
+    path = export_onnx(detector, tmp_path / f"{weights}.onnx", weights=weights)
+    assert path.stat().st_size < 0.6 * exported.stat().st_size
+    low, ref = OnnxMonitor(path), OnnxMonitor(exported)  # the checksum is verified on load
+    assert low.metadata["weights"] == weights and "weights" not in ref.metadata
+    model = onnx.load(str(path))
+    kinds = {n.op_type for n in model.graph.node}
+    assert ("DynamicQuantizeLinear" in kinds or "MatMulInteger" in kinds) == (weights == "int8")
+    n_robots = len(test_set)
+    low.reset_batch(n_robots)
+    ref.reset_batch(n_robots)
+    worst = 0.0
+    for t in range(10):
+        args = {
+            FIELDS[f]: np.stack([getattr(r, f)[t] for r in test_set]) for f in detector.requires
+        }
+        a, b = low.step_batch(**args), ref.step_batch(**args)
+        np.testing.assert_array_equal(a.scores["ace"], b.scores["ace"])
+        change = np.abs(a.scores["rnd"] - b.scores["rnd"]) / np.abs(b.scores["rnd"])
+        worst = max(worst, float(change.max()))
+    assert 0 < worst < rel
+    # a flipped byte in the (smaller) file is still caught
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    bad = tmp_path / "flipped.onnx"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(ArtifactError):
+        OnnxMonitor(bad)
+
+
+def test_reduced_precision_bad_option(detector, tmp_path):
+    with pytest.raises(ExportError, match="'weights'"):
+        export_onnx(detector, tmp_path / "x.onnx", weights="int4")
+    ace_only = FailureDetector([ActionChunkEntropy()], alpha=0.3)
+    ace_only.fit(make_rollouts(2, seed=0, length=20), progress=False)
+    ace_only.calibrate(make_rollouts(8, seed=1, length=20))
+    with pytest.raises(ExportError, match="no dense layer"):
+        export_onnx(ace_only, tmp_path / "y.onnx", weights="int8")

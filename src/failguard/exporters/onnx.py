@@ -261,7 +261,9 @@ def build_model(detector: FailureDetector) -> onnx.ModelProto:
     return model
 
 
-def export_onnx(detector: FailureDetector, path: str | os.PathLike[str]) -> Path:
+def export_onnx(
+    detector: FailureDetector, path: str | os.PathLike[str], weights: str = "fp32"
+) -> Path:
     """Write the whole monitor step of a calibrated detector to ONE ``.onnx`` file.
 
     The file holds every weight and table (no external data) and its metadata holds the
@@ -273,6 +275,12 @@ def export_onnx(detector: FailureDetector, path: str | os.PathLike[str]) -> Path
         Fitted and calibrated; every score must be exportable (RND, ACE, discrete entropy).
     path : str or path-like
         Destination file, conventionally ``monitor.onnx``. Written atomically.
+    weights : {"fp32", "fp16", "int8"}, default="fp32"
+        Precision of the dense layers (RND's networks): ``"fp16"`` stores them as float16
+        (half the file, the same speed on CPU), ``"int8"`` quantises them with onnxruntime's
+        dynamic quantisation (a quarter of the weight memory: the paper-size RND runs several
+        times faster). Both move the RND score slightly; docs/BENCHMARKS.md measures how often
+        an alarm changes. Recorded in the metadata as ``weights``.
 
     Returns
     -------
@@ -299,7 +307,10 @@ def export_onnx(detector: FailureDetector, path: str | os.PathLike[str]) -> Path
     """
     from ..logs import _atomic_write_bytes
 
-    model = build_model(detector)
+    from ._precision import check_weights, reduce_precision
+
+    check_weights(weights)
+    model = reduce_precision(build_model(detector), weights)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write_bytes(out, serialize_with_checksum(model))
