@@ -107,7 +107,9 @@ def _gemm_to_matmul(model: onnx.ModelProto) -> list[str]:
         weight = numpy_helper.from_array(w.astype(np.float32), f"{node.name}_weight")
         model.graph.initializer.append(weight)
         product = f"{node.name}_product"
-        steps = [helper.make_node("MatMul", [node.input[0], weight.name], [product], name=node.name)]
+        steps = [
+            helper.make_node("MatMul", [node.input[0], weight.name], [product], name=node.name)
+        ]
         if len(node.input) > 2 and node.input[2]:
             steps.append(helper.make_node("Add", [product, node.input[2]], list(node.output)))
         else:

@@ -306,7 +306,6 @@ def export_onnx(
     'monitor.onnx'
     """
     from ..logs import _atomic_write_bytes
-
     from ._precision import check_weights, reduce_precision
 
     check_weights(weights)
