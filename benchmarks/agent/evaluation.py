@@ -27,18 +27,12 @@ from numpy.typing import NDArray
 
 from failguard import (
     CalibrationError,
-    Deviation,
-    DiscreteActionEntropy,
     FailureDetector,
-    Movement,
-    ProgressScore,
-    RNDScore,
     Rollout,
-    SlowingDown,
     evaluate,
 )
 from failguard import select as fg_select
-from failguard.scores import BaseScore, CachedScore, logits_entropy
+from failguard.scores import BaseScore, CachedScore, logits_entropy, make_score
 
 from .._protocol import validation_key, vote_rule
 
@@ -269,20 +263,17 @@ def make_scores(
     ``progress_epochs``: epochs of the progress networks (the fit set has ~50 k steps, so 20
     epochs are ~4 k gradient steps, as many as the robot benchmark's 150 epochs on ~1 k).
     """
+    progress = {"seed": seed, "epochs": progress_epochs}
     return {
-        "rnd": RNDScore(seed=seed, **dict(rnd_kwargs or {})),
-        "entropy": DiscreteActionEntropy(source="logits"),
-        "entropy_samples": DiscreteActionEntropy(source="samples"),
-        "certainty": ActionCertainty(),
-        "progress": ProgressScore(seed=seed, epochs=progress_epochs, name="progress"),
-        "shortfall": ProgressScore(
-            mode="shortfall", seed=seed, epochs=progress_epochs, name="shortfall"
-        ),
-        "stagnation": Deviation(Movement(), side="low", name="stagnation"),
-        "ews": Deviation(SlowingDown(), side="both", name="ews"),
-        "entropy_low": Deviation(
-            DiscreteActionEntropy(source="logits"), side="low", name="entropy_low"
-        ),
+        "rnd": make_score("rnd", seed=seed, **dict(rnd_kwargs or {})),
+        "entropy": make_score("entropy"),
+        "entropy_samples": make_score("entropy_samples"),
+        "certainty": ActionCertainty(),  # post hoc, this benchmark's own score
+        "progress": make_score("progress", **progress),
+        "shortfall": make_score("shortfall", **progress),
+        "stagnation": make_score("stagnation"),
+        "ews": make_score("ews"),
+        "entropy_low": make_score("entropy_low"),
     }
 
 

@@ -28,26 +28,16 @@ import torch
 from tqdm import tqdm
 
 from failguard import (
-    ActionChunkEntropy,
     CalibrationError,
-    ChunkConsistency,
-    Deviation,
     FailureDetector,
-    Movement,
-    ProgressScore,
-    RNDScore,
     Rollout,
-    SlowingDown,
     evaluate,
 )
 from failguard import select as fg_select
 from failguard.scores import (
     BaseScore,
     CachedScore,
-    LogpZOScore,
-    PCAKMeansScore,
-    RNDActionScore,
-    STACScore,
+    make_score,
 )
 
 from .._protocol import validation_key, vote_rule
@@ -112,21 +102,19 @@ BASELINES = ("rnd_oe", "ace", "stac", "pca_kmeans", "logpzo", "rnd_a")
 
 def make_scores(names: Sequence[str], seed: int, exec_horizon: int) -> dict[str, BaseScore]:
     """Unfitted scores by name, seeded with the split seed."""
-    factories = {
-        "rnd": lambda: RNDScore(seed=seed),
+    params: dict[str, dict[str, Any]] = {
+        "rnd": {"seed": seed},
         # end-effector xyz deltas integrated along the chunk (the reference's choice)
-        "ace": lambda: ActionChunkEntropy(dims=[0, 1, 2], integrate_dt=1.0),
-        "stac": lambda: STACScore(exec_horizon=exec_horizon),
-        "pca_kmeans": lambda: PCAKMeansScore(seed=seed),
-        "logpzo": lambda: LogpZOScore(seed=seed),
-        "rnd_a": lambda: RNDActionScore(seed=seed),
-        "progress": lambda: ProgressScore(seed=seed, name="progress"),
-        "shortfall": lambda: ProgressScore(mode="shortfall", seed=seed, name="shortfall"),
-        "stagnation": lambda: Deviation(Movement(), side="low", name="stagnation"),
-        "ews": lambda: Deviation(SlowingDown(), side="both", name="ews"),
-        "consistency": lambda: ChunkConsistency(exec_horizon=exec_horizon, name="consistency"),
+        "ace": {"dims": [0, 1, 2], "integrate_dt": 1.0},
+        "stac": {"exec_horizon": exec_horizon},
+        "pca_kmeans": {"seed": seed},
+        "logpzo": {"seed": seed},
+        "rnd_a": {"seed": seed},
+        "progress": {"seed": seed},
+        "shortfall": {"seed": seed},
+        "consistency": {"exec_horizon": exec_horizon},
     }
-    return {n: factories[n]() for n in names}
+    return {n: make_score(n, **params.get(n, {})) for n in names}
 
 
 def split_rollouts(
