@@ -205,13 +205,8 @@ def _check_calibration(res: CalibrationResult, names: Sequence[str], where: str)
 
 
 def save_detector(det: FailureDetector, path: str | os.PathLike[str]) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` into directory ``path``.
-
-    No pickle: the config is JSON, the arrays safetensors. Both are fully serialised
-    before either file is written, and each is written to a temporary name and renamed
-    into place. A fitted detector that is not calibrated yet can be saved too (fit on one
-    machine, calibrate later); loading it gives a fitted, uncalibrated detector.
-    """
+    """The body of :meth:`FailureDetector.save` (documented there): both files are
+    serialised in full, then each is written to a temporary name and renamed into place."""
     from safetensors.numpy import save as st_save
 
     from .logs import _atomic_write_bytes
@@ -276,28 +271,8 @@ def save_detector(det: FailureDetector, path: str | os.PathLike[str]) -> Path:
 def load_detector(
     cls: type[FailureDetector], path: str | os.PathLike[str], verify: bool = True
 ) -> FailureDetector:
-    """Load a detector written by :meth:`FailureDetector.save`, verifying it first.
-
-    Before anything is built: ``config.json`` is checked against a strict schema (every
-    key, type and range, with caps on sizes), and the SHA-256 stored in it is checked
-    against the weights and the config. Then every threshold must be finite and
-    positive and agree with the stored calibration levels, and every tensor must match
-    the shape its score's config declares.
-
-    Parameters
-    ----------
-    path : str or path-like
-        The directory given to :meth:`FailureDetector.save`.
-    verify : bool, default=True
-        Check the SHA-256 (``False`` skips hashing the weights; the other checks stay).
-        Detectors saved before failguard stored checksums load with a warning.
-
-    Raises
-    ------
-    ArtifactError
-        If a file is missing, corrupt or edited, or the schema version is not this
-        failguard's.
-    """
+    """The body of :meth:`FailureDetector.load` (documented there): schema, checksum,
+    thresholds and shapes are verified before the detector is returned."""
     from safetensors import SafetensorError
     from safetensors.numpy import load as st_load
 
