@@ -29,8 +29,8 @@ def test_agent_benchmark_tiny(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["monitor_replay_matches"]
-    assert set(results["alpha"]) == {"0.05", "0.1"}
-    fiper = results["alpha"]["0.05"]["FIPER (RND AND entropy)"]
+    assert set(results["alpha"]) == {"0.1"}
+    fiper = results["alpha"]["0.1"]["FIPER (RND AND entropy)"]
     for metric in ("far_id", "tpr", "balanced_accuracy", "twa", "detection_time"):
         value = fiper["test"][metric]["mean"]
         assert value is not None and 0.0 <= value <= 1.0, (metric, value)
@@ -56,3 +56,12 @@ def test_agent_benchmark_tiny(tmp_path: Path) -> None:
     assert r.action_logits is not None and r.action_logits.shape[1] == 4
     assert r.action_ids is not None and r.action_ids.shape[1] == 32
     assert r.embeddings.shape[1] == 64
+    assert r.states is not None and r.states.shape == (len(r), 2)  # the lander's (x, y)
+    # every detector's windows were chosen by fg.select on validation
+    per_det = json.loads((out / "seed0" / "eval.json").read_text())["alpha"]["0.1"]
+    assert (
+        "state_stagnation"
+        in per_det["stagnation of the position (Rollout.states) alone"]["windows"]
+    )
+    assert all("validation" in d.get("selection", "validation") for d in per_det.values())
+    assert "2-fold cross-fitted" in per_det["FIPER (RND AND entropy)"]["selection"]

@@ -227,3 +227,22 @@ def test_new_scores_keep_the_false_alarm_guarantee(fit_set, label, make, combine
     assert far <= alpha + 3 * se, f"{label}: FAR {far:.3f} > {alpha} + 3 SE"
     if combine == "and":  # calibrated on exactly this statistic: not vacuous
         assert far > alpha / 3, f"{label}: FAR {far:.3f}"
+
+
+@pytest.mark.onnx
+def test_progress_with_history_exports_and_matches(fit_set, cal_set, test_set, tmp_path):
+    """ProgressScore(history>0) keeps its past embeddings as per-robot ONNX state."""
+    from failguard.exporters import export_onnx
+    from failguard.runtime import OnnxMonitor
+    from test_onnx import assert_batch_parity, assert_stream_parity
+
+    scores = [
+        ProgressScore(history=1, epochs=3, name="p_h1"),
+        ProgressScore(mode="shortfall", lag=3, history=3, epochs=3, name="s_h3"),
+    ]
+    det = FailureDetector(scores=scores, windows=3, combine="or", alpha=0.2)
+    det.fit(fit_set, progress=False).calibrate(cal_set)
+    mon = OnnxMonitor(export_onnx(det, tmp_path / "p.onnx"))
+    assert len(mon.metadata["score_states"]) == 3  # 1 + (3 embeddings, 3 predictions)
+    assert assert_stream_parity(det, mon, test_set[::4])["steps"] > 60
+    assert_batch_parity(det, mon, test_set)

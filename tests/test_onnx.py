@@ -306,15 +306,6 @@ def test_graphs_without_score_state_still_load(exported, test_set):
         assert a.step(**args).ratios == b.step(**args).ratios
 
 
-def test_scores_with_history_features_are_not_exported(fit_set, cal_set, tmp_path):
-    from failguard import ProgressScore
-
-    score = ProgressScore(history=2, epochs=1)
-    det = FailureDetector([score], alpha=0.2).fit(fit_set, progress=False).calibrate(cal_set)
-    with pytest.raises(ExportError, match="ProgressScore"):
-        export_onnx(det, tmp_path / "x.onnx")
-
-
 def test_mondrian_parity(fit_set, tmp_path):
     cal = _rollouts(11, 30, 30, 0)
     test = _rollouts(21, 4, 4, 6)

@@ -7,9 +7,10 @@ Protocol (the same as the robot benchmark's), for each seed:
    OOD group half to validation, half to test. Fit and calibration hold successes only.
 2. Scores are fitted once on the fit split and then frozen.
 3. For each detector and each α, the window sizes and the threshold style (constant,
-   per-step or functional band) are chosen on the validation split (highest TWA; ties
-   broken by balanced accuracy, then by the simpler style and smaller windows). Nothing is
-   tuned on test.
+   per-step or functional band) are chosen by the library's :func:`failguard.select` on the
+   validation split alone (TWA with 2-fold cross-fitted thresholds on the validation
+   successes; ties broken by balanced accuracy, then by fewer legs and smaller windows).
+   Nothing is tuned on calibration or test.
 4. The chosen detector is calibrated on the calibration split at α and evaluated once on
    the test split: realised false-alarm rate on the held-out ID successes, TPR, TNR,
    balanced accuracy, TWA, detection time and ROC-AUC, overall and per group.
@@ -27,14 +28,16 @@ from numpy.typing import NDArray
 
 from failguard import (
     CalibrationError,
+    Deviation,
     FailureDetector,
+    Movement,
     Rollout,
     evaluate,
 )
 from failguard import select as fg_select
 from failguard.scores import BaseScore, CachedScore, logits_entropy, make_score
 
-from .._protocol import validation_key, vote_rule
+from .._protocol import vote_rule
 
 __all__ = [
     "DETECTORS",
@@ -66,6 +69,7 @@ NEW_SCORES: dict[str, str] = {
     "stagnation": "stagnation (low movement)",
     "ews": "early warning (autocorrelation)",
     "entropy_low": "entropy collapse (two-sided, low side)",
+    "state_stagnation": "stagnation of the position (Rollout.states)",
 }
 
 FIPER = "FIPER (RND AND entropy)"
@@ -274,6 +278,10 @@ def make_scores(
         "stagnation": make_score("stagnation"),
         "ews": make_score("ews"),
         "entropy_low": make_score("entropy_low"),
+        # the lander's (x, y) position, recorded as Rollout.states
+        "state_stagnation": Deviation(
+            Movement(source="states"), side="low", name="state_stagnation"
+        ),
     }
 
 
@@ -326,6 +334,8 @@ def evaluate_seed(
     split = split_rollouts(rollouts, n_fit, n_cal, seed)
     t_max = max(len(r) for r in rollouts)
     base = make_scores(seed, rnd_kwargs, progress_epochs)
+    if split.fit[0].states is None:  # rollouts recorded before the benchmark kept positions
+        del base["state_stagnation"]
     for s in base.values():
         s.fit(split.fit, progress=progress)
     cached = {k: CachedScore(v) for k, v in base.items()}
@@ -340,9 +350,14 @@ def evaluate_seed(
             continue
         spec = DETECTORS[name]
         names = spec.scores
+        if any(n not in cached for n in names):
+            continue
         fixed: dict[str, int] = {}
         if spec.base is not None:
-            fixed = dict(result["alpha"][str(alpha)][spec.base]["windows"])
+            base_entry = result["alpha"].get(str(alpha), {}).get(spec.base, {})
+            if "windows" not in base_entry:
+                continue  # its base could not be calibrated at this alpha
+            fixed = dict(base_entry["windows"])
         grids = [[fixed[n]] if n in fixed else list(window_grid) for n in names]
         candidates = [
             (style, wins, k)
@@ -350,30 +365,34 @@ def evaluate_seed(
             for wins in itertools.product(*grids)
             for k in (spec.ks or (None,))
         ]
-        best: tuple[tuple[float, float], str, tuple[int, ...], int | None, dict[str, Any]] | None
-        best = None
-        for style, wins, k in candidates:
-            det = _detector(cached, names, wins, style, alpha, seed, k)
-            try:
-                det.fit(split.fit, progress=False).calibrate(split.calibration)
-            except CalibrationError:  # too few calibration rollouts for this style and alpha
-                continue
-            val = _summarise(evaluate(det, split.validation, t_max=t_max))
-            key = validation_key(val)
-            # strictly better only: ties keep the earlier candidate (simpler style, smaller windows)
-            if best is None or key > best[0]:
-                best = (key, style, wins, k, val)
-        if best is None:
-            raise CalibrationError(f"No threshold style could be calibrated at alpha={alpha}.")
-        _, style, wins, k, val = best
-        det = _detector(cached, names, wins, style, alpha, seed, k)
-        det.fit(split.fit, progress=False).calibrate(split.calibration)
+        # the library's validated selection (fg.select) over this detector's grid: each
+        # candidate is compared on validation only (2-fold cross-fitted thresholds), the
+        # winner is calibrated on the calibration split
+        templates = [
+            _detector(cached, names, wins, style, alpha, seed, k) for style, wins, k in candidates
+        ]
+        try:
+            det = fg_select(
+                split.fit,
+                split.calibration,
+                split.validation,
+                alpha=alpha,
+                candidates=templates,
+                criterion="twa",
+                random_state=seed,
+            )
+        except CalibrationError as err:  # too few validation successes for its folds
+            result["alpha"].setdefault(str(alpha), {})[name] = {"error": str(err)}
+            continue
+        style, wins, k = candidates[det.selection_.chosen]
+        val = dict(det.selection_.best["metrics"])
         test = _summarise(evaluate(det, split.test, t_max=t_max))
         result["alpha"].setdefault(str(alpha), {})[name] = {
             "windows": dict(zip(names, (int(w) for w in wins), strict=True)),
             "threshold": style,
             "k": k,
-            "validation": {k_: v for k_, v in val.items() if k_ not in ("per_group", "no_clock")},
+            "validation": val,
+            "selection": det.selection_.reason,
             "test": test,
         }
     result["monitor_replay_matches"] = _check_streaming(base, split, min(alphas), window_grid)
@@ -403,11 +422,11 @@ def _run_select(
     """
     from failguard.calibration.selection import candidate_grid
 
-    pool = ("rnd", "entropy", *NEW_SCORES)
+    pool = tuple(n for n in ("rnd", "entropy", *NEW_SCORES) if n in cached)
     legs = {n: cached[n] for n in pool}
     structures: list[tuple[list[str], str]] = [([n], "and") for n in pool]
     structures.append((["rnd", "entropy"], "and"))
-    for n in NEW_SCORES:
+    for n in pool[2:]:
         structures += [(["rnd", "entropy", n], "or"), (["rnd", "entropy", n], "2-of-3")]
     # select's own default grid (windows 5, 10, 20; constant and per-step thresholds)
     grid = candidate_grid(legs, structures, random_state=seed)

@@ -6,8 +6,11 @@ For every task and split seed:
    training, ACE cell sizes, ...), the next ``n_cal`` ID successes calibrate the thresholds.
    Every remaining rollout (ID successes and failures, all OOD rollouts) goes half to
    validation and half to test, stratified by group.
-2. Each method's window sizes and threshold style are chosen by TWA on validation (ties:
-   balanced accuracy, then smaller windows). Nothing is tuned on test.
+2. Each method's window sizes, threshold style (and vote) are chosen by the library's
+   :func:`failguard.select` on validation alone (TWA with 2-fold cross-fitted thresholds on
+   the validation successes; ties: balanced accuracy, then fewer legs and smaller windows),
+   and the chosen detector is calibrated on the calibration split. Nothing is tuned on
+   calibration or test.
 3. The chosen detector is evaluated on test with :func:`failguard.evaluate` (overall,
    per group, α sweep).
 
@@ -25,11 +28,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from failguard import (
     CalibrationError,
+    Deviation,
     FailureDetector,
+    Movement,
     Rollout,
     evaluate,
 )
@@ -40,7 +44,7 @@ from failguard.scores import (
     make_score,
 )
 
-from .._protocol import validation_key, vote_rule
+from .._protocol import vote_rule
 
 __all__ = ["METHODS", "MethodSpec", "evaluate_task", "make_scores", "split_rollouts"]
 
@@ -70,6 +74,7 @@ NEW_SCORES: dict[str, str] = {
     "stagnation": "stagnation (low movement)",
     "ews": "early warning (autocorrelation)",
     "consistency": "chunk consistency",
+    "state_stagnation": "stagnation of the hand position (Rollout.states)",
 }
 
 METHODS: dict[str, MethodSpec] = {
@@ -114,7 +119,15 @@ def make_scores(names: Sequence[str], seed: int, exec_horizon: int) -> dict[str,
         "shortfall": {"seed": seed},
         "consistency": {"exec_horizon": exec_horizon},
     }
-    return {n: make_score(n, **params.get(n, {})) for n in names}
+    return {
+        n: (
+            # the hand position, recorded as Rollout.states
+            Deviation(Movement(source="states"), side="low", name=n)
+            if n == "state_stagnation"
+            else make_score(n, **params.get(n, {}))
+        )
+        for n in names
+    }
 
 
 def split_rollouts(
@@ -212,9 +225,13 @@ def evaluate_task(
     torch.manual_seed(seed)
     splits = split_rollouts(rollouts, seed, n_fit, n_cal)
     t_max = max(len(r) for r in rollouts)
+    pool = SELECT_POOL
+    if splits["fit"][0].states is None:  # rollouts recorded before the benchmark kept positions
+        methods = [m for m in methods if m not in METHODS or not _reads_states(METHODS[m])]
+        pool = tuple(n for n in SELECT_POOL if n != "state_stagnation")
     needed = sorted({n for m in methods if m in METHODS for n in METHODS[m].scores})
     if "select" in methods:
-        needed = sorted({*needed, *SELECT_POOL})
+        needed = sorted({*needed, *pool})
     raw_scores = make_scores(needed, seed, exec_horizon)
     cached: dict[str, CachedScore] = {}
     for name in needed:
@@ -227,7 +244,7 @@ def evaluate_task(
     for method_name in methods:
         if method_name == "select":
             result["methods"]["select"] = _run_select(
-                cached, splits, alphas, sweep_alphas, window_grid, threshold_styles, t_max
+                cached, splits, alphas, sweep_alphas, window_grid, threshold_styles, t_max, pool
             )
             continue
         method = METHODS[method_name]
@@ -237,27 +254,36 @@ def evaluate_task(
             if method.base is not None:
                 base = result["methods"].get(method.base, {}).get(str(alpha), {})
                 fixed = dict(base.get("windows", {}))
-            best: tuple[tuple[float, float, int], dict[str, int], str, Any, dict[str, Any]] | None
-            best = None
             configs = _candidates(method, window_grid, threshold_styles, fixed)
-            for style, windows, k in tqdm(
-                configs, desc=f"{desc} {method_name} a={alpha}", mininterval=10.0, leave=False
-            ):
-                try:
-                    det = _detector(
-                        method, cached, windows, style, alpha, splits["fit"], splits["cal"], k
-                    )
-                except CalibrationError:
-                    continue
-                val = evaluate(det, splits["val"], t_max=t_max).overall
-                key = (*validation_key(val), -sum(windows.values()))
-                if best is None or key > best[0]:
-                    best = (key, windows, style, k, val)
-            if best is None:
-                per_alpha[str(alpha)] = {"error": "no configuration could be calibrated"}
+            # the library's validated selection over this method's grid: every candidate is
+            # compared on validation only, the winner is calibrated on the calibration split
+            templates = [
+                FailureDetector(
+                    scores=[cached[n] for n in method.scores],
+                    windows=dict(windows),
+                    combine=vote_rule(len(method.scores), k, method.combine),
+                    threshold=style,
+                    alpha=alpha,
+                    mode=method.mode,
+                    calibration=method.calibration,
+                )
+                for style, windows, k in configs
+            ]
+            try:
+                det = fg_select(
+                    splits["fit"],
+                    splits["cal"],
+                    splits["val"],
+                    alpha=alpha,
+                    candidates=templates,
+                    criterion="twa",
+                    random_state=seed,
+                )
+            except CalibrationError as err:
+                per_alpha[str(alpha)] = {"error": f"no configuration could be calibrated: {err}"}
                 continue
-            _, windows, style, k, val = best
-            det = _detector(method, cached, windows, style, alpha, splits["fit"], splits["cal"], k)
+            style, windows, k = configs[det.selection_.chosen]
+            val = dict(det.selection_.best["metrics"])
             report = evaluate(det, splits["test"], alphas=sweep_alphas, t_max=t_max)
             per_alpha[str(alpha)] = {
                 "windows": windows,
@@ -274,6 +300,10 @@ def evaluate_task(
 SELECT_POOL = ("rnd", "ace", *NEW_SCORES)
 
 
+def _reads_states(method: MethodSpec) -> bool:
+    return "state_stagnation" in method.scores
+
+
 def _run_select(
     cached: Mapping[str, CachedScore],
     splits: Mapping[str, list[Rollout]],
@@ -282,6 +312,7 @@ def _run_select(
     window_grid: Sequence[int],
     threshold_styles: Sequence[str],
     t_max: int,
+    pool: Sequence[str] = (),
 ) -> dict[str, Any]:
     """``fg.select`` on fit / cal / val at each α; its choice evaluated once on test.
 
@@ -292,13 +323,14 @@ def _run_select(
     """
     from failguard.calibration.selection import candidate_grid
 
-    legs = {n: cached[n] for n in SELECT_POOL}
-    structures: list[tuple[list[str], str]] = [([n], "and") for n in SELECT_POOL]
+    pool = tuple(pool) or SELECT_POOL
+    legs = {n: cached[n] for n in pool}
+    structures: list[tuple[list[str], str]] = [([n], "and") for n in pool]
     structures.append((["rnd", "ace"], "and"))
-    for n in NEW_SCORES:
+    for n in pool[2:]:
         structures += [(["rnd", "ace", n], "or"), (["rnd", "ace", n], "2-of-3")]
-    # select's own default grid (windows 5, 10, 20; constant and per-step thresholds):
-    # 18 structures x 6 settings, each cross-fitted on two folds of the validation successes
+    # select's own default grid (windows 5, 10, 20; constant and per-step thresholds),
+    # each candidate cross-fitted on two folds of the validation successes
     grid = candidate_grid(legs, structures)
     per_alpha: dict[str, Any] = {}
     for alpha in alphas:

@@ -70,6 +70,8 @@ class Config:
         "fiper_stagnation",
         "fiper_ews",
         "fiper_consistency",
+        "new_state_stagnation",
+        "fiper_state_stagnation",
         "select",
     )
     b256_methods: tuple[str, ...] = (
@@ -100,8 +102,9 @@ TINY = Config(
     b256_fit=6,
     b256_cal=12,
     seeds=(0,),
-    alphas=(0.1,),
-    sweep_alphas=(0.1, 0.2),
+    # fg.select cross-fits on halves of the few tiny validation successes: alpha 0.2 needs 4
+    alphas=(0.2,),
+    sweep_alphas=(0.2, 0.3),
     window_grid=(1, 5),
     threshold_styles=("constant", "band"),
     methods=(
@@ -111,6 +114,7 @@ TINY = Config(
         "new_progress",
         "new_stagnation",
         "new_consistency",
+        "new_state_stagnation",
         "fiper_progress",
         "select",
     ),

@@ -73,7 +73,7 @@ class ProgressScore(BaseScore):
     history : int, default=0
         The model also reads the embeddings of the ``history`` previous steps (steps before the
         first repeat the first), so it can tell where a rollout is going, not just where it is.
-        Only ``history=0`` exports to ONNX.
+        The ONNX graph keeps those embeddings as per-robot state.
     hidden : sequence of int, default=(128, 128)
     epochs : int, default=150
     lr : float, default=1e-3
@@ -148,10 +148,7 @@ class ProgressScore(BaseScore):
         """Rows read before t: ``history``, plus ``lag`` for ``"shortfall"``."""
         return self.history + (self.lag if self.mode == "shortfall" else 0)
 
-    @property
-    def exportable(self) -> bool:  # type: ignore[override]
-        """Exports to ONNX without ``history`` (the model would need the past embeddings)."""
-        return self.history == 0
+    exportable: ClassVar[bool] = True
 
     def features(self, embeddings: NDArray[Any]) -> NDArray[np.float32]:
         """The model's input per row: the embedding and its ``history`` predecessors."""
@@ -165,13 +162,31 @@ class ProgressScore(BaseScore):
     def onnx_graph(self, g: Any, emit: Any) -> tuple[str, str | None]:
         """(t + L·r̂) / L, with the MLP in float32 (Gemm + Relu) as torch computes it.
 
-        ``"shortfall"`` keeps the last ``lag`` values of r̂ (oldest first) as its state.
+        ``"shortfall"`` keeps the last ``lag`` values of r̂ (oldest first) as its state, and
+        ``history > 0`` the last ``history`` embeddings (oldest first, exact in float64).
         """
         assert self.network_ is not None and self.length_ is not None
         net = self.network_
+        x = "embeddings"
+        if self.history:
+            h = self.history
+            d = int(net.mean.shape[0]) // (h + 1)
+            row = g.op("Unsqueeze", g.op("Cast", "embeddings", to=11), g.i64([1]))  # (N, 1, d)
+            seen = g.state((h, d))
+            # at t == 0 every earlier embedding is the first one (rows max(0, t - k))
+            first = g.op("Unsqueeze", g.op("Equal", "t", g.i64(0)), g.i64([1, 2]))
+            past = g.op("Where", first, row, seen)  # (N, h, d): x_{t-h} ... x_{t-1}
+            if h == 1:
+                g.update_state(seen, row)
+            else:
+                keep = g.op("Slice", past, g.i64([1]), g.i64([h]), g.i64([1]))
+                g.update_state(seen, g.op("Concat", keep, row, axis=1))
+            newest_first = g.op("Gather", past, g.i64(list(range(h - 1, -1, -1))), axis=1)
+            lagged = g.op("Concat", row, newest_first, axis=1)  # x_t, x_{t-1}, ..., x_{t-h}
+            x = g.op("Cast", g.op("Flatten", lagged, axis=1), to=1)  # as features(): float32
         z = g.op(
             "Mul",
-            g.op("Sub", "embeddings", g.const(net.mean.numpy(), np.float32, "progress_mean")),
+            g.op("Sub", x, g.const(net.mean.numpy(), np.float32, "progress_mean")),
             g.const(net.inv_std.numpy(), np.float32, "progress_inv_std"),
         )
         linears = [m for m in net.net if isinstance(m, nn.Linear)]
