@@ -13,7 +13,7 @@ a mean of at most α for every detector.
 
 Usage::
 
-    python benchmarks/robot/far_check.py --data benchmarks/results/robot --draws 100 \
+    python -m benchmarks.robot.far_check --data benchmarks/results/robot --draws 100 \
         --json far_check.json
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -29,14 +28,11 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from . import evaluate, run
 
 
 def check_task(data: Path, key: str, draws: int, seed: int = 12345) -> dict[str, Any]:
     """Mean realised FAR over redrawn calibration / held-out splits of one task."""
-    import evaluate
-    import run
-
     from failguard import FailureDetector
     from failguard.scores import CachedScore
 
