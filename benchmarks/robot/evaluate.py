@@ -212,8 +212,13 @@ def evaluate_task(
     methods: Sequence[str],
     exec_horizon: int,
     desc: str = "",
+    prefitted: Mapping[str, BaseScore] | None = None,
 ) -> dict[str, Any]:
     """Fit, select on validation and test every method for one task and one split seed.
+
+    ``prefitted`` maps score names to scores used as given instead of the benchmark's own
+    (``benchmarks/rnd_size.py`` passes RND scores trained elsewhere); their ``fit`` still sees
+    this seed's fit split.
 
     Returns
     -------
@@ -232,7 +237,9 @@ def evaluate_task(
     needed = sorted({n for m in methods if m in METHODS for n in METHODS[m].scores})
     if "select" in methods:
         needed = sorted({*needed, *pool})
-    raw_scores = make_scores(needed, seed, exec_horizon)
+    prefitted = dict(prefitted or {})
+    raw_scores = make_scores([n for n in needed if n not in prefitted], seed, exec_horizon)
+    raw_scores.update({n: s for n, s in prefitted.items() if n in needed})
     cached: dict[str, CachedScore] = {}
     for name in needed:
         cached[name] = CachedScore(raw_scores[name].fit(splits["fit"], progress=False))

@@ -69,6 +69,40 @@ def _check_widths(label: str, widths: Any) -> None:
         )
 
 
+def _parse_device(device: Any) -> str:
+    """A torch device name, checked (not yet for availability)."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise ParameterError(
+            f"The 'device' parameter of RNDScore must be a torch device name such as 'cpu' or "
+            f"'cuda'. Got {device!r} instead."
+        )
+    try:
+        return str(torch.device(device))
+    except (RuntimeError, ValueError):
+        raise ParameterError(
+            f"The 'device' parameter of RNDScore must be a torch device name such as 'cpu' or "
+            f"'cuda'. Got {device!r} instead."
+        ) from None
+
+
+def _available(device: str) -> torch.device:
+    """``torch.device(device)``, or a ParameterError that says why it cannot be used."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ParameterError(
+            f"RNDScore: device {device!r} was asked for, but torch sees no CUDA device "
+            "(torch.cuda.is_available() is False). Use device='cpu' here."
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ParameterError(
+            f"RNDScore: device {device!r} does not exist; torch sees "
+            f"{torch.cuda.device_count()} CUDA device(s)."
+        )
+    return dev
+
+
 def _mlp(d_in: int, hidden: Sequence[int], d_out: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     width = d_in
@@ -166,6 +200,12 @@ class RNDScore(BaseScore):
         torch intra-op threads while training (restored afterwards). Small MLPs train
         fastest on one thread, and many times slower with two on a busy machine; None keeps
         torch's setting.
+    device : str, default="cpu"
+        torch device the networks train and score on, e.g. ``"cuda"`` for the paper-size
+        networks (:meth:`paper`). Weights are initialised on the CPU with the seed and then
+        moved, so every device starts from the same networks. The device is a placement, not
+        part of the model: it is not saved, a loaded score runs on the CPU, and :meth:`to`
+        moves a fitted score.
     name : str, default="rnd"
 
     Examples
@@ -197,6 +237,7 @@ class RNDScore(BaseScore):
         min_lr_ratio: float = 0.01,
         seed: int = 0,
         train_threads: int | None = 1,
+        device: str = "cpu",
         name: str = "rnd",
     ) -> None:
         super().__init__(name)
@@ -234,6 +275,7 @@ class RNDScore(BaseScore):
         self.min_lr_ratio = float(min_lr_ratio)
         self.seed = int(seed)
         self.train_threads = None if train_threads is None else int(train_threads)
+        self.device = _parse_device(device)
         self.network_: RNDNetwork | None = None
         self.history_: dict[str, list[float]] = {"train": [], "val": []}
         self.best_epoch_: int = -1
@@ -304,7 +346,15 @@ class RNDScore(BaseScore):
                 std = np.where(std > 1e-8, std, 1.0)
                 net.mean.copy_(torch.from_numpy(mean.astype(np.float32)))
                 net.inv_std.copy_(torch.from_numpy((1.0 / std).astype(np.float32)))
-            self._train(net, torch.from_numpy(x_train), torch.from_numpy(x_val), progress, tqdm)
+            dev = _available(self.device)
+            net.to(dev)
+            self._train(
+                net,
+                torch.from_numpy(x_train).to(dev),
+                torch.from_numpy(x_val).to(dev),
+                progress,
+                tqdm,
+            )
         return net
 
     def _train(
@@ -367,7 +417,26 @@ class RNDScore(BaseScore):
         assert self.network_ is not None
         x = torch.from_numpy(np.array(self.features(inputs), dtype=np.float32))
         with torch.no_grad():
-            return self.network_(x).double().numpy()
+            return self.network_(x.to(self.network_.mean.device)).double().cpu().numpy()
+
+    def to(self, device: str) -> RNDScore:
+        """Move the networks to ``device`` (training, if not yet fitted, and scoring).
+
+        Returns
+        -------
+        self
+
+        Examples
+        --------
+        >>> RNDScore().to("cpu").device
+        'cpu'
+        """
+        name = _parse_device(device)
+        dev = _available(name)
+        self.device = name
+        if self.network_ is not None:
+            self.network_.to(dev)
+        return self
 
     def onnx_graph(self, g: Any, emit: Any) -> tuple[str, str | None]:
         """ONNX subgraph: s = ||f(z) - g(z)||_2, z = (x - mean) * inv_std, in float32 like torch.
@@ -469,6 +538,6 @@ class RNDScore(BaseScore):
         net = RNDNetwork(d_in, self.target_hidden, self.predictor_hidden, self.output_dim)
         net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()})
         net.eval()
-        self.network_ = net
+        self.network_ = net.to(_available(self.device))
         self.best_epoch_ = int(fitted.get("best_epoch", -1))
         self.history_ = fitted.get("history", {"train": [], "val": []})
