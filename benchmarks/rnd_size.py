@@ -158,11 +158,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     log: dict[str, Any] = {"device": device, "machine": _machine(), "fits": []}
     for size in args.sizes:
         scores: dict[str, NDArray[Any]] = {}
-        for task in meta["tasks"]:
-            emb = data[f"{task}/embeddings"]
-            lengths = data[f"{task}/lengths"]
-            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-            for seed in seeds:
+        for seed in seeds:  # seed outermost: a run cut short still has whole seeds
+            for task in meta["tasks"]:
+                emb = data[f"{task}/embeddings"]
+                lengths = data[f"{task}/lengths"]
+                starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
                 fit_idx = data[f"{task}/fit_seed{seed}"]
                 fit = [
                     Rollout(emb[starts[i] : starts[i] + lengths[i]], success=True) for i in fit_idx
@@ -199,8 +199,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                 }
                 log["fits"].append(entry)
                 print(json.dumps(entry), flush=True)
-        save_file(scores, str(args.out / f"scores_{size}.safetensors"))
-    (args.out / f"train_log_{'_'.join(args.sizes)}.json").write_text(json.dumps(log, indent=1))
+            save_file(scores, str(args.out / f"scores_{size}.safetensors"))
+            log_path = args.out / f"train_log_{'_'.join(args.sizes)}.json"
+            log_path.write_text(json.dumps(log, indent=1))
     return 0
 
 
