@@ -50,6 +50,8 @@ from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import itertools
+
 import numpy as np
 import torch
 from numpy.typing import NDArray
@@ -63,13 +65,33 @@ SIZES = ("small", "paper")
 LABEL = "b32"
 
 
-def make_rnd(size: str, seed: int, device: str, max_epochs: int | None = None) -> Any:
-    """The small default RND or the paper-size one, seeded like the benchmark (split seed)."""
+def parse_variant(variant: str) -> tuple[str, int | None]:
+    """``"small"``, ``"paper"`` or one of them with another epoch limit, ``"paper-1000ep"``."""
+    size, _, rest = variant.partition("-")
+    if size not in SIZES or (rest and not (rest.endswith("ep") and rest[:-2].isdigit())):
+        raise argparse.ArgumentTypeError(
+            f"unknown RND variant {variant!r}: use small, paper, or e.g. paper-1000ep"
+        )
+    return size, int(rest[:-2]) if rest else None
+
+
+def _variant(text: str) -> str:
+    parse_variant(text)
+    return text
+
+
+def make_rnd(variant: str, seed: int, device: str, max_epochs: int | None = None) -> Any:
+    """The small default RND or the paper-size one, seeded like the benchmark (split seed).
+
+    ``variant`` may carry its own epoch limit (``"paper-1000ep"``); ``max_epochs`` overrides
+    both (pipeline checks).
+    """
     from failguard import RNDScore
 
+    size, epochs = parse_variant(variant)
     kw: dict[str, Any] = {"seed": seed, "device": device}
-    if max_epochs is not None:
-        kw["max_epochs"] = max_epochs
+    if max_epochs is not None or epochs is not None:
+        kw["max_epochs"] = max_epochs if max_epochs is not None else epochs
     if size == "small":
         return RNDScore(**kw)
     if size == "paper":
@@ -83,11 +105,15 @@ def _robot_modules() -> None:
         sys.path.insert(0, str(ROBOT))
 
 
-def _config(tiny: bool) -> Any:
+def _config(tiny: bool, tasks: Sequence[str] | None = None) -> Any:
+    """The robot benchmark's configuration (``--tiny``: its toy sizes), optionally fewer tasks."""
+    import dataclasses
+
     _robot_modules()
     import run
 
-    return run.TINY if tiny else run.Config()
+    cfg = run.TINY if tiny else run.Config()
+    return dataclasses.replace(cfg, tasks=tuple(tasks)) if tasks else cfg
 
 
 def load_rollouts(robot: Path, cfg: Any, task: str) -> list[Any]:
@@ -112,7 +138,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     _robot_modules()
     from evaluate import split_rollouts
 
-    cfg = _config(args.tiny)
+    cfg = _config(args.tiny, args.tasks)
     tensors: dict[str, NDArray[Any]] = {}
     meta: dict[str, Any] = {"tasks": list(cfg.tasks), "seeds": list(args.seeds), "tiny": args.tiny}
     for task in cfg.tasks:
@@ -317,7 +343,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Stage 3 (CPU): the benchmark's protocol with each size's RND scores."""
     from safetensors.numpy import load_file
 
-    cfg = _config(args.tiny)
+    cfg = _config(args.tiny, args.tasks)
     data = _read(args.data)[0] if args.data else {}
     torch.set_num_threads(1)
     methods = list(args.methods)
@@ -351,6 +377,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Merge ``evaluate`` outputs (e.g. one per size, run in parallel) into one summary."""
+    cfg = _config(args.tiny, args.tasks)
+    results: dict[str, Any] = {}
+    for path in args.inputs:
+        for size, by_seed in json.loads(path.read_text())["raw"].items():
+            for seed, by_task in by_seed.items():
+                results.setdefault(size, {}).setdefault(seed, {}).update(by_task)
+    train_logs = [json.loads(p.read_text()) for p in sorted(args.scores.glob("train_log_*.json"))]
+    summary = _write(args.out, results, train_logs, cfg, args)
+    text = markdown(summary)
+    print(text)
+    if args.markdown:
+        _replace_section(DOC, SECTION, text)
+    return 0
+
+
 def _write(
     path: Path, results: Mapping[str, Any], train_logs: list[Any], cfg: Any, args: Any
 ) -> dict[str, Any]:
@@ -363,12 +406,17 @@ def _write(
             slot["per_fit"].append(
                 {k: f[k] for k in ("task", "seed", "fit_seconds", "epochs_run", "best_epoch")}
             )
+    # the tables use whole seeds only (every task evaluated), so the task mean means the same
+    complete = {
+        size: {seed: by_task for seed, by_task in by_seed.items() if set(cfg.tasks) <= set(by_task)}
+        for size, by_seed in results.items()
+    }
     summary = {
-        "command": "python benchmarks/rnd_size.py evaluate" + (" --tiny" if args.tiny else ""),
+        "command": f"python benchmarks/rnd_size.py {args.cmd}" + (" --tiny" if args.tiny else ""),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "protocol": {
             "tasks": list(cfg.tasks),
-            "seeds": sorted({int(s) for by in results.values() for s in by}),
+            "seeds": sorted({int(s) for by in complete.values() for s in by}),
             "n_fit": cfg.n_fit,
             "n_cal": cfg.n_cal,
             "alphas": list(cfg.alphas),
@@ -378,7 +426,7 @@ def _write(
         },
         "training": {"devices": devices, "machines": [json.loads(m) for m in machines], **fits},
         "evaluation_machine": _machine(),
-        "summary": aggregate(results),
+        "summary": aggregate(complete),
         "raw": results,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -392,15 +440,42 @@ def _fmt(cell: Mapping[str, Any]) -> str:
     return f"{cell['mean']:.2f} ± {cell['std']:.2f}"
 
 
+def paired_difference(
+    s: Mapping[str, Any], method: str, alpha: str, other: str = "paper"
+) -> dict[str, str]:
+    """``other`` minus small per seed (same splits, same ACE), each the mean over the tasks
+    both finished; formatted mean ± std over the seeds both have."""
+    try:
+        a = s[other][method][alpha]["per_seed"]
+        b = s["small"][method][alpha]["per_seed"]
+    except KeyError:
+        return {}
+    seeds = sorted(set(a) & set(b))
+    out: dict[str, str] = {}
+    for k in METRICS:
+        diffs = []
+        for seed in seeds:
+            tasks = sorted(set(a[seed]) & set(b[seed]))
+            pairs = [(a[seed][t][k], b[seed][t][k]) for t in tasks]
+            pairs = [(x, y) for x, y in pairs if not (math.isnan(x) or math.isnan(y))]
+            if pairs:
+                diffs.append(float(np.mean([x - y for x, y in pairs])))
+        if diffs:
+            out[k] = f"{np.mean(diffs):+.2f} ± {np.std(diffs):.2f}"
+    return out
+
+
 def markdown(summary: Mapping[str, Any]) -> str:
     """The size-vs-detection table(s) for docs/BENCHMARKS.md."""
     s = summary["summary"]
     proto = summary["protocol"]
     tr = summary["training"]
+    gpus = sorted({m["gpu"] for m in tr.get("machines", []) if "gpu" in m})
+    where = ", ".join(tr["devices"]) + (f" ({', '.join(gpus)})" if gpus else "")
     lines = [
-        f"Command: `{summary['command']}` (after `export` and `train`; see the script's "
-        f"docstring), {summary['date']}. RND trained on {', '.join(tr['devices'])}; evaluated "
-        "on the CPU with the robot benchmark's protocol. Raw numbers: "
+        f"Command: `{summary['command']}` (after `export`, `train` and `evaluate`; see the "
+        f"script's docstring), {summary['date']}. RND trained and scored on {where}; "
+        "evaluated on the CPU with the robot benchmark's protocol. Raw numbers: "
         "`benchmarks/results/rnd_size.json`.",
         "",
         f"Tasks {', '.join(proto['tasks'])}; B = 32 sampled chunks; split seeds "
@@ -409,7 +484,7 @@ def markdown(summary: Mapping[str, Any]) -> str:
         "task mean. *FAR* is the alarm rate on held-out ID successes.",
         "",
     ]
-    sizes = [z for z in SIZES if z in s]
+    sizes = [z for z in SIZES if z in s] + sorted(z for z in s if z not in SIZES)
     for alpha in [str(a) for a in proto["alphas"]]:
         lines += [
             f"**α = {alpha}**",
@@ -433,6 +508,17 @@ def markdown(summary: Mapping[str, Any]) -> str:
                     )
                     + " |"
                 )
+            for other in [z for z in sizes if z != "small"]:
+                diff = paired_difference(s, method, alpha, other)
+                if diff:
+                    lines.append(
+                        f"| {METHOD_LABELS.get(method, method)} | {other} − small (paired) | | "
+                        + " | ".join(
+                            diff[k]
+                            for k in ("twa", "balanced_accuracy", "roc_auc", "far_id", "tpr", "tnr")
+                        )
+                        + " |"
+                    )
         lines.append("")
     for size in sizes:
         per = tr.get(size, {}).get("per_fit", [])
@@ -447,10 +533,11 @@ def markdown(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _replace_section(doc: Path, title: str, body: str) -> None:
-    """Replace the text between ``<!-- rnd_size:start -->`` and ``<!-- rnd_size:end -->``."""
+def _replace_section(doc: Path, title: str, body: str, marker: str = "rnd_size") -> None:
+    """Replace the text between ``<!-- {marker}:start -->`` and ``<!-- {marker}:end -->``
+    (appended under ``title`` at the end of the file if the markers are not there yet)."""
     text = doc.read_text()
-    start, end = "<!-- rnd_size:start -->", "<!-- rnd_size:end -->"
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     block = f"{start}\n{body}{end}"
     if start in text and end in text:
         text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
@@ -638,10 +725,12 @@ def cmd_time(args: argparse.Namespace) -> int:
     for size in SIZES:
         for d in args.dims:
             rnd = _fitted_rnd(size, d, "cpu")
-            res["rnd"].setdefault(size, {})["parameters"] = rnd.n_parameters
             for n in (1, 64):
                 key = f"d{d}_n{n}"
-                res["rnd"][size][key] = time_rnd(rnd.network_, d, n, args.repeats)
+                res["rnd"].setdefault(size, {})[key] = {
+                    "parameters": rnd.n_parameters,
+                    **time_rnd(rnd.network_, d, n, args.repeats),
+                }
                 torch.set_num_threads(1)
                 res["rnd"][size][key]["cpu_torch_1thread"] = _time_cpu(
                     rnd.network_, d, n, max(50, args.repeats // 10)
@@ -664,13 +753,94 @@ def cmd_time(args: argparse.Namespace) -> int:
     return 0
 
 
+def timing_markdown(res: Mapping[str, Any]) -> str:
+    """The GPU timing table for docs/BENCHMARKS.md from a ``time`` result."""
+    m = res["machine"]
+    lines = [
+        f"Command: `{res['command']}` on the GPU machine ({m.get('gpu', 'GPU')}, "
+        f"{m['logical_cpus']} logical CPUs, torch {m['torch']}), {res['date']}; p50 / p99 of "
+        f"{res['repeats']} steps after 50 warm-up steps. Raw numbers: "
+        "`benchmarks/results/rnd_size_gpu.json`. One step = a host embedding batch (N robots) "
+        "in, the N scores back on the host, synchronised: *eager* copies, runs the torch "
+        "modules and copies back; *CUDA graph* replays the forward captured once on static "
+        "buffers (scores identical to eager). *CPU* is the same forward in torch on one core "
+        "of that machine's CPU.",
+        "",
+        "| RND | d | parameters | N | eager p50 / p99 (µs) | CUDA graph p50 / p99 (µs) | "
+        "CPU 1 thread p50 (µs) | graph robot-steps/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for size in SIZES:
+        block = res["rnd"].get(size, {})
+        for key, v in block.items():
+            if not isinstance(v, Mapping) or "eager" not in v:
+                continue
+            d, n = (int(x[1:]) for x in key.split("_"))
+            params = rnd_parameters(size, d)
+            e, g, c = v["eager"], v["graph"], v["cpu_torch_1thread"]
+            lines.append(
+                f"| {size} | {d} | {params:,} | {n} | "
+                f"{e['p50_us']:,.0f} / {e['p99_us']:,.0f} | {g['p50_us']:,.0f} / "
+                f"{g['p99_us']:,.0f} | {c['p50_us']:,.0f} | {n / g['p50_us'] * 1e6:,.0f} |"
+            )
+    mon = res.get("monitor_step_n1", {})
+    if mon:
+        lines += [
+            "",
+            "torch `Monitor.step` with the RND on CUDA (one robot, d = "
+            f"{min(res_dims(res))}, B = 32, H = 8, D = 3; RND + ACE in numpy + windows + "
+            "thresholds, eager): "
+            + "; ".join(
+                f"{size} {v['p50_us']:,.0f} / {v['p99_us']:,.0f} µs (p50 / p99)"
+                for size, v in mon.items()
+            )
+            + ".",
+        ]
+    ort_res = res.get("onnxruntime_cuda", {})
+    skipped = {v.get("skipped") for v in ort_res.values() if isinstance(v, Mapping)}
+    if skipped and None not in skipped:
+        prov = next(iter(ort_res.values())).get("providers")
+        lines += [
+            "",
+            f"onnxruntime {next(iter(ort_res.values())).get('onnxruntime')} there offers "
+            f"{prov}: no CUDA execution provider, so the exported graph was not timed on the GPU.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def rnd_parameters(size: str, d: int) -> int:
+    """Weights and biases of target plus predictor for embedding size ``d``."""
+    rnd = make_rnd(size, 0, "cpu")
+    total = 0
+    for hidden in (rnd.target_hidden, rnd.predictor_hidden):
+        widths = [d, *hidden, rnd.output_dim]
+        total += sum(a * b + b for a, b in itertools.pairwise(widths))
+    return total
+
+
+def res_dims(res: Mapping[str, Any]) -> list[int]:
+    """The embedding sizes a ``time`` result covers."""
+    keys = [k for block in res["rnd"].values() for k in block if k.startswith("d")]
+    return sorted({int(k.split("_")[0][1:]) for k in keys})
+
+
+def cmd_time_doc(args: argparse.Namespace) -> int:
+    """Write the GPU timing section of docs/BENCHMARKS.md from a ``time`` JSON file."""
+    res = json.loads(args.timing.read_text())
+    text = timing_markdown(res)
+    print(text)
+    if args.markdown:
+        _replace_section(DOC, SECTION, text, marker="rnd_size_gpu")
+    return 0
+
+
 # ---------------------------------------------------------------------------------- tiny
 def cmd_tiny(args: argparse.Namespace) -> int:
     """The whole pipeline at toy sizes on this machine (robot benchmark --tiny rollouts)."""
     robot = args.robot
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
-    base = ["--robot", str(robot), "--tiny"]
+    base = ["--robot", str(robot), "--tiny", *(["--tasks", *args.tasks] if args.tasks else [])]
     rc = main(["export", *base, "--out", str(work / "data.safetensors"), "--seeds", "0"])
     rc |= main(
         [
@@ -682,7 +852,7 @@ def cmd_tiny(args: argparse.Namespace) -> int:
             "--device",
             "auto",
             "--max-epochs",
-            "3",
+            str(args.max_epochs),
         ]
     )
     rc |= main(
@@ -711,6 +881,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("export", help="rollouts -> embeddings + fit splits")
     p.add_argument("--robot", type=Path, default=default_robot)
     p.add_argument("--tiny", action="store_true")
+    p.add_argument("--tasks", nargs="+", default=None, help="default: the benchmark's")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(fn=cmd_export)
@@ -718,7 +889,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train", help="fit RNDs and score every rollout")
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=SIZES)
+    p.add_argument("--sizes", nargs="+", default=list(SIZES), type=_variant)
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--device", default="auto", help="torch device; auto: cuda if available")
     p.add_argument("--max-epochs", type=int, default=None, help="override (pipeline checks)")
@@ -727,9 +898,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("evaluate", help="the benchmark's protocol with each size's scores")
     p.add_argument("--robot", type=Path, default=default_robot)
     p.add_argument("--tiny", action="store_true")
+    p.add_argument("--tasks", nargs="+", default=None, help="default: the benchmark's")
     p.add_argument("--data", type=Path, default=None, help="export file (checks the order)")
     p.add_argument("--scores", type=Path, required=True)
-    p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=SIZES)
+    p.add_argument("--sizes", nargs="+", default=list(SIZES), type=_variant)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=["rnd_oe", "fiper"])
     p.add_argument("--out", type=Path, default=RESULTS / "rnd_size.json")
@@ -737,15 +909,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", action="store_true", help="rewrite the docs section")
     p.set_defaults(fn=cmd_evaluate)
 
+    p = sub.add_parser("report", help="merge evaluate outputs into one summary")
+    p.add_argument("--inputs", type=Path, nargs="+", required=True)
+    p.add_argument("--scores", type=Path, required=True, help="folder with the train logs")
+    p.add_argument("--tiny", action="store_true")
+    p.add_argument("--tasks", nargs="+", default=None, help="default: the benchmark's")
+    p.add_argument("--out", type=Path, default=RESULTS / "rnd_size.json")
+    p.add_argument("--markdown", action="store_true", help="rewrite the docs section")
+    p.set_defaults(fn=cmd_report)
+
     p = sub.add_parser("time", help="GPU step times")
     p.add_argument("--out", type=Path, default=RESULTS / "rnd_size_gpu.json")
     p.add_argument("--dims", type=int, nargs="+", default=[64, 256])
     p.add_argument("--repeats", type=int, default=2000)
     p.set_defaults(fn=cmd_time)
 
+    p = sub.add_parser("time-doc", help="GPU timing table from a time JSON")
+    p.add_argument("--timing", type=Path, default=RESULTS / "rnd_size_gpu.json")
+    p.add_argument("--markdown", action="store_true", help="rewrite the docs section")
+    p.set_defaults(fn=cmd_time_doc)
+
     p = sub.add_parser("tiny", help="whole pipeline at toy sizes (CPU)")
     p.add_argument("--robot", type=Path, default=RESULTS / "robot-tiny")
-    p.add_argument("--work", type=Path, default=Path("/tmp/rnd_size_tiny"))
+    p.add_argument("--work", type=Path, default=Path("rnd_size_tiny"))
+    p.add_argument("--tasks", nargs="+", default=None, help="default: the benchmark's")
+    p.add_argument("--max-epochs", type=int, default=3)
     p.set_defaults(fn=cmd_tiny)
 
     args = parser.parse_args(argv)
