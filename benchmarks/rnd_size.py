@@ -394,6 +394,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compact(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The raw results with the test reports' overall, per-group and no-clock metrics (the α
+    sweeps and by-group breakdowns, most of the bytes, are dropped)."""
+    keep = ("alpha", "overall", "per_group", "no_clock", "horizon", "notes")
+    out: dict[str, Any] = {}
+    for size, by_seed in results.items():
+        for seed, by_task in by_seed.items():
+            for task, res in by_task.items():
+                methods = {
+                    m: {
+                        a: {**r, "test": {k: v for k, v in r["test"].items() if k in keep}}
+                        if "test" in r
+                        else r
+                        for a, r in per_alpha.items()
+                    }
+                    for m, per_alpha in res["methods"].items()
+                }
+                slot = out.setdefault(size, {}).setdefault(seed, {})
+                slot[task] = {**res, "methods": methods}
+    return out
+
+
 def _write(
     path: Path, results: Mapping[str, Any], train_logs: list[Any], cfg: Any, args: Any
 ) -> dict[str, Any]:
@@ -427,7 +449,7 @@ def _write(
         "training": {"devices": devices, "machines": [json.loads(m) for m in machines], **fits},
         "evaluation_machine": _machine(),
         "summary": aggregate(complete),
-        "raw": results,
+        "raw": _compact(results),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=1))
@@ -462,6 +484,7 @@ def paired_difference(
                 diffs.append(float(np.mean([x - y for x, y in pairs])))
         if diffs:
             out[k] = f"{np.mean(diffs):+.2f} ± {np.std(diffs):.2f}"
+            out["n_seeds"] = str(len(diffs))
     return out
 
 
@@ -499,8 +522,10 @@ def markdown(summary: Mapping[str, Any]) -> str:
                 if cell is None:
                     continue
                 params = tr.get(size, {}).get("parameters")
+                n = cell["twa"]["n_seeds"]
+                label = size if n == len(proto["seeds"]) else f"{size} ({n} seeds)"
                 lines.append(
-                    f"| {METHOD_LABELS.get(method, method)} | {size} | "
+                    f"| {METHOD_LABELS.get(method, method)} | {label} | "
                     f"{'' if params is None else f'{params:,}'} | "
                     + " | ".join(
                         _fmt(cell[k])
@@ -511,8 +536,10 @@ def markdown(summary: Mapping[str, Any]) -> str:
             for other in [z for z in sizes if z != "small"]:
                 diff = paired_difference(s, method, alpha, other)
                 if diff:
+                    n = int(diff.pop("n_seeds"))
                     lines.append(
-                        f"| {METHOD_LABELS.get(method, method)} | {other} − small (paired) | | "
+                        f"| {METHOD_LABELS.get(method, method)} | {other} − small (paired, "
+                        f"{n} seeds) | | "
                         + " | ".join(
                             diff[k]
                             for k in ("twa", "balanced_accuracy", "roc_auc", "far_id", "tpr", "tnr")
