@@ -26,9 +26,13 @@ Usage::
     python benchmarks/rnd_size.py export --robot benchmarks/results/robot --out data.safetensors
     python benchmarks/rnd_size.py train --data data.safetensors --out scores --device cuda
     python benchmarks/rnd_size.py evaluate --robot benchmarks/results/robot --scores scores \\
-        --markdown
+        --markdown                               # or one evaluate per size, then `report`
+    python benchmarks/rnd_size.py report --inputs small.json paper.json --scores scores
     python benchmarks/rnd_size.py time --out timing.json            # on the GPU machine
+    python benchmarks/rnd_size.py time-doc --timing timing.json --markdown
     python benchmarks/rnd_size.py tiny                                # whole pipeline, toy sizes
+
+Sizes are ``small``, ``paper``, or either with another epoch limit (``paper-1000ep``).
 
 Nothing is tuned on test rollouts: only the RND scores differ between the sizes; splits,
 candidate grid, selection and calibration are the benchmark's.
