@@ -23,14 +23,14 @@ Four stages; the second and fourth need a GPU to be quick, the others run on the
 
 Usage::
 
-    python benchmarks/rnd_size.py export --robot benchmarks/results/robot --out data.safetensors
-    python benchmarks/rnd_size.py train --data data.safetensors --out scores --device cuda
-    python benchmarks/rnd_size.py evaluate --robot benchmarks/results/robot --scores scores \\
+    python -m benchmarks.rnd_size export --robot benchmarks/results/robot --out data.safetensors
+    python -m benchmarks.rnd_size train --data data.safetensors --out scores --device cuda
+    python -m benchmarks.rnd_size evaluate --robot benchmarks/results/robot --scores scores \\
         --markdown                               # or one evaluate per size, then `report`
-    python benchmarks/rnd_size.py report --inputs small.json paper.json --scores scores
-    python benchmarks/rnd_size.py time --out timing.json            # on the GPU machine
-    python benchmarks/rnd_size.py time-doc --timing timing.json --markdown
-    python benchmarks/rnd_size.py tiny                                # whole pipeline, toy sizes
+    python -m benchmarks.rnd_size report --inputs small.json paper.json --scores scores
+    python -m benchmarks.rnd_size time --out timing.json            # on the GPU machine
+    python -m benchmarks.rnd_size time-doc --timing timing.json --markdown
+    python -m benchmarks.rnd_size tiny                                # whole pipeline, toy sizes
 
 Sizes are ``small``, ``paper``, or either with another epoch limit (``paper-1000ep``).
 
@@ -61,7 +61,6 @@ import torch
 from numpy.typing import NDArray
 
 ROOT = Path(__file__).resolve().parents[1]
-ROBOT = ROOT / "benchmarks" / "robot"
 RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 SECTION = "## Does RND size matter? (robot benchmark)"
@@ -104,17 +103,11 @@ def make_rnd(variant: str, seed: int, device: str, max_epochs: int | None = None
 
 
 # ---------------------------------------------------------------------------------- export
-def _robot_modules() -> None:
-    if str(ROBOT) not in sys.path:
-        sys.path.insert(0, str(ROBOT))
-
-
 def _config(tiny: bool, tasks: Sequence[str] | None = None) -> Any:
     """The robot benchmark's configuration (``--tiny``: its toy sizes), optionally fewer tasks."""
     import dataclasses
 
-    _robot_modules()
-    import run
+    from .robot import run
 
     cfg = run.TINY if tiny else run.Config()
     return dataclasses.replace(cfg, tasks=tuple(tasks)) if tasks else cfg
@@ -122,8 +115,7 @@ def _config(tiny: bool, tasks: Sequence[str] | None = None) -> Any:
 
 def load_rollouts(robot: Path, cfg: Any, task: str) -> list[Any]:
     """The rollouts the robot benchmark evaluates for ``task`` (same order, same cap)."""
-    _robot_modules()
-    import run
+    from .robot import run
 
     return list(run.load_task_rollouts(robot, LABEL, task, run.condition_sizes(cfg, LABEL, task)))
 
@@ -139,8 +131,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Stage 1: embeddings and fit splits to one safetensors file."""
     from safetensors.numpy import save_file
 
-    _robot_modules()
-    from evaluate import split_rollouts
+    from .robot.evaluate import split_rollouts
 
     cfg = _config(args.tiny, args.tasks)
     tensors: dict[str, NDArray[Any]] = {}
@@ -270,9 +261,8 @@ def evaluate_size(
     rollouts: Sequence[Any], flat: NDArray[np.float64], seed: int, cfg: Any, methods: Sequence[str]
 ) -> dict[str, Any]:
     """The benchmark's ``evaluate_task`` for ``methods`` with the RND scores ``flat``."""
-    _robot_modules()
-    from evaluate import evaluate_task
-    from policy import PolicyConfig
+    from .robot.evaluate import evaluate_task
+    from .robot.policy import PolicyConfig
 
     lengths = np.array([len(r) for r in rollouts])
     if flat.shape != (lengths.sum(),):
@@ -438,7 +428,7 @@ def _write(
         for size, by_seed in results.items()
     }
     summary = {
-        "command": f"python benchmarks/rnd_size.py {args.cmd}" + (" --tiny" if args.tiny else ""),
+        "command": f"python -m benchmarks.rnd_size {args.cmd}" + (" --tiny" if args.tiny else ""),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "protocol": {
             "tasks": list(cfg.tasks),
@@ -746,7 +736,7 @@ def cmd_time(args: argparse.Namespace) -> int:
         print("no CUDA device: nothing to time", file=sys.stderr)
         return 1
     res: dict[str, Any] = {
-        "command": "python benchmarks/rnd_size.py time",
+        "command": "python -m benchmarks.rnd_size time",
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": _machine(),
         "repeats": args.repeats,

@@ -12,10 +12,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 COLLECT = """
-import dataclasses, sys
+import dataclasses
 from pathlib import Path
-sys.path.insert(0, {robot!r})
-import run
+from benchmarks.robot import run
 cfg = dataclasses.replace(run.TINY, tasks=("push",), b256_tasks=())
 log = {{}}
 run.stage_demos_and_policies(cfg, Path({out!r}), log)
@@ -27,18 +26,24 @@ run.stage_rollouts(cfg, Path({out!r}), log)
 def test_rnd_size_pipeline_tiny(tmp_path: Path) -> None:
     pytest.importorskip("metaworld")
     robot = tmp_path / "robot"
-    code = COLLECT.format(robot=str(ROOT / "benchmarks" / "robot"), out=str(robot))
+    code = COLLECT.format(out=str(robot))
     proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=900, check=False
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     work = tmp_path / "work"
-    script = str(ROOT / "benchmarks" / "rnd_size.py")
+    script = "benchmarks.rnd_size"
     proc = subprocess.run(
         [
-            *(sys.executable, script, "tiny", "--robot", str(robot), "--work", str(work)),
+            *(sys.executable, "-m", script, "tiny", "--robot", str(robot), "--work", str(work)),
             *("--tasks", "push", "--max-epochs", "1"),
         ],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=900,
@@ -62,10 +67,11 @@ def test_rnd_size_pipeline_tiny(tmp_path: Path) -> None:
     save_file(table, str(scores))
     proc = subprocess.run(
         [
-            *(sys.executable, script, "evaluate", "--robot", str(robot), "--tiny"),
+            *(sys.executable, "-m", script, "evaluate", "--robot", str(robot), "--tiny"),
             *("--tasks", "push", "--scores", str(work / "scores"), "--sizes", "small"),
             *("--seeds", "0", "--out", str(tmp_path / "again.json")),
         ],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=900,
