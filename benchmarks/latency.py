@@ -505,6 +505,27 @@ def goal_ratios(res: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def absolute_us(res: dict[str, Any]) -> dict[str, float]:
+    """The p50 times (µs) behind the goal ratios, for the before/after table."""
+    d = res["default"]
+    out = {
+        "default: bare ORT graph": d["ort_session_run_n1"]["p50_us"],
+        "default: OnnxMonitor.step": d["ort_monitor_step_n1"]["p50_us"],
+        "default: torch Monitor.step": d["torch_monitor_step_n1"]["p50_us"],
+    }
+    if "policy_forward" in d:
+        out["benchmark policy forward"] = d["policy_forward"]["p50_us"]
+    if "paper" in res:
+        p = res["paper"]
+        for w in ("", "_fp16", "_int8"):
+            if f"ort_monitor_step_n1{w}" in p:
+                out[f"paper {w[1:] or 'fp32'}: OnnxMonitor.step"] = p[f"ort_monitor_step_n1{w}"][
+                    "p50_us"
+                ]
+        out["paper-size policy forward"] = p["policy_forward"]["p50_us"]
+    return out
+
+
 def compare_table(runs: dict[str, list[dict[str, float]]]) -> str:
     """Median of each goal ratio over repeated runs, one column per package."""
     labels = list(runs)
@@ -526,6 +547,7 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
     script = Path(__file__).resolve()
     packages = {"baseline": args.baseline.resolve(), "this checkout": ROOT / "src"}
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in packages}
+    times: dict[str, list[dict[str, float]]] = {k: [] for k in packages}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.rounds):
             for label, src in packages.items():
@@ -544,11 +566,21 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
                     cmd.append("--no-paper")
                 env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
                 subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
-                runs[label].append(goal_ratios(json.loads(out.read_text())))
+                res = json.loads(out.read_text())
+                runs[label].append(goal_ratios(res))
+                times[label].append(absolute_us(res))
                 print(f"round {i + 1}/{args.rounds}: {label} done", file=sys.stderr)
     table_md = compare_table(runs)
     print(table_md)
-    result = {"packages": {k: str(v) for k, v in packages.items()}, "runs": runs}
+    print()
+    print(compare_table(times).replace("| goal |", "| p50 (µs) |"))
+    # labels only: committed results carry no machine paths
+    result = {
+        "packages": {"baseline": args.baseline.name, "this checkout": "src"},
+        "machine": machine(),
+        "runs": runs,
+        "p50_us": times,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     return result
