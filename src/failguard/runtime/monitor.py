@@ -198,16 +198,17 @@ def _ok_verdict(step: int, names: list[str], values: list[float], alarm: Any) ->
     this runs once per monitored step.
     """
     v = _new(Verdict)
+    scores = dict(zip(names, values[0::4], strict=False))
+    ratios = dict(zip(names, values[3::4], strict=False))
     v.__dict__.update(
         step=step,
-        scores=dict(zip(names, values[0::4], strict=False)),
+        scores=scores,
         windowed=dict(zip(names, values[1::4], strict=False)),
         thresholds=dict(zip(names, values[2::4], strict=False)),
-        ratios=dict(zip(names, values[3::4], strict=False)),
+        ratios=ratios,
         fused_ratio=values[-1],
         alarm=bool(alarm[0]),
-        # every score is finite here, so an indicator fired iff its ratio is above 1
-        fired=tuple([n for n, r in zip(names, values[3::4], strict=False) if r > 1.0]),
+        fired=kernel.fired(scores, ratios),
         status="ok",
         error=None,
     )
@@ -626,7 +627,7 @@ class OnnxMonitor:
         else:  # an older graph: the same rule, from the report
             k = len(self.names)
             nonfinite = ~np.isfinite(report[0 : 4 * k : 4]).all(axis=0) | np.isnan(report[-1])
-            alarm = alarm | nonfinite
+            alarm = alarm | kernel.alarm(report[-1], nonfinite)
         refused = dict(refused)
         for i in np.flatnonzero(overflow).tolist():
             refused.setdefault(
