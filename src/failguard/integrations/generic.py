@@ -23,7 +23,7 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -33,6 +33,8 @@ from ..logs import Recorder
 from ..types import Verdict
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from ..detector import FailureDetector
     from ..monitor import Monitor
 
@@ -41,7 +43,10 @@ __all__ = [
     "ErrorHook",
     "MonitoringSession",
     "PolicyAdapter",
+    "SessionOptions",
+    "check_chunks",
     "check_n_samples",
+    "flat_float32",
     "to_numpy",
 ]
 
@@ -51,6 +56,16 @@ ErrorHook = Callable[[BaseException], Any]
 """Signature of ``on_error``: called with the exception the monitor (or a hook) raised."""
 
 logger = logging.getLogger("failguard")
+
+
+class SessionOptions(TypedDict, total=False):
+    """The keyword-only options of :class:`MonitoringSession` that every integration takes
+    and passes on unchanged (``**options``); see :class:`MonitoringSession` for each."""
+
+    on_error: ErrorHook | None
+    strict: bool
+    nonfinite: str
+    keep_verdicts: int
 
 
 def to_numpy(value: Any) -> NDArray[Any]:
@@ -68,8 +83,45 @@ def to_numpy(value: Any) -> NDArray[Any]:
     return np.asarray(value)
 
 
+def flat_float32(value: Any) -> NDArray[np.float32]:
+    """A flat float32 vector (one step's embedding or logits) from numpy, torch or a list.
+
+    Examples
+    --------
+    >>> flat_float32([[1, 2, 3]])
+    array([1., 2., 3.], dtype=float32)
+    """
+    return to_numpy(value).reshape(-1).astype(np.float32)
+
+
+def check_chunks(chunks: NDArray[Any], n: int, source: str) -> NDArray[np.float32]:
+    """The ``n`` action chunks ``source`` returned, as float32 of shape (n, H, D).
+
+    Raises
+    ------
+    RolloutError
+        If ``chunks`` is not of shape (n, H, D).
+    """
+    if chunks.ndim != 3 or chunks.shape[0] != n:
+        raise RolloutError(
+            f"{source} must return shape ({n}, H, D), {n} action chunks; got {chunks.shape}."
+        )
+    return chunks.astype(np.float32)
+
+
 def check_n_samples(detector: FailureDetector | None, n_samples: int, where: str) -> None:
-    """Raise early if ``detector`` was fitted on a different number B of action samples."""
+    """Raise early if ``n_samples`` is not an int >= 1, or if ``detector`` was fitted on a
+    different number B of action samples.
+
+    Examples
+    --------
+    >>> check_n_samples(None, 0, "PolicyAdapter")
+    Traceback (most recent call last):
+    ...
+    failguard.exceptions.ParameterError: 'n_samples' must be an int >= 1. Got 0 instead.
+    """
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ParameterError(f"'n_samples' must be an int >= 1. Got {n_samples!r} instead.")
     if detector is None:
         return
     for s in detector.scores:
@@ -368,8 +420,9 @@ class PolicyAdapter(MonitoringSession):
         If > 0, also sample that many discrete action ids per step from ``softmax(logits)``
         (for ``DiscreteActionEntropy(source="ids")``), with a generator seeded by ``seed``.
     seed : int, default=0
-    on_error, strict, nonfinite, keep_verdicts
-        See :class:`MonitoringSession`. A failure of ``embed``, ``sample`` or ``logits`` is a
+    **options
+        ``on_error``, ``strict``, ``nonfinite``, ``keep_verdicts``: keyword-only, see
+        :class:`MonitoringSession`. A failure of ``embed``, ``sample`` or ``logits`` is a
         monitor failure too. The adapter never holds the policy's action, so with
         ``strict=True`` :meth:`step` raises at once.
 
@@ -405,36 +458,20 @@ class PolicyAdapter(MonitoringSession):
         group: str | None = None,
         n_action_ids: int = 0,
         seed: int = 0,
-        *,
-        on_error: ErrorHook | None = None,
-        strict: bool = False,
-        nonfinite: str = "raise",
-        keep_verdicts: int = 1000,
+        **options: Unpack[SessionOptions],
     ) -> None:
         if not callable(embed):
             raise ParameterError("'embed' must be a callable obs -> embedding of shape (d,).")
-        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-            raise ParameterError(f"'n_samples' must be an int >= 1. Got {n_samples!r} instead.")
+        check_n_samples(detector if sample is not None else None, n_samples, "PolicyAdapter")
         if n_action_ids and logits is None:
             raise ParameterError("'n_action_ids' > 0 samples ids from 'logits'; give 'logits' too.")
-        super().__init__(
-            detector=detector,
-            record_dir=record_dir,
-            on_alarm=on_alarm,
-            group=group,
-            on_error=on_error,
-            strict=strict,
-            nonfinite=nonfinite,
-            keep_verdicts=keep_verdicts,
-        )
+        super().__init__(detector, record_dir, on_alarm, group, **options)
         self.embed = embed
         self.sample = sample
         self.logits = logits
         self.n_samples = n_samples
         self.n_action_ids = int(n_action_ids)
         self._rng = np.random.default_rng(seed)
-        if sample is not None:
-            check_n_samples(detector, n_samples, "PolicyAdapter")
         if detector is not None:
             given = {
                 "action_samples": sample is not None,
@@ -456,21 +493,15 @@ class PolicyAdapter(MonitoringSession):
 
     def arrays(self, obs: Any) -> dict[str, NDArray[Any]]:
         """The per-step arrays for ``obs`` (embedding and, if configured, samples/logits)."""
-        out: dict[str, NDArray[Any]] = {
-            "embedding": to_numpy(self.embed(obs)).reshape(-1).astype(np.float32)
-        }
+        out: dict[str, NDArray[Any]] = {"embedding": flat_float32(self.embed(obs))}
         if self.sample is not None:
-            chunks = to_numpy(self.sample(obs, self.n_samples)).astype(np.float32)
+            n = self.n_samples
+            chunks = to_numpy(self.sample(obs, n))
             if chunks.ndim == 2:  # (n, D): single-step actions are chunks of length 1
                 chunks = chunks[:, None, :]
-            if chunks.ndim != 3 or chunks.shape[0] != self.n_samples:
-                raise RolloutError(
-                    f"sample(obs, {self.n_samples}) must return shape ({self.n_samples}, H, D); "
-                    f"got {chunks.shape}."
-                )
-            out["action_samples"] = chunks
+            out["action_samples"] = check_chunks(chunks, n, f"sample(obs, {n})")
         if self.logits is not None:
-            lg = to_numpy(self.logits(obs)).reshape(-1).astype(np.float32)
+            lg = flat_float32(self.logits(obs))
             out["action_logits"] = lg
             if self.n_action_ids:
                 p = np.exp(lg - lg.max())

@@ -73,10 +73,20 @@ from torch import nn
 
 from ..exceptions import ConfigError, ParameterError, RolloutError
 from ..types import Verdict
-from .generic import AlarmHook, MonitoringSession, check_n_samples, to_numpy
+from .generic import (
+    AlarmHook,
+    MonitoringSession,
+    SessionOptions,
+    check_chunks,
+    check_n_samples,
+    flat_float32,
+    to_numpy,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from typing_extensions import Unpack
 
     from ..detector import FailureDetector
 
@@ -109,7 +119,8 @@ def repeat_batch(batch: Batch, n: int) -> dict[str, Any]:
     return out
 
 
-def _default_hook_transform(output: Any) -> torch.Tensor:
+def _hooked_tensor(output: Any) -> torch.Tensor:
+    """The tensor a hooked submodule returned (the first element of a tuple or list)."""
     if isinstance(output, (tuple, list)):
         output = output[0]
     if not isinstance(output, torch.Tensor):
@@ -117,6 +128,11 @@ def _default_hook_transform(output: Any) -> torch.Tensor:
             f"The hooked submodule returned a {type(output).__name__}; pass "
             "hook_transform=... (output -> tensor of shape (d,)) or embed=... instead."
         )
+    return output
+
+
+def _default_hook_transform(output: Any) -> torch.Tensor:
+    output = _hooked_tensor(output)
     return output[0] if output.ndim >= 2 else output
 
 
@@ -183,8 +199,9 @@ class LeRobotPolicyWrapper:
         Mondrian group and group label of recorded rollouts.
     seed : int, default=0
         Seeds the monitor's own sampling (chunk k of an episode uses ``seed + k``).
-    on_error, strict, nonfinite, keep_verdicts
-        See :class:`~failguard.integrations.MonitoringSession`. The policy's action is
+    **options
+        ``on_error``, ``strict``, ``nonfinite``, ``keep_verdicts``: see
+        :class:`~failguard.integrations.MonitoringSession`. The policy's action is
         always returned: a monitoring failure (``embed``, the hook, the sampler, the monitor,
         ``on_alarm``) gives an ``"error"`` verdict; with ``strict=True`` it is raised at the
         next :meth:`select_action` or :meth:`reset`, before the policy runs again.
@@ -230,10 +247,7 @@ class LeRobotPolicyWrapper:
         on_alarm: AlarmHook | None = None,
         group: str | None = None,
         seed: int = 0,
-        on_error: Callable[[BaseException], Any] | None = None,
-        strict: bool = False,
-        nonfinite: str = "raise",
-        keep_verdicts: int = 1000,
+        **options: Unpack[SessionOptions],
     ) -> None:
         for method in ("reset", "select_action"):
             if not callable(getattr(policy, method, None)):
@@ -248,8 +262,7 @@ class LeRobotPolicyWrapper:
                 "Give exactly one of 'embed' (a callable) and 'embed_module' (LeRobot's "
                 "DiffusionPolicy may take neither: its observation conditioning is the default)."
             )
-        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-            raise ConfigError(f"'n_samples' must be an int >= 1. Got {n_samples!r} instead.")
+        check_n_samples(detector, n_samples, "LeRobotPolicyWrapper")
         if chunk_boundary not in ("auto", "queue", "steps"):
             raise ConfigError(
                 "The 'chunk_boundary' parameter must be one of ('auto', 'queue', 'steps'). "
@@ -261,7 +274,6 @@ class LeRobotPolicyWrapper:
             and not callable(getattr(policy, "predict_action_chunk", None))
         ):
             raise ParameterError("policy has no 'predict_action_chunk'; pass sample_chunks=... .")
-        check_n_samples(detector, n_samples, "LeRobotPolicyWrapper")
         if n_action_steps is None:
             config = getattr(policy, "config", None)
             n_action_steps = int(getattr(config, "n_action_steps", 1) or 1)
@@ -270,16 +282,7 @@ class LeRobotPolicyWrapper:
         self.policy = policy
         self._diffusion = diffusion
         self.backend = "generic" if diffusion is None else "lerobot-diffusion"
-        self.session = MonitoringSession(
-            detector=detector,
-            record_dir=record_dir,
-            on_alarm=on_alarm,
-            group=group,
-            on_error=on_error,
-            strict=strict,
-            nonfinite=nonfinite,
-            keep_verdicts=keep_verdicts,
-        )
+        self.session = MonitoringSession(detector, record_dir, on_alarm, group, **options)
         self.embed = embed
         self.embed_module = embed_module
         self.hook_transform = hook_transform or (
@@ -326,13 +329,7 @@ class LeRobotPolicyWrapper:
 
     def _current_frame_rows(self, output: Any) -> torch.Tensor:
         """Default hook transform of the diffusion backend: the current frame's rows."""
-        if isinstance(output, (tuple, list)):
-            output = output[0]
-        if not isinstance(output, torch.Tensor):
-            raise ParameterError(
-                f"The hooked submodule returned a {type(output).__name__}; pass "
-                "hook_transform=... (output -> tensor) or embed=... instead."
-            )
+        output = _hooked_tensor(output)
         n_obs_steps = int(self.policy.config.n_obs_steps)
         rows = output.shape[0] if output.ndim >= 1 else 0
         if rows == 0 or rows % n_obs_steps:
@@ -342,6 +339,15 @@ class LeRobotPolicyWrapper:
                 f"{n_obs_steps} rows (frame-major, current frame last). Pass hook_transform=... ."
             )
         return output[rows - rows // n_obs_steps :]
+
+    @property
+    def _sampler_name(self) -> str:
+        """What draws the B chunks, for error messages."""
+        if self.sample_chunks is not None:
+            return f"sample_chunks(policy, batch, {self.n_samples})"
+        if self._diffusion is not None:
+            return "The diffusion model's conditional_sample"
+        return "The policy's predict_action_chunk"
 
     def _queue(self) -> Any:
         queues = getattr(self.policy, "_queues", None)
@@ -381,7 +387,7 @@ class LeRobotPolicyWrapper:
                     "check embed_module or pass embed=... ."
                 )
             out = self.hook_transform(self._captured[0])
-        return to_numpy(out).reshape(-1).astype(np.float32)
+        return flat_float32(out)
 
     def _observe(self, batch: Batch) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         """The embedding and the B chunks of the step that just started a chunk."""
@@ -419,18 +425,14 @@ class LeRobotPolicyWrapper:
             self._captured = []
         else:  # the denoiser's conditioning, (1, n_obs_steps * F): keep the current frame
             out = cond.reshape(n_obs_steps, -1)[-1]
-        embedding = to_numpy(out).reshape(-1).astype(np.float32)
+        embedding = flat_float32(out)
         if self.sample_chunks is not None:
             chunks = to_numpy(self.sample_chunks(policy, batch, n))
         else:  # B chunks in one denoising call, all conditioned on this observation
             sample = model.conditional_sample(n, global_cond=cond.expand(n, -1))
             start = n_obs_steps - 1  # the chunk's first action is the current step's
             chunks = to_numpy(sample[:, start : start + int(policy.config.n_action_steps)])
-        if chunks.ndim != 3 or chunks.shape[0] != n:
-            raise RolloutError(
-                f"Expected {n} action chunks of shape ({n}, H, D); got {chunks.shape}."
-            )
-        return embedding, chunks.astype(np.float32)
+        return embedding, check_chunks(chunks, n, self._sampler_name)
 
     def _sample(self, batch: Batch) -> NDArray[np.float32]:
         n = self.n_samples
@@ -451,11 +453,7 @@ class LeRobotPolicyWrapper:
                     )
                 parts += [to_numpy(self.policy.predict_action_chunk(batch)) for _ in range(n - 1)]
             chunks = np.concatenate(parts, axis=0)
-        if chunks.ndim != 3 or chunks.shape[0] != n:
-            raise RolloutError(
-                f"Expected {n} action chunks of shape ({n}, H, D); got {chunks.shape}."
-            )
-        return chunks.astype(np.float32)
+        return check_chunks(chunks, n, self._sampler_name)
 
     # ------------------------------------------------------------------ policy interface
     def reset(self, group: str | None = None, metadata: Mapping[str, Any] | None = None) -> None:
