@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 from ._version import SCHEMA_VERSION, __version__
 from .calibration.calibrator import CalibrationResult
 from .calibration.conformal import Profile
+from .core.spec import MAX_TABLE_LENGTH
 from .exceptions import ArtifactError
 from .scores._base import score_from_config
 
@@ -35,8 +36,6 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 #: Largest config.json that load reads (a saved config is a few kB to a few MB).
 MAX_CONFIG_BYTES = 64 * 2**20
-#: Longest threshold table (one entry per policy step) load accepts.
-MAX_TABLE_LENGTH = 10_000_000
 _CONFIG_KEYS = {
     "schema",
     "failguard_version",
