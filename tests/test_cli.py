@@ -378,7 +378,7 @@ def test_independent_repeats_option(dirs, tmp_path, capsys):
 
     train = [r for r in read_rollouts(dirs["train"]) if r.success]
     fit_prints = set(json.loads((dirs["det"] / "config.json").read_text())["fit_fingerprints"])
-    from failguard.detector import _fingerprint
+    from failguard._gate import fingerprint as _fingerprint
 
     repeats = [r for r in train if _fingerprint(r) in fit_prints]
     assert len(repeats) == fit_files.n_fit_

@@ -331,7 +331,7 @@ def test_with_params_shares_scores_and_recalibrates(detector, cal_set, test_set)
         windows={"rnd": 4, "ace": 6},
         combine="or",
     )
-    fresh._fitted = True  # same fitted scores, calibrated the ordinary way
+    fresh.fitted_state.fitted = True  # same fitted scores, calibrated the ordinary way
     fresh.calibrate(cal_set)
     for name in detector.names:
         np.testing.assert_array_equal(band.thresholds_[name], fresh.thresholds_[name])
@@ -373,7 +373,7 @@ def test_parameters_are_a_frozen_config_kept_apart_from_fitted_state(detector, c
     # fitting and calibrating never touch the parameters
     before = detector.config
     fresh = make_detector(scores=detector.scores, alpha=0.1)
-    fresh._fitted = True
+    fresh.fitted_state.fitted = True
     fresh.calibrate(cal_set)
     assert detector.config is before and fresh.config == detector.config
 

@@ -36,7 +36,7 @@ def same_calibration(a, b):
     assert sorted(a.group_calibration_) == sorted(b.group_calibration_)
     assert a.n_calibration_ == b.n_calibration_
     assert a.longest_calibration_ == b.longest_calibration_
-    assert a._calibration_fingerprints == b._calibration_fingerprints
+    assert a.fitted_state.calibration_fingerprints == b.fitted_state.calibration_fingerprints
 
 
 @pytest.fixture(scope="module")

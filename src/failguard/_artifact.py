@@ -243,9 +243,9 @@ def save_detector(det: FailureDetector, path: str | os.PathLike[str]) -> Path:
         "n_fit": det.n_fit_,
         "n_calibration": det.n_calibration_,
         "longest_calibration": det.longest_calibration_,
-        "fit_fingerprints": sorted(det._fit_fingerprints),
-        "fit_sources": sorted([c, f] for c, f in det._fit_keys),
-        "calibration_fingerprints": sorted(det._calibration_fingerprints),
+        "fit_fingerprints": sorted(det.fitted_state.fit_fingerprints),
+        "fit_sources": sorted([c, f] for c, f in det.fitted_state.fit_keys),
+        "calibration_fingerprints": sorted(det.fitted_state.calibration_fingerprints),
         "calibration_groups": det.calibration_groups_,
         "settings": asdict(det.settings),
         "calibration": (
@@ -357,9 +357,10 @@ def load_detector(
                 f"({asdict(det.settings)}); the file was edited. Re-save the detector."
             )
         if config["calibration"] is not None:
-            det.calibration_ = unpack("calibration.pooled", config["calibration"])
-            _check_calibration(det.calibration_, det.names, str(d))
-        det.group_calibration_ = {
+            pooled = unpack("calibration.pooled", config["calibration"])
+            _check_calibration(pooled, det.names, str(d))
+            det.fitted_state.calibration = pooled
+        det.fitted_state.group_calibration = {
             info["name"]: unpack(f"calibration.group.{i}", info)
             for i, info in enumerate(config.get("groups", []))
         }
@@ -370,15 +371,16 @@ def load_detector(
                 f"{cfg_path}: 'mondrian' is {det.mondrian} but the file holds "
                 f"{len(det.group_calibration_)} group calibrations; the file was edited."
             )
-        det._fitted = True
-        det._fit_fingerprints = set(config.get("fit_fingerprints", []))
-        det._fit_keys = {(str(c), str(f)) for c, f in config.get("fit_sources", [])}
-        det._calibration_fingerprints = set(config.get("calibration_fingerprints", []))
-        det._calibration_groups = [str(g) for g in config.get("calibration_groups", [])]
-        det.n_fit_ = int(config.get("n_fit", 0))
-        det.n_calibration_ = int(config.get("n_calibration", 0))
+        state = det.fitted_state
+        state.fitted = True
+        state.fit_fingerprints = set(config.get("fit_fingerprints", []))
+        state.fit_keys = {(str(c), str(f)) for c, f in config.get("fit_sources", [])}
+        state.calibration_fingerprints = set(config.get("calibration_fingerprints", []))
+        state.calibration_groups = [str(g) for g in config.get("calibration_groups", [])]
+        state.n_fit = int(config.get("n_fit", 0))
+        state.n_calibration = int(config.get("n_calibration", 0))
         longest = config.get("longest_calibration")
-        det.longest_calibration_ = None if longest is None else int(longest)
+        state.longest_calibration = None if longest is None else int(longest)
     except ArtifactError:
         raise
     except (

@@ -1,4 +1,4 @@
-"""Which rollouts calibration admits: content fingerprints, reuse and repeat checks.
+"""Which rollouts fit and calibration admit: successes, content fingerprints, reuse, repeats.
 
 Shared by the in-memory calibration (:meth:`FailureDetector.calibrate`) and the streamed
 one (:func:`failguard.streaming.calibrate_from_results`), so neither imports the other.
@@ -8,12 +8,45 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
+from collections.abc import Sequence
 from typing import Any
 
-from .exceptions import CalibrationError
+from .exceptions import CalibrationError, ParameterError
 from .types import Rollout
 
-__all__ = ["REPEATS_HELP", "CalibrationGate", "fingerprint", "source_key"]
+__all__ = ["REPEATS_HELP", "CalibrationGate", "check_nominal", "fingerprint", "source_key"]
+
+
+def check_nominal(rollouts: Sequence[Rollout] | Rollout, phase: str) -> list[Rollout]:
+    """The rollouts as a list, refusing failed ones (``phase`` is "fit" or "calibrate").
+
+    Rollouts labelled ``success=None`` are kept, with a warning.
+    """
+    if isinstance(rollouts, Rollout):
+        rollouts = [rollouts]
+    rollouts = list(rollouts)
+    if not rollouts:
+        raise CalibrationError(f"{phase}: no rollouts given; pass successful rollouts.")
+    unknown = []
+    for i, r in enumerate(rollouts):
+        if not isinstance(r, Rollout):
+            raise ParameterError(f"{phase}: item {i} is a {type(r).__name__}, not a Rollout.")
+        if r.success is False:
+            raise CalibrationError(
+                f"{phase}: {r.describe(i)} failed (success=False). {phase} uses "
+                "successful rollouts only; drop failed ones before calling it."
+            )
+        if r.success is None:
+            unknown.append(i)
+    if unknown:
+        warnings.warn(
+            f"{phase}: {len(unknown)} rollout(s) have success=None (first: {unknown[0]}); "
+            "they are treated as successes. Label rollouts to keep the guarantee honest.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return rollouts
 
 
 def fingerprint(r: Rollout) -> str:
@@ -54,10 +87,10 @@ class CalibrationGate:
         self.ids: dict[int, int] = {}
 
     def add(self, i: int, what: str, fingerprint: str, source: str | None, obj: Any) -> None:
-        det = self.det
+        state = self.det.fitted_state
         key = source_key(source)
-        if (obj is not None and obj in det._fit_objects) or (
-            key is not None and (fingerprint, key) in det._fit_keys
+        if (obj is not None and obj in state.fit_objects) or (
+            key is not None and (fingerprint, key) in state.fit_keys
         ):
             raise CalibrationError(
                 f"calibrate: {what} was also used to fit the scores (the same rollout object or "
@@ -74,7 +107,7 @@ class CalibrationGate:
                 "each rollout once."
             )
         if not self.independent:
-            if fingerprint in det._fit_fingerprints:
+            if fingerprint in state.fit_fingerprints:
                 raise CalibrationError(
                     f"calibrate: {what} is identical, step for step, to a rollout used to fit "
                     "the scores. Rollouts also used to fit void the guarantee (in-sample "

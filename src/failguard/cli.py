@@ -155,7 +155,7 @@ def _check_output_dir(
 def _refuse_seen(detector: Any, rollouts: Sequence[Any], directory: str, allow: bool) -> None:
     """Refuse logs the detector was fitted or calibrated on (content hashes), unless allowed."""
     if rollouts and hasattr(rollouts[0], "fingerprint"):  # per-rollout results
-        known = detector._fit_fingerprints | detector._calibration_fingerprints
+        known = detector.fitted_state.known_fingerprints()
         seen = [i for i, r in enumerate(rollouts) if r.fingerprint in known]
     else:
         seen = detector.seen(rollouts)

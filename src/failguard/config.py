@@ -4,8 +4,12 @@
 parameter but the scores), stored as given, in the manner of scikit-learn and LeRobot configs.
 It is checked when built and cannot be changed afterwards; a detector with other parameters is
 made with :meth:`FailureDetector.with_params <failguard.FailureDetector.with_params>`, which
-shares the fitted scores. What fitting and calibration learn lives on the detector, in the
-attributes that end with an underscore (``calibration_``, ``n_fit_``, ...).
+shares the fitted scores. What fitting and calibration learn lives apart, in one
+:class:`~failguard.fitted.FittedState` (``det.fitted_state``).
+
+:func:`param_views` gives the detector a read-only attribute for every field
+(``det.alpha`` is ``det.config.alpha``), generated from the fields, so a new parameter needs
+no hand-written property.
 """
 
 from __future__ import annotations
@@ -14,16 +18,17 @@ import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from .calibration.conformal import THRESHOLD_STYLES
 from .core.spec import MAX_WINDOW
 from .exceptions import ParameterError
 from .windows import WINDOW_KINDS
 
-__all__ = ["DetectorConfig"]
+__all__ = ["DetectorConfig", "param_views"]
 
 _DEFAULT_WINDOW = 10
+C = TypeVar("C", bound=type)
 
 
 def _param_error(name: str, expected: str, value: Any) -> ParameterError:
@@ -165,3 +170,44 @@ class DetectorConfig:
         if isinstance(self.windows, Mapping):
             out["windows"] = dict(self.windows)
         return out
+
+
+def _param_view(name: str) -> property:
+    def get(self: Any) -> Any:
+        return getattr(self.config, name)
+
+    def refuse(self: Any, value: Any) -> None:
+        raise AttributeError(
+            f"'{name}' is a parameter, read from the frozen config: make a detector with "
+            f"another value with with_params({name}=...)."
+        )
+
+    return property(get, refuse, doc=f"The ``{name}`` parameter (``config.{name}``; read-only).")
+
+
+def param_views(cls: C) -> C:
+    """Class decorator: a read-only property per :class:`DetectorConfig` field.
+
+    The property ``name`` returns ``self.config.name``; assigning to it raises
+    ``AttributeError`` (parameters change through ``with_params``). Fields the class defines
+    itself (such as the detector's resolved ``windows``) are left alone. Declare each field's
+    type in the class body for type checkers.
+
+    Examples
+    --------
+    >>> @param_views
+    ... class Holder:
+    ...     alpha: float
+    ...     def __init__(self):
+    ...         self.config = DetectorConfig(alpha=0.2)
+    >>> Holder().alpha
+    0.2
+    >>> Holder().alpha = 0.3
+    Traceback (most recent call last):
+    ...
+    AttributeError: 'alpha' is a parameter, read from the frozen config: make a detector ...
+    """
+    for f in fields(DetectorConfig):
+        if f.name not in vars(cls):
+            setattr(cls, f.name, _param_view(f.name))
+    return cls

@@ -429,7 +429,7 @@ def evaluate(
     (True, True)
     """
     if raw is not None:
-        from .detector import RAW_DEPRECATED
+        from ._scoring import RAW_DEPRECATED
 
         warnings.warn(RAW_DEPRECATED.format(where="evaluate"), DeprecationWarning, stacklevel=2)
     if not isinstance(rollouts, Sequence):
@@ -444,7 +444,7 @@ def evaluate(
         detector.spec()  # raises NotFittedError unless calibrated
         if isinstance(id_groups, str) and id_groups == "auto" and detector.calibration_groups_:
             id_groups = detector.calibration_groups_
-        known = detector._fit_fingerprints | detector._calibration_fingerprints
+        known = detector.fitted_state.known_fingerprints()
         seen_at: list[int] = []
         count = [0]
 
@@ -515,7 +515,7 @@ def alpha_sweep(
     gives ``{"alpha": a, "error": message}``. ``raw`` is deprecated (see :func:`evaluate`).
     """
     if raw is not None:
-        from .detector import RAW_DEPRECATED
+        from ._scoring import RAW_DEPRECATED
 
         warnings.warn(RAW_DEPRECATED.format(where="alpha_sweep"), DeprecationWarning, stacklevel=2)
     return _sweep(detector, rollouts, alphas, t_max, id_groups, raw)

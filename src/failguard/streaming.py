@@ -362,13 +362,9 @@ def calibrate_from_results(
             stacklevel=2,
         )
     pooled, per_group = detector._calibrate_from_curves(series, groups)
-    detector.calibration_ = pooled
-    detector.group_calibration_ = per_group
-    detector._calibration_raw = None
-    detector._calibration_groups = groups
-    detector._calibration_fingerprints = set(gate.prints)
-    detector.n_calibration_ = n
-    detector.longest_calibration_ = longest
+    detector.fitted_state.set_calibration(
+        pooled, per_group, None, groups, set(gate.prints), n, longest
+    )
     return detector
 
 

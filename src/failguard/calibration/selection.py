@@ -497,5 +497,5 @@ def select(
     )
     chosen._record_fit(fit)
     chosen.calibrate(calibration)
-    chosen.selection_ = report
+    chosen.fitted_state.selection = report
     return chosen
