@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["mean_std", "timed", "validation_key", "vote_rule"]
+__all__ = ["mean_std", "summary_us", "timed", "timed_us", "validation_key", "vote_rule"]
 
 
 def _num(x: Any) -> float:
@@ -80,3 +80,25 @@ def timed(fn: Callable[[], Any], repeat: int, warmup: int = 0) -> list[float]:
         fn()
         out.append(time.perf_counter() - t0)
     return out
+
+
+def summary_us(seconds: Sequence[float]) -> dict[str, Any]:
+    """p50, p99 and mean in microseconds of timings given in seconds, and their count.
+
+    Examples
+    --------
+    >>> summary_us([1e-6, 2e-6, 3e-6])["p50_us"]
+    2.0
+    """
+    us = np.asarray(seconds, dtype=float) * 1e6
+    return {
+        "p50_us": float(np.percentile(us, 50)),
+        "p99_us": float(np.percentile(us, 99)),
+        "mean_us": float(us.mean()),
+        "repeats": int(us.size),
+    }
+
+
+def timed_us(fn: Callable[[], Any], repeat: int, warmup: int = 0) -> dict[str, Any]:
+    """:func:`timed`, summarised by :func:`summary_us` (p50 / p99 / mean in microseconds)."""
+    return summary_us(timed(fn, repeat, warmup))

@@ -31,7 +31,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,28 +46,12 @@ from failguard.exporters import export_onnx
 from failguard.runtime import OnnxMonitor
 from failguard.synthetic import make_rollouts
 
+from ._protocol import summary_us, timed, timed_us
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "latency.json"
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 SECTION = "## Latency (ONNX Runtime vs torch)"
-
-
-def timed(fn: Callable[[], Any], repeats: int, warmup: int = 50) -> dict[str, float]:
-    """p50 / p99 / mean of ``fn()`` in microseconds."""
-    for _ in range(warmup):
-        fn()
-    ts = np.empty(repeats)
-    for i in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts[i] = time.perf_counter() - t0
-    us = ts * 1e6
-    return {
-        "p50_us": float(np.percentile(us, 50)),
-        "p99_us": float(np.percentile(us, 99)),
-        "mean_us": float(us.mean()),
-        "repeats": repeats,
-    }
 
 
 def interleaved(
@@ -89,23 +72,10 @@ def interleaved(
     alls: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(blocks):
         for k, f in fns.items():
-            per = pers[k]
-            ts = np.empty(per)
-            for i in range(per):
-                t0 = time.perf_counter()
-                f()
-                ts[i] = time.perf_counter() - t0
+            ts = timed(f, pers[k])
             meds[k].append(float(np.median(ts)) * 1e6)
-            alls[k].extend((ts * 1e6).tolist())
-    return {
-        k: {
-            "p50_us": float(np.median(meds[k])),
-            "p99_us": float(np.percentile(alls[k], 99)),
-            "mean_us": float(np.mean(alls[k])),
-            "repeats": pers[k] * blocks,
-        }
-        for k in fns
-    }
+            alls[k].extend(ts)
+    return {k: {**summary_us(alls[k]), "p50_us": float(np.median(meds[k]))} for k in fns}
 
 
 def build(kind: str, seed: int = 0) -> tuple[FailureDetector, list[Any], dict[str, int]]:
@@ -201,21 +171,21 @@ def bench_detector(kind: str, repeats: int, tmp: Path) -> dict[str, Any]:
     if kind != "default" and "weights" in inspect.signature(export_onnx).parameters:
         for w in ("fp16", "int8"):
             low = OnnxMonitor(export_onnx(det, tmp / f"{kind}_{w}.onnx", weights=w))
-            out[f"ort_monitor_step_n1_{w}"] = timed(lambda m=low: m.step(**args), repeats, 5)
+            out[f"ort_monitor_step_n1_{w}"] = timed_us(lambda m=low: m.step(**args), repeats, 5)
 
     torch_mon = det.monitor()
     torch_reps = max(50, repeats // 10) if kind != "default" else repeats
-    out["torch_monitor_step_n1"] = timed(lambda: torch_mon.step(**args), torch_reps, warmup=10)
+    out["torch_monitor_step_n1"] = timed_us(lambda: torch_mon.step(**args), torch_reps, warmup=10)
 
     # throughput at N=64: one batched graph call vs the torch scores on 64 rows at once
     n = 64
     feed64 = feed_for(det, test, n, t_mid)
     sess_all = session(path, None)
     reps64 = max(20, repeats // 20)
-    ort64 = timed(lambda: sess_all.run(fetch, feed64), reps64, warmup=5)
-    ort64_1 = timed(lambda: sess.run(fetch, feed64), reps64, warmup=5)
+    ort64 = timed_us(lambda: sess_all.run(fetch, feed64), reps64, warmup=5)
+    ort64_1 = timed_us(lambda: sess.run(fetch, feed64), reps64, warmup=5)
     inputs64 = {f: feed64[f] for f in det.requires}
-    t64 = timed(lambda: [s.score_steps(inputs64) for s in det.scores], reps64, warmup=5)
+    t64 = timed_us(lambda: [s.score_steps(inputs64) for s in det.scores], reps64, warmup=5)
     out["n64"] = {
         "ort_all_threads": {**ort64, "robot_steps_per_s": n / (ort64["p50_us"] * 1e-6)},
         "ort_1_thread": {**ort64_1, "robot_steps_per_s": n / (ort64_1["p50_us"] * 1e-6)},
@@ -287,7 +257,7 @@ def bench_cuda(repeats: int) -> dict[str, Any]:
                     s = net(torch.from_numpy(x).to(dev, non_blocking=False))
                     return float(s[0].item())  # .item() synchronises
 
-            out[f"rnd_paper_d{d}_n{n}"] = timed(step, repeats, warmup=20)
+            out[f"rnd_paper_d{d}_n{n}"] = timed_us(step, repeats, warmup=20)
     for b, h in ((32, 8), (256, 16)):
         torch.manual_seed(0)
         mlp = torch.nn.Sequential(
@@ -309,7 +279,7 @@ def bench_cuda(repeats: int) -> dict[str, Any]:
                     x = x + mlp(torch.cat([x, obs, tt], dim=1)) / 10
                 return float(x[0, 0].item())
 
-        out[f"policy_forward_b{b}"] = timed(run, max(100, repeats // 5), warmup=10)
+        out[f"policy_forward_b{b}"] = timed_us(run, max(100, repeats // 5), warmup=10)
     return out
 
 
@@ -544,7 +514,6 @@ def compare_table(runs: dict[str, list[dict[str, float]]]) -> str:
 def run_compare(args: argparse.Namespace) -> dict[str, Any]:
     """This script over two packages (``--baseline`` and this checkout's ``src``), in
     alternating subprocesses, ``--rounds`` times each: the before/after table in one run."""
-    script = Path(__file__).resolve()
     packages = {"baseline": args.baseline.resolve(), "this checkout": ROOT / "src"}
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in packages}
     times: dict[str, list[dict[str, float]]] = {k: [] for k in packages}
@@ -554,7 +523,8 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
                 out = Path(tmp) / f"{i}_{label.replace(' ', '_')}.json"
                 cmd = [
                     sys.executable,
-                    str(script),
+                    "-m",
+                    "benchmarks.latency",
                     "--out",
                     str(out),
                     "--repeats",
@@ -564,8 +534,11 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
                     cmd.append("--quick")
                 if args.no_paper:
                     cmd.append("--no-paper")
-                env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
-                subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+                # that package's failguard, and this checkout's benchmarks (src/ holds no
+                # `benchmarks`, the root no `failguard`)
+                path = os.pathsep.join([str(src), str(ROOT)])
+                env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+                subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
                 res = json.loads(out.read_text())
                 runs[label].append(goal_ratios(res))
                 times[label].append(absolute_us(res))

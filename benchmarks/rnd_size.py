@@ -48,7 +48,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,8 @@ import itertools
 import numpy as np
 import torch
 from numpy.typing import NDArray
+
+from ._protocol import timed_us
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -580,22 +582,6 @@ def _machine() -> dict[str, Any]:
     return info
 
 
-def _median_us(fn: Callable[[], Any], repeats: int, warmup: int) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    ts = np.empty(repeats)
-    for i in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts[i] = time.perf_counter() - t0
-    us = ts * 1e6
-    return {
-        "p50_us": float(np.median(us)),
-        "p99_us": float(np.percentile(us, 99)),
-        "repeats": repeats,
-    }
-
-
 def _fitted_rnd(size: str, d: int, device: str) -> Any:
     from failguard.synthetic import make_rollouts
 
@@ -623,7 +609,7 @@ def time_rnd(
         out_host.copy_(s.float(), non_blocking=True)
         torch.cuda.synchronize()
 
-    res: dict[str, Any] = {"eager": _median_us(eager, repeats, 50)}
+    res: dict[str, Any] = {"eager": timed_us(eager, repeats, 50)}
     static_in = torch.zeros(n, d, device=dev, dtype=dtype)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -641,7 +627,7 @@ def time_rnd(
         out_host.copy_(static_out, non_blocking=True)
         torch.cuda.synchronize()
 
-    res["graph"] = _median_us(replay, repeats, 50)
+    res["graph"] = timed_us(replay, repeats, 50)
     replay()
     graph_scores = out_host.clone()
     eager()
@@ -673,7 +659,7 @@ def time_monitor(size: str, d: int, device: str, repeats: int) -> dict[str, Any]
         mon.step(embedding=r.embeddings[t], action_samples=r.action_samples[t])
         state["t"] += 1
 
-    return _median_us(step, repeats, 50)
+    return timed_us(step, repeats, 50)
 
 
 def time_ort(size: str, d: int, repeats: int, provider: str = "CUDAExecutionProvider") -> Any:
@@ -714,7 +700,7 @@ def time_ort(size: str, d: int, repeats: int, provider: str = "CUDAExecutionProv
             mon.step(embedding=r.embeddings[t], action_samples=samples[t])
             state["t"] += 1
 
-        out["onnx_monitor_step_n1"] = _median_us(step, repeats, 50)
+        out["onnx_monitor_step_n1"] = timed_us(step, repeats, 50)
     return out
 
 
@@ -727,7 +713,7 @@ def _time_cpu(net: torch.nn.Module, d: int, n: int, repeats: int) -> dict[str, f
         with torch.no_grad():
             model(x)
 
-    return _median_us(forward, repeats, 10)
+    return timed_us(forward, repeats, 10)
 
 
 def cmd_time(args: argparse.Namespace) -> int:

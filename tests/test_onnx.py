@@ -503,14 +503,8 @@ def test_bad_files(exported, tmp_path):
 @pytest.mark.bench
 def test_latency_benchmark_quick(tmp_path):
     """benchmarks/latency.py end to end at tiny size (keeps the script from rotting)."""
-    import importlib.util
-    from pathlib import Path
+    from benchmarks import latency as module
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "latency.py"
-    spec = importlib.util.spec_from_file_location("latency_bench", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     res = module.main(["--quick", "--repeats", "50", "--out", str(tmp_path / "lat.json")])
     assert (tmp_path / "lat.json").exists()
     assert res["default"]["ort_monitor_step_n1"]["p50_us"] > 0
