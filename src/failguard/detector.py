@@ -159,6 +159,7 @@ class FailureDetector:
     calibrate = phase.calibrate
     calibration_plan = phase.calibration_plan
     seen = phase.seen
+    with_alpha = phase.with_alpha
     _calibrate_from_raw = phase.calibrate_from_raw
     _calibrate_from_curves = phase.calibrate_from_curves
     raw_scores = _scoring.raw_scores
@@ -290,13 +291,6 @@ class FailureDetector:
             self.fitted_state.shares_scores = False
         for s in self.scores:
             s.fit(rollouts, progress=progress)
-        return self._record_fit(rollouts)
-
-    def _record_fit(self, rollouts: list[Rollout]) -> FailureDetector:
-        """Mark the detector fitted on ``rollouts`` (its scores already are), drop calibration.
-
-        :func:`failguard.select` uses it to hand back scores it fitted once for many candidates.
-        """
         self.fitted_state.record_fit(rollouts)
         return self
 
@@ -331,19 +325,6 @@ class FailureDetector:
         other.fitted_state = self.fitted_state.for_copy()
         phase.recalibrate_copy(other, self.fitted_state)
         return other
-
-    def with_alpha(self, alpha: float) -> FailureDetector:
-        """A copy recalibrated at another alpha on the same calibration rollouts (no rescoring).
-
-        Available right after :meth:`calibrate` in the same session.
-        """
-        self._require_calibrated()
-        if not self.can_recalibrate:
-            raise NotFittedError(
-                "with_alpha needs the calibration rollouts' scores, which a loaded detector does "
-                "not keep; call calibrate(rollouts) again."
-            )
-        return self.with_params(alpha=alpha)
 
     # ------------------------------------------------------------------ monitoring
     def monitor(self, group: str | None = None, nonfinite: str = "raise") -> Monitor:

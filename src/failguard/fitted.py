@@ -92,7 +92,11 @@ class FittedState:
     selection: Any = None
 
     def record_fit(self, rollouts: Sequence[Rollout]) -> None:
-        """Record the rollouts the scores were just fitted on; drop the (stale) calibration."""
+        """Record the rollouts the scores were just fitted on; drop the (stale) calibration.
+
+        :func:`failguard.select` calls it to hand back scores it fitted once for many
+        candidates.
+        """
         self.fit_fingerprints = {fingerprint(r) for r in rollouts}
         self.fit_keys = {
             (fingerprint(r), k) for r in rollouts if (k := source_key(r.source)) is not None

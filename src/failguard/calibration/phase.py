@@ -8,7 +8,8 @@ The functions taking ``self`` are the detector's calibration methods (the class 
   :mod:`failguard.streaming`), after the admission checks of :mod:`failguard._gate`;
 - :func:`calibrate_from_raw` / :func:`calibrate_from_curves`: the thresholds from raw scores
   or windowed curves, changing nothing (``with_params`` recalibrates a copy with them);
-- :func:`recalibrate_copy`: what ``with_params`` does to the copy it makes;
+- :func:`recalibrate_copy`: what ``with_params`` does to the copy it makes, and
+  :func:`with_alpha`;
 - :func:`seen`, :func:`calibration_plan`, :func:`needs_curves` and :func:`settings_for`.
 """
 
@@ -22,7 +23,7 @@ from numpy.typing import NDArray
 
 from .._gate import CalibrationGate, check_nominal, fingerprint
 from ..config import DetectorConfig
-from ..exceptions import CalibrationError
+from ..exceptions import CalibrationError, NotFittedError
 from ..types import Rollout
 from ..windows import window_scores
 from .calibrator import (
@@ -47,6 +48,7 @@ __all__ = [
     "recalibrate_copy",
     "seen",
     "settings_for",
+    "with_alpha",
 ]
 
 
@@ -197,6 +199,26 @@ def recalibrate_copy(self: FailureDetector, source: FittedState) -> None:
         source.n_calibration,
         source.longest_calibration,
     )
+
+
+def with_alpha(self: FailureDetector, alpha: float) -> FailureDetector:
+    """A copy recalibrated at another alpha on the same calibration rollouts (no rescoring).
+
+    Available right after :meth:`calibrate` in the same session.
+
+    Raises
+    ------
+    NotFittedError
+        If the detector is not calibrated, or keeps no raw scores (loaded, or calibrated
+        from an iterator).
+    """
+    self._require_calibrated()
+    if not self.can_recalibrate:
+        raise NotFittedError(
+            "with_alpha needs the calibration rollouts' scores, which a loaded detector does "
+            "not keep; call calibrate(rollouts) again."
+        )
+    return self.with_params(alpha=alpha)
 
 
 def seen(self: FailureDetector, rollouts: Iterable[Rollout]) -> list[int]:

@@ -442,7 +442,7 @@ def select(
     for ci, template in enumerate(tqdm(candidates, desc="select", disable=not progress)):
         params = {**template.get_params(), "alpha": alpha}
         det = FailureDetector(scores=[cached[id(s)] for s in template.scores], **params)
-        det._record_fit(fit)
+        det.fitted_state.record_fit(fit)
         values, metrics, error = [], [], None
         for cal_part, held in folds:
             try:
@@ -495,7 +495,7 @@ def select(
         scores=[cached[id(s)].inner for s in best.scores],
         **report.candidates[report.chosen]["params"],
     )
-    chosen._record_fit(fit)
+    chosen.fitted_state.record_fit(fit)
     chosen.calibrate(calibration)
     chosen.fitted_state.selection = report
     return chosen
