@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 from ._version import SCHEMA_VERSION, __version__
 from .calibration.calibrator import CalibrationResult
 from .calibration.conformal import Profile
-from .core.spec import MAX_TABLE_LENGTH
+from .core.spec import MAX_INPUT_DIM, MAX_INPUT_SIZE, MAX_SCORES, MAX_TABLE_LENGTH
 from .exceptions import ArtifactError
 from .scores._base import score_from_config
 
@@ -109,8 +109,8 @@ def _check_config(config: Any, where: Path) -> None:
         got = sorted(params) if isinstance(params, dict) else type(params).__name__
         raise bad(f"'params' must hold exactly {sorted(_PARAM_KEYS)}; got {got}.")
     scores = config["scores"]
-    if not isinstance(scores, list) or not 1 <= len(scores) <= 64:
-        raise bad("'scores' must be a list of 1 to 64 score configs.")
+    if not isinstance(scores, list) or not 1 <= len(scores) <= MAX_SCORES:
+        raise bad(f"'scores' must be a list of 1 to {MAX_SCORES} score configs.")
     for i, sc in enumerate(scores):
         if not isinstance(sc, dict) or set(sc) != {"type", "params", "fitted"}:
             raise bad(f"score {i} must hold exactly 'type', 'params' and 'fitted'.")
@@ -121,12 +121,12 @@ def _check_config(config: Any, where: Path) -> None:
         fitted = sc["fitted"]
         shapes = fitted.get("input_shapes") if isinstance(fitted, dict) else None
         if not isinstance(shapes, dict) or not all(
-            isinstance(v, list) and 1 <= len(v) <= 4 and all(is_int(x, 1, 10**7) for x in v)
+            isinstance(v, list) and 1 <= len(v) <= 4 and all(is_int(x, 1, MAX_INPUT_DIM) for x in v)
             for v in shapes.values()
         ):
             raise bad(f"score {i}: 'fitted.input_shapes' must map fields to lists of sizes.")
         for field, shape in shapes.items():
-            if int(np.prod(shape)) > 10**8:
+            if int(np.prod(shape)) > MAX_INPUT_SIZE:
                 raise bad(f"score {i}: '{field}' of shape {shape} is absurdly large.")
     windows = params["windows"]
     if not isinstance(windows, dict) or set(windows) != {sc["params"].get("name") for sc in scores}:

@@ -45,6 +45,12 @@ SPEC_VERSION = 1
 MAX_WINDOW = 100_000
 #: Longest threshold table (one entry per policy step).
 MAX_TABLE_LENGTH = 10_000_000
+#: Most indicators one monitor may hold.
+MAX_SCORES = 64
+#: Largest size of one axis of a per-step input.
+MAX_INPUT_DIM = 10**7
+#: Largest number of values in one per-step input.
+MAX_INPUT_SIZE = 10**8
 #: The per-step inputs a score may read (``Rollout`` fields).
 INPUT_FIELDS = ("embeddings", "action_samples", "action_logits", "action_ids", "states")
 NONFINITE_POLICIES = ("raise", "alarm")
@@ -186,8 +192,8 @@ class MonitorSpec:
             return out
 
         scores = tuple(self.scores)
-        if not 1 <= len(scores) <= 64 or not all(isinstance(s, ScoreSpec) for s in scores):
-            raise bad("'scores' must be 1 to 64 ScoreSpec.")
+        if not 1 <= len(scores) <= MAX_SCORES or not all(isinstance(s, ScoreSpec) for s in scores):
+            raise bad(f"'scores' must be 1 to {MAX_SCORES} ScoreSpec.")
         names = [s.name for s in scores]
         if len(set(names)) != len(names) or not all(
             isinstance(n, str) and n.isidentifier() for n in names
@@ -209,8 +215,8 @@ class MonitorSpec:
                 f not in INPUT_FIELDS
                 or not 1 <= len(dims) <= 4
                 or not all(isinstance(x, int) and not isinstance(x, bool) for x in dims)
-                or not all(1 <= x <= 10**7 for x in dims)
-                or math.prod(dims) > 10**8
+                or not all(1 <= x <= MAX_INPUT_DIM for x in dims)
+                or math.prod(dims) > MAX_INPUT_SIZE
             ):
                 raise bad(f"input '{f}' has an invalid per-step shape {dims}.")
             shapes[f] = dims
