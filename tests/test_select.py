@@ -86,7 +86,7 @@ def test_pseudo_failures_keep_length_and_fields(sets):
 
 def test_select_errors(sets):
     fit, cal, _, val = sets
-    few = [r for r in val if r.success][:10] + [r for r in val if not r.success]
+    few = [r for r in val if r.success][:5] + [r for r in val if not r.success]
     with pytest.raises(CalibrationError, match="validation successes"):
         select(fit, cal, few, alpha=0.05, candidates=_grid())
     with pytest.raises(ValueError, match="'criterion' parameter"):
@@ -147,3 +147,44 @@ def test_select_keeps_the_false_alarm_guarantee():
     print(f"select's choice: FAR {mean:.3f} ± {se:.3f} at alpha {alpha}, {len(chosen)} choices")
     assert len(chosen) > 1  # the choice varies with the validation draw
     assert mean <= alpha + 3 * se, (mean, se)
+
+
+def test_select_calibrates_folds_on_the_calibration_groups_only(sets):
+    """Successes under a shift are scored, never used to set a fold's thresholds.
+
+    The same validation set twice, once with mildly and once with wildly shifted successes
+    (group "ood-shift"): the failures' detection (TPR) of every candidate is unchanged, because
+    the folds are calibrated on the "id" successes alone; only the TNR moves.
+    """
+    fit, cal, _, val = sets
+    base = make_rollouts(12, seed=36, length=30)
+
+    def shifted(scale: float) -> list:
+        out = []
+        for r in base:
+            emb = r.embeddings + np.float32(scale)
+            out.append(
+                type(r)(emb, action_samples=r.action_samples, success=True, group="ood-shift")
+            )
+        return out
+
+    mild = select(fit, cal, val + shifted(0.05), alpha=0.1, candidates=_grid())
+    wild = select(fit, cal, val + shifted(50.0), alpha=0.1, candidates=_grid())
+    for a, b in zip(mild.selection_.candidates, wild.selection_.candidates, strict=True):
+        assert a["label"] == b["label"]
+        if a["value"] is not None:
+            assert a["metrics"]["tpr"] == b["metrics"]["tpr"]
+    rnd_legs = [
+        (a, b)
+        for a, b in zip(mild.selection_.candidates, wild.selection_.candidates, strict=True)
+        if "rnd" in a["label"] and a["value"] is not None
+    ]
+    assert any(b["metrics"]["tnr"] < a["metrics"]["tnr"] for a, b in rnd_legs)
+    assert "12 shifted successes held out" in mild.selection_.reason
+    # without groups shared with calibration every success calibrates (the previous behaviour)
+    ungrouped = [
+        type(r)(r.embeddings, action_samples=r.action_samples, success=r.success, group="other")
+        for r in val
+    ]
+    det = select(fit, cal, ungrouped, alpha=0.1, candidates=_grid())
+    assert "shifted" not in det.selection_.reason

@@ -5,10 +5,21 @@ candidates on **validation** rollouts only, then calibrates the winner on the ca
 rollouts. Nothing is chosen on calibration (or test) data, so the conformal guarantee of the
 returned detector is exactly that of a detector configured by hand.
 
-How candidates are compared without touching the calibration set: the validation successes
-are split in two halves; each candidate is calibrated on one half and scored on the other
-half plus the validation failures, and then the other way round (2-fold cross-fitting). The
-criterion is averaged over both folds.
+How candidates are compared without touching the calibration set: the *reference*
+validation successes (those from the calibration rollouts' groups; every success when the
+rollouts carry no groups) are split in two halves; each candidate is calibrated on one half and
+scored on the other half, the validation failures and the validation successes from other
+groups (benign shifts), and then the other way round (2-fold cross-fitting). The criterion is
+averaged over both folds. Successes under a shift never calibrate a fold: the deployed
+thresholds come from in-distribution successes only, so thresholds set on shifted successes
+would compare the candidates at alarm levels that deployment never uses.
+
+If a half holds too few reference successes to calibrate at ``alpha`` (a conformal threshold
+needs at least ``1/alpha - 1``), the folds are calibrated at the smallest level a half allows,
+``1/(n_half + 1)``, for every candidate alike (up to ``MAX_FOLD_ALPHA`` = 0.25; fewer reference
+successes raise :class:`~failguard.CalibrationError`); the report's ``reason`` says so. This
+only affects the comparison: the chosen detector is calibrated at ``alpha`` on the
+calibration set.
 
 Criteria (``criterion=``):
 
@@ -64,6 +75,8 @@ __all__ = [
 ]
 
 CRITERIA = ("auto", "twa", "balanced_accuracy", "synthetic")
+#: Highest level the validation folds may be relaxed to when their halves are small.
+MAX_FOLD_ALPHA = 0.25
 
 
 @dataclass
@@ -400,15 +413,36 @@ def select(
         )
     if len(succ) < 2:
         raise RolloutError("select: validation needs at least 2 successful rollouts.")
+    cal_groups = {r.group for r in calibration}
+    reference = [r for r in succ if r.group in cal_groups]
+    shifted = [r for r in succ if r.group not in cal_groups]
+    if len(reference) < 2:  # validation successes share no group with calibration: use them all
+        reference, shifted = succ, []
+    rng = np.random.default_rng(random_state)
+    first, second = split_indices(len(reference), len(reference) // 2, rng)
+    n_half = min(len(first), len(second))
+    fold_alpha = max(alpha, 1.0 / (n_half + 1))
+    if fold_alpha > max(alpha, MAX_FOLD_ALPHA):
+        n_need = 2 * math.ceil(1.0 / max(alpha, MAX_FOLD_ALPHA) - 1.0)
+        raise CalibrationError(
+            f"select: {len(reference)} reference validation successes are too few to compare "
+            f"candidates (each half calibrates a fold; at least {n_need} are needed). Give select "
+            "more validation successes from the calibration rollouts' groups."
+        )
+    folds_on = f"2-fold cross-fitted thresholds on {len(reference)} reference successes"
+    if shifted:
+        folds_on += f" from the calibration groups, {len(shifted)} shifted successes held out"
+    if fold_alpha > alpha:
+        folds_on += f"; folds at alpha={fold_alpha:.3g}, the smallest {n_half} allow"
     reason = {
         "twa": f"criterion: TWA on {len(fails)} validation failures and held-out validation "
-        "successes (2-fold cross-fitted thresholds)",
+        f"successes ({folds_on})",
         "balanced_accuracy": f"criterion: balanced accuracy on {len(fails)} validation "
-        "failures and held-out validation successes (2-fold cross-fitted thresholds)",
+        f"failures and held-out validation successes ({folds_on})",
         "synthetic": "criterion: TWA against freeze/drift/scatter pseudo-failures of held-out "
         "validation successes (no failed validation rollouts"
         + (" used" if fails else " given")
-        + ")",
+        + f"; {folds_on})",
     }[criterion]
     if candidates is None:
         candidates = default_candidates(fit[0], seed=random_state)
@@ -425,11 +459,9 @@ def select(
             if id(s) not in cached:
                 cached[id(s)] = CachedScore(s if s.is_fitted else s.fit(fit, progress=progress))
 
-    rng = np.random.default_rng(random_state)
-    first, second = split_indices(len(succ), len(succ) // 2, rng)
     folds = [
-        ([succ[i] for i in first], [succ[i] for i in second]),
-        ([succ[i] for i in second], [succ[i] for i in first]),
+        ([reference[i] for i in first], [reference[i] for i in second] + shifted),
+        ([reference[i] for i in second], [reference[i] for i in first] + shifted),
     ]
     pseudo: list[tuple[int, Rollout]] = []
     if criterion == "synthetic":
@@ -441,7 +473,9 @@ def select(
     key_best: tuple[float, ...] | None = None
     for ci, template in enumerate(tqdm(candidates, desc="select", disable=not progress)):
         params = {**template.get_params(), "alpha": alpha}
-        det = FailureDetector(scores=[cached[id(s)] for s in template.scores], **params)
+        det = FailureDetector(
+            scores=[cached[id(s)] for s in template.scores], **{**params, "alpha": fold_alpha}
+        )
         det.fitted_state.record_fit(fit)
         values, metrics, error = [], [], None
         for cal_part, held in folds:
@@ -486,9 +520,9 @@ def select(
     if report.chosen < 0:
         need = next((c["error"] for c in report.candidates if c["error"]), "")
         raise CalibrationError(
-            f"select: no candidate could be calibrated on half of the {len(succ)} validation "
-            f"successes at alpha={alpha:g} ({need}). Give select more validation successes "
-            "(twice what one calibration needs) or raise alpha."
+            f"select: no candidate could be calibrated on half of the {len(reference)} reference "
+            f"validation successes at alpha={fold_alpha:g} ({need}). Give select more "
+            "validation successes (twice what one calibration needs) or raise alpha."
         )
     best = candidates[report.chosen]
     chosen = FailureDetector(
