@@ -110,8 +110,12 @@ def test_default_candidates_cover_fiper_and_each_new_leg(sets):
 
 
 @pytest.mark.slow
-def test_select_keeps_the_false_alarm_guarantee():
+@pytest.mark.parametrize("shifted", [False, True])
+def test_select_keeps_the_false_alarm_guarantee(shifted):
     """Realised FAR of select's choice on fresh successes <= alpha (+3 SE) over many draws.
+
+    With ``shifted``, validation also holds successes under a shift (another group), which
+    select scores but never calibrates on.
 
     Every draw has new validation (successes and stuck failures), calibration and test
     rollouts; the scores are fitted once. Selection sees validation only, so the chosen
@@ -135,7 +139,12 @@ def test_select_keeps_the_false_alarm_guarantee():
             4, "stuck", seed=9000 + seed, length=30
         )
         test = make_rollouts(25, seed=10000 + seed, length=30)
+        if shifted:
+            for r in make_rollouts(8, seed=11000 + seed, length=30):
+                emb = r.embeddings * np.float32(1.5)
+                val.append(type(r)(emb, action_samples=r.action_samples, success=True, group="ood"))
         det = select(fit, cal, val, alpha=alpha, candidates=grid)
+        assert ("shifted successes held out" in det.selection_.reason) == shifted
         chosen.add(det.selection_.best["label"])
         # the returned thresholds are exactly those of the chosen settings calibrated on cal
         params = det.selection_.best["params"]
