@@ -15,7 +15,15 @@ from typing import Any
 from .exceptions import CalibrationError, ParameterError
 from .types import Rollout
 
-__all__ = ["REPEATS_HELP", "CalibrationGate", "check_nominal", "fingerprint", "source_key"]
+__all__ = [
+    "REPEATS_HELP",
+    "CalibrationGate",
+    "admit",
+    "check_nominal",
+    "fingerprint",
+    "source_key",
+    "warn_unlabelled",
+]
 
 
 def check_nominal(rollouts: Sequence[Rollout] | Rollout, phase: str) -> list[Rollout]:
@@ -32,21 +40,31 @@ def check_nominal(rollouts: Sequence[Rollout] | Rollout, phase: str) -> list[Rol
     for i, r in enumerate(rollouts):
         if not isinstance(r, Rollout):
             raise ParameterError(f"{phase}: item {i} is a {type(r).__name__}, not a Rollout.")
-        if r.success is False:
-            raise CalibrationError(
-                f"{phase}: {r.describe(i)} failed (success=False). {phase} uses "
-                "successful rollouts only; drop failed ones before calling it."
-            )
-        if r.success is None:
+        if admit(r.success, r.describe(i), phase):
             unknown.append(i)
+    warn_unlabelled(unknown, phase, stacklevel=4)
+    return rollouts
+
+
+def admit(success: bool | None, described: str, phase: str) -> bool:
+    """Refuse a failed rollout; True when it is unlabelled (then kept as a success)."""
+    if success is False:
+        raise CalibrationError(
+            f"{phase}: {described} failed (success=False). {phase} uses "
+            "successful rollouts only; drop failed ones before calling it."
+        )
+    return success is None
+
+
+def warn_unlabelled(unknown: Sequence[int], phase: str, stacklevel: int) -> None:
+    """Warn once about the unlabelled rollouts ``unknown`` (indices) kept as successes."""
     if unknown:
         warnings.warn(
             f"{phase}: {len(unknown)} rollout(s) have success=None (first: {unknown[0]}); "
             "they are treated as successes. Label rollouts to keep the guarantee honest.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
-    return rollouts
 
 
 def fingerprint(r: Rollout) -> str:

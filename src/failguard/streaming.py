@@ -35,7 +35,6 @@ Examples
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -43,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ._gate import CalibrationGate, fingerprint
+from ._gate import CalibrationGate, admit, fingerprint, warn_unlabelled
 from .calibration.calibrator import require_finite
 from .core import kernel
 from .exceptions import CalibrationError, NotFittedError, ParameterError
@@ -330,12 +329,7 @@ def calibrate_from_results(
     unknown: list[int] = []
     n = longest = 0
     for i, r in enumerate(results):
-        if r.success is False:
-            raise CalibrationError(
-                f"calibrate: {r.describe(i)} failed (success=False). calibrate uses "
-                "successful rollouts only; drop failed ones before calling it."
-            )
-        if r.success is None:
+        if admit(r.success, r.describe(i), "calibrate"):
             unknown.append(i)
         gate.add(i, r.describe(i), r.fingerprint, r.source, None)
         for k in names:
@@ -354,13 +348,7 @@ def calibrate_from_results(
         n += 1
     if n == 0:
         raise CalibrationError("calibrate: no rollouts given; pass successful rollouts.")
-    if unknown:
-        warnings.warn(
-            f"calibrate: {len(unknown)} rollout(s) have success=None (first: {unknown[0]}); "
-            "they are treated as successes. Label rollouts to keep the guarantee honest.",
-            UserWarning,
-            stacklevel=2,
-        )
+    warn_unlabelled(unknown, "calibrate", stacklevel=3)
     pooled, per_group = detector._calibrate_from_curves(series, groups)
     detector.fitted_state.set_calibration(
         pooled, per_group, None, groups, set(gate.prints), n, longest
