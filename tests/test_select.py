@@ -197,3 +197,43 @@ def test_select_calibrates_folds_on_the_calibration_groups_only(sets):
     ]
     det = select(fit, cal, ungrouped, alpha=0.1, candidates=_grid())
     assert "shifted" not in det.selection_.reason
+
+
+def test_select_relaxes_only_the_candidates_a_fold_cannot_calibrate(sets):
+    """Each candidate's folds run at alpha when a half of the reference successes suffices,
+    else at the smallest level that does (OR votes and per-step thresholds need more)."""
+    from failguard import FailureDetector
+
+    fit, cal, _, val = sets
+    legs = {"rnd": small_rnd(), "ace": ActionChunkEntropy()}
+    structures = [(["ace"], "and"), (["rnd", "ace"], "and"), (["rnd", "ace"], "or")]
+    grid = candidate_grid(legs, structures, windows=(3,), thresholds=("constant", "per_step"))
+    alpha = 0.1
+    det = select(fit, cal, val, alpha=alpha, candidates=grid)
+    n_ref = sum(r.success for r in val)
+    n_half = n_ref // 2
+
+    by_name = {s.name: s for s in legs.values()}
+
+    def needed(entry, level):
+        params = {**entry["params"], "alpha": level}
+        scores = [by_name[n] for n in entry["names"]]
+        return FailureDetector(scores=scores, **params).calibration_plan().n_required
+
+    relaxed = 0
+    for entry in det.selection_.candidates:
+        level = entry["fold_alpha"]
+        if needed(entry, alpha) <= n_half:
+            assert level == alpha
+        elif level is not None:
+            relaxed += 1
+            assert needed(entry, level) <= n_half < needed(entry, level * 0.999)
+            assert entry["value"] is not None
+        else:
+            assert entry["error"]
+    assert relaxed > 0  # per-step thresholds at alpha 0.1 need more than a half here
+    small_cal = cal[:12]
+    det2 = select(fit, small_cal, val, alpha=alpha, candidates=grid)
+    for entry in det2.selection_.candidates:
+        if needed(entry, alpha) > len(small_cal):
+            assert entry["value"] is None and "calibration set" in entry["error"]

@@ -14,12 +14,12 @@ averaged over both folds. Successes under a shift never calibrate a fold: the de
 thresholds come from in-distribution successes only, so thresholds set on shifted successes
 would compare the candidates at alarm levels that deployment never uses.
 
-If a half holds too few reference successes to calibrate at ``alpha`` (a conformal threshold
-needs at least ``1/alpha - 1``), the folds are calibrated at the smallest level a half allows,
-``1/(n_half + 1)``, for every candidate alike (up to ``MAX_FOLD_ALPHA`` = 0.25; fewer reference
-successes raise :class:`~failguard.CalibrationError`); the report's ``reason`` says so. This
-only affects the comparison: the chosen detector is calibrated at ``alpha`` on the
-calibration set.
+A candidate whose calibration needs more successes at ``alpha`` than a half holds (see
+:func:`~failguard.calibration.plan`: per-step thresholds, OR votes and PAC guarantees need
+more) has its folds calibrated at the smallest level its halves allow, up to
+``MAX_FOLD_ALPHA`` = 0.25 (recorded as its ``fold_alpha``); beyond that, or when the calibration
+set itself is too small for it at ``alpha``, it is left out with the reason. This only affects
+the comparison: the chosen detector is calibrated at ``alpha`` on the calibration set.
 
 Criteria (``criterion=``):
 
@@ -93,7 +93,8 @@ class SelectionReport:
     candidates : list of dict
         One per candidate: ``label``, ``params``, ``value`` (the criterion, mean over folds;
         None if it could not be calibrated on half the validation successes), ``metrics``
-        (TPR, TNR, balanced accuracy, TWA, mean over folds) and ``error``.
+        (TPR, TNR, balanced accuracy, TWA, mean over folds), ``fold_alpha`` (the level its
+        folds were calibrated at) and ``error``.
     chosen : int
         Index of the chosen candidate.
     """
@@ -329,6 +330,44 @@ def pseudo_failures(
     return out
 
 
+def _fold_level(
+    scores: Sequence[BaseScore], params: Mapping[str, Any], n_half: int, n_calibration: int
+) -> tuple[float | None, str | None]:
+    """The level at which a candidate's validation folds are calibrated, or why it cannot be.
+
+    ``params["alpha"]`` if a half of ``n_half`` reference successes suffices at it; else the
+    smallest level up to :data:`MAX_FOLD_ALPHA` that does (bisection on the count that
+    :meth:`FailureDetector.calibration_plan` gives, which falls as the level rises).
+    """
+    alpha = float(params["alpha"])
+
+    def needed(level: float) -> int:
+        det = FailureDetector(scores=list(scores), **{**params, "alpha": level})
+        return det.calibration_plan().n_required
+
+    if needed(alpha) > n_calibration:
+        return None, (
+            f"needs {needed(alpha)} calibration successes at alpha={alpha:g}; the calibration "
+            f"set has {n_calibration}"
+        )
+    if needed(alpha) <= n_half:
+        return alpha, None
+    top = max(alpha, MAX_FOLD_ALPHA)
+    if needed(top) > n_half:
+        return None, (
+            f"its folds need more than {n_half} reference validation successes a half even "
+            f"at alpha={top:g}"
+        )
+    lo, hi = alpha, top
+    for _ in range(24):
+        mid = 0.5 * (lo + hi)
+        if needed(mid) <= n_half:
+            hi = mid
+        else:
+            lo = mid
+    return hi, None
+
+
 def _labelled(rollouts: Sequence[Rollout], where: str) -> None:
     unknown = [i for i, r in enumerate(rollouts) if r.success is None]
     if unknown:
@@ -421,19 +460,9 @@ def select(
     rng = np.random.default_rng(random_state)
     first, second = split_indices(len(reference), len(reference) // 2, rng)
     n_half = min(len(first), len(second))
-    fold_alpha = max(alpha, 1.0 / (n_half + 1))
-    if fold_alpha > max(alpha, MAX_FOLD_ALPHA):
-        n_need = 2 * math.ceil(1.0 / max(alpha, MAX_FOLD_ALPHA) - 1.0)
-        raise CalibrationError(
-            f"select: {len(reference)} reference validation successes are too few to compare "
-            f"candidates (each half calibrates a fold; at least {n_need} are needed). Give select "
-            "more validation successes from the calibration rollouts' groups."
-        )
     folds_on = f"2-fold cross-fitted thresholds on {len(reference)} reference successes"
     if shifted:
         folds_on += f" from the calibration groups, {len(shifted)} shifted successes held out"
-    if fold_alpha > alpha:
-        folds_on += f"; folds at alpha={fold_alpha:.3g}, the smallest {n_half} allow"
     reason = {
         "twa": f"criterion: TWA on {len(fails)} validation failures and held-out validation "
         f"successes ({folds_on})",
@@ -473,12 +502,13 @@ def select(
     key_best: tuple[float, ...] | None = None
     for ci, template in enumerate(tqdm(candidates, desc="select", disable=not progress)):
         params = {**template.get_params(), "alpha": alpha}
-        det = FailureDetector(
-            scores=[cached[id(s)] for s in template.scores], **{**params, "alpha": fold_alpha}
-        )
+        scores = [cached[id(s)] for s in template.scores]
+        fold_alpha, error = _fold_level(scores, params, n_half, len(calibration))
+        det = FailureDetector(scores=scores, **{**params, "alpha": fold_alpha or alpha})
         det.fitted_state.record_fit(fit)
-        values, metrics, error = [], [], None
-        for cal_part, held in folds:
+        values: list[float] = []
+        metrics: list[dict[str, float]] = []
+        for cal_part, held in folds if error is None else []:
             try:
                 det.calibrate(cal_part)
             except CalibrationError as err:
@@ -498,6 +528,7 @@ def select(
             "params": params,
             "value": None,
             "metrics": {},
+            "fold_alpha": fold_alpha,
             "error": error,
         }
         if error is None and any(math.isnan(v) for v in values):
@@ -520,8 +551,8 @@ def select(
     if report.chosen < 0:
         need = next((c["error"] for c in report.candidates if c["error"]), "")
         raise CalibrationError(
-            f"select: no candidate could be calibrated on half of the {len(reference)} reference "
-            f"validation successes at alpha={fold_alpha:g} ({need}). Give select more "
+            f"select: no candidate could be compared on halves of the {len(reference)} "
+            f"reference validation successes at alpha={alpha:g} ({need}). Give select more "
             "validation successes (twice what one calibration needs) or raise alpha."
         )
     best = candidates[report.chosen]
