@@ -86,9 +86,12 @@ def test_pseudo_failures_keep_length_and_fields(sets):
 
 def test_select_errors(sets):
     fit, cal, _, val = sets
-    few = [r for r in val if r.success][:5] + [r for r in val if not r.success]
+    few = [r for r in val if r.success][:3] + [r for r in val if not r.success]
+    per_step = candidate_grid(
+        {"ace": ActionChunkEntropy()}, [(["ace"], "and")], windows=(3,), thresholds=("per_step",)
+    )
     with pytest.raises(CalibrationError, match="validation successes"):
-        select(fit, cal, few, alpha=0.05, candidates=_grid())
+        select(fit, cal, few, alpha=0.05, candidates=per_step)
     with pytest.raises(ValueError, match="'criterion' parameter"):
         select(fit, cal, val, candidates=_grid(), criterion="auc")
     unlabelled = make_rollouts(3, seed=40, length=30)

@@ -17,7 +17,7 @@ would compare the candidates at alarm levels that deployment never uses.
 A candidate whose calibration needs more successes at ``alpha`` than a half holds (see
 :func:`~failguard.calibration.plan`: per-step thresholds, OR votes and PAC guarantees need
 more) has its folds calibrated at the smallest level its halves allow, up to
-``MAX_FOLD_ALPHA`` = 0.25 (recorded as its ``fold_alpha``); beyond that, or when the calibration
+``MAX_FOLD_ALPHA`` = 0.5 (recorded as its ``fold_alpha``); beyond that, or when the calibration
 set itself is too small for it at ``alpha``, it is left out with the reason. This only affects
 the comparison: the chosen detector is calibrated at ``alpha`` on the calibration set.
 
@@ -75,8 +75,12 @@ __all__ = [
 ]
 
 CRITERIA = ("auto", "twa", "balanced_accuracy", "synthetic")
-#: Highest level the validation folds may be relaxed to when their halves are small.
-MAX_FOLD_ALPHA = 0.25
+#: Highest level a candidate's validation folds may be relaxed to when its halves are small.
+#: At the smallest feasible level every relaxed threshold is about the largest score of the
+#: half, whatever the candidate, so relaxed candidates are compared on a like footing; a low
+#: cap would instead drop exactly the candidates that need many successes (OR votes, per-step
+#: thresholds) and bias the choice towards AND.
+MAX_FOLD_ALPHA = 0.5
 
 
 @dataclass
