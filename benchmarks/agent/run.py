@@ -86,6 +86,14 @@ TINY = Settings(
 )
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside (results carry no machine paths)."""
+    try:
+        return str(path.resolve().relative_to(HERE.parent.parent.resolve()))
+    except ValueError:
+        return path.name
+
+
 def _log(msg: str) -> None:
     print(f"[agent-bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -121,7 +129,7 @@ def stage_rollouts(settings: Settings, seed: int, policy_dir: Path, out: Path) -
     if rdir.exists():  # an interrupted collection: start the stage again
         shutil.rmtree(rdir)
     policy = load_policy(policy_dir)
-    summary: dict[str, Any] = {"policy": str(policy_dir), "groups": {}}
+    summary: dict[str, Any] = {"policy": _shown(policy_dir), "groups": {}}
     t0 = time.time()
     for gi, group in enumerate(GROUPS):
         n = settings.n_id if group == "id" else settings.n_ood
