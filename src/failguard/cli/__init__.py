@@ -55,6 +55,7 @@ from ._common import (
     EXIT_TOO_FEW,
     EXIT_USAGE,
     cli_wording,
+    emit,
 )
 from ._common import check_compatible as check_compatible
 from ._deploy import cmd_export, cmd_health
@@ -149,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def show(message: Any, category: Any, *_: Any, **__: Any) -> None:
         text = cli_wording(" ".join(str(message).split()))
-        print(f"failguard {args.command}: warning: {text}", file=sys.stderr)
+        emit(f"failguard {args.command}: warning: {text}", file=sys.stderr)
 
     try:
         with warnings.catch_warnings():
@@ -157,12 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = show
             return int(args.func(args))
     except DependencyError as err:
-        print(f"{prefix} {err}", file=sys.stderr)
+        emit(f"{prefix} {err}", file=sys.stderr)
         return EXIT_DEPENDENCY
     except (FailguardError, OSError) as err:
         message = cli_wording(" ".join(str(err).split()))
-        print(f"{prefix} {message}", file=sys.stderr)
+        emit(f"{prefix} {message}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
-        print("failguard: interrupted", file=sys.stderr)
+        emit("failguard: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

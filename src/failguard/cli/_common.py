@@ -7,9 +7,19 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ..exceptions import CliError
+
+
+def emit(*parts: object, file: TextIO | None = None) -> None:
+    """Write one line of CLI output (to stdout unless ``file`` is given), as ``print`` would.
+
+    The CLI's one way to talk to the terminal; the library itself never prints.
+    """
+    stream = sys.stdout if file is None else file
+    stream.write(" ".join(str(p) for p in parts) + "\n")
+
 
 EXIT_OK = 0
 EXIT_INPUT = 1
@@ -134,7 +144,7 @@ def _refuse_seen(detector: Any, rollouts: Sequence[Any], directory: str, allow: 
             "Use held-out logs, or pass --allow-seen if they are independent episodes that "
             "repeated step for step."
         )
-    print(f"failguard: warning: {what} (--allow-seen).", file=sys.stderr)
+    emit(f"failguard: warning: {what} (--allow-seen).", file=sys.stderr)
     warnings.filterwarnings("ignore", message=".*fitted or calibrated on")  # said once
 
 

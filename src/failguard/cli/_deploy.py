@@ -16,6 +16,7 @@ from ._common import (
     _load_detector,
     _refuse_seen,
     _successes,
+    emit,
 )
 from ._engine import _gather
 
@@ -31,7 +32,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"ONNX export is not available ({err}). Install it with "
             "`pip install failguard[export]`."
         ) from err
-    print(f"exported the monitor to {out if out is not None else args.output}")
+    emit(f"exported the monitor to {out if out is not None else args.output}")
     return EXIT_OK
 
 
@@ -43,7 +44,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     results = _gather(args, det)
     ok = _successes(results, args.logs, "the health check")
     if len(ok) < len(results):
-        print(
+        emit(
             f"using the {len(ok)} successful of {len(results)} rollouts: the health check "
             f"reads successes only ({len(results) - len(ok)} failed ones skipped)"
         )
@@ -53,7 +54,7 @@ def cmd_health(args: argparse.Namespace) -> int:
         "Run detector.calibrate(new_successes) (`failguard calibrate DETECTOR NEW_LOGS`)",
         f"Run `failguard calibrate {args.detector} {args.logs} -o NEW_DIR`",
     )
-    print(result)
+    emit(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_dict(), indent=2))
     if result.needs_recalibration:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..exceptions import CliError, DependencyError
-from ._common import check_compatible
+from ._common import check_compatible, emit
 
 
 def _check_one(detector: Any, rollout: Any, index: int, directory: str) -> None:
@@ -92,12 +92,12 @@ def _gather(
             f"{logs}: {err} Use logs of the same policy, or refit with `failguard fit`."
         ) from err
     if skipped:
-        print(
+        emit(
             f"skipped {len(skipped)} unreadable rollout file(s) (--strict stops instead):",
             file=sys.stderr,
         )
         for _, message in skipped:
-            print(f"  {message}", file=sys.stderr)
+            emit(f"  {message}", file=sys.stderr)
     if not results:
         raise CliError(f"{logs}: no readable rollout file.")
     return results

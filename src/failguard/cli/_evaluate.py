@@ -27,6 +27,7 @@ from ._common import (
     _require_labels,
     _successes,
     check_compatible,
+    emit,
 )
 from ._engine import _gather
 
@@ -39,12 +40,12 @@ def _fmt(x: Any) -> str:
 
 def _print_sweep(sweep: Sequence[dict[str, Any]]) -> None:
     keys = ("tpr", "tnr", "balanced_accuracy", "detection_time", "twa")
-    print("alpha   " + "  ".join(f"{k:>17}" for k in keys))
+    emit("alpha   " + "  ".join(f"{k:>17}" for k in keys))
     for row in sweep:
         if "error" in row:
-            print(f"{row['alpha']:<7g} {row['error']}")
+            emit(f"{row['alpha']:<7g} {row['error']}")
             continue
-        print(f"{row['alpha']:<7g} " + "  ".join(f"{_fmt(row[k]):>17}" for k in keys))
+        emit(f"{row['alpha']:<7g} " + "  ".join(f"{_fmt(row[k]):>17}" for k in keys))
 
 
 def _sweep_detector(detector: Any, args: argparse.Namespace, quiet: bool) -> Any:
@@ -102,13 +103,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             )
         report = evaluate(det, rollouts, progress=not args.quiet, id_groups=args.id_groups)
         report.sweep = alpha_sweep(det, rollouts, args.alphas, id_groups=args.id_groups)
-    print(report.table())
+    emit(report.table())
     if report.sweep:
-        print()
+        emit()
         _print_sweep(report.sweep)
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
-        print(f"wrote {args.json}")
+        emit(f"wrote {args.json}")
     return EXIT_OK
 
 
@@ -127,7 +128,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if swept and alphas is None:
         alphas = _supported_alphas(det)
         if not alphas:
-            print(
+            emit(
                 f"note: no alpha of the default sweep can be calibrated with "
                 f"{det.n_calibration_} rollouts; pass --alphas to choose others",
                 file=sys.stderr,
@@ -145,7 +146,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         )
     except ImportError as err:
         raise DependencyError(str(err)) from err
-    print(f"wrote {path}")
+    emit(f"wrote {path}")
     return EXIT_OK
 
 
@@ -172,7 +173,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     steps = sum(r.n_steps for r in results)
     alarms = sum(r.predicted_failure for r in results)
     what = f", {alarms} with an alarm" if det.is_calibrated else " (not calibrated: no alarms)"
-    print(f"scored {len(results)} rollouts ({steps} steps){what}; wrote {out}")
+    emit(f"scored {len(results)} rollouts ({steps} steps){what}; wrote {out}")
     return EXIT_OK
 
 

@@ -28,6 +28,7 @@ from ._common import (
     _read_logs,
     _require_labels,
     _successes,
+    emit,
 )
 from ._engine import _gather
 
@@ -45,7 +46,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         split=args.split,
         mondrian=args.mondrian,
     )
-    print(result.explanation)
+    emit(result.explanation)
     return EXIT_OK
 
 
@@ -207,7 +208,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         where = f"{args.logs} (the calibration part)"
     _check_calibration_set(det, fit_set, cal_set, where, args.independent_repeats)
     if len(ok) < len(rollouts):
-        print(f"using the {len(ok)} successful of {len(rollouts)} rollouts (failures skipped)")
+        emit(f"using the {len(ok)} successful of {len(rollouts)} rollouts (failures skipped)")
     if args.validation_logs is not None:
         from ..calibration.selection import default_candidates, select
 
@@ -222,16 +223,16 @@ def cmd_fit(args: argparse.Namespace) -> int:
             random_state=args.seed,
             progress=not args.quiet,
         )
-        print(det.selection_.table(top=5))
+        emit(det.selection_.table(top=5))
     else:
         det.fit(fit_set, progress=not args.quiet)
         det.calibrate(
             cal_set, progress=not args.quiet, independent_repeats=args.independent_repeats
         )
     out = det.save(args.output)
-    print(f"fitted on {len(fit_set)} and calibrated on {len(cal_set)} successful rollouts")
-    print(f"{det}")
-    print(f"saved to {out}")
+    emit(f"fitted on {len(fit_set)} and calibrated on {len(cal_set)} successful rollouts")
+    emit(f"{det}")
+    emit(f"saved to {out}")
     return EXIT_OK
 
 
@@ -253,10 +254,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     results = _gather(args, det, curves=det.calibration_needs_curves, alarms=False)
     ok = _successes(results, args.logs, "calibration")
     if len(ok) < len(results):
-        print(f"using the {len(ok)} successful of {len(results)} rollouts (failures skipped)")
+        emit(f"using the {len(ok)} successful of {len(results)} rollouts (failures skipped)")
     calibrate_from_results(det, ok, independent_repeats=args.independent_repeats)
     out = det.save(args.output or args.detector)
-    print(
+    emit(
         f"recalibrated on {len(ok)} successful rollouts (scores unchanged, alpha={det.alpha:g}); "
         f"saved to {out}"
     )
