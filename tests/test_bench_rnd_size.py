@@ -22,32 +22,25 @@ run.stage_rollouts(cfg, Path({out!r}), log)
 """
 
 
+def _python(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python ARGS`` in the repository root, capturing its output."""
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=900, check=False
+    )
+
+
 @pytest.mark.bench
 def test_rnd_size_pipeline_tiny(tmp_path: Path) -> None:
     pytest.importorskip("metaworld")
     robot = tmp_path / "robot"
     code = COLLECT.format(out=str(robot))
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    proc = _python("-c", code)
     assert proc.returncode == 0, proc.stderr[-4000:]
     work = tmp_path / "work"
     script = "benchmarks.rnd_size"
-    proc = subprocess.run(
-        [
-            *(sys.executable, "-m", script, "tiny", "--robot", str(robot), "--work", str(work)),
-            *("--tasks", "push", "--max-epochs", "1"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
+    proc = _python(
+        *("-m", script, "tiny", "--robot", str(robot), "--work", str(work)),
+        *("--tasks", "push", "--max-epochs", "1"),
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads((work / "rnd_size.json").read_text())
@@ -68,16 +61,9 @@ def test_rnd_size_pipeline_tiny(tmp_path: Path) -> None:
     table = load_file(str(scores))
     table["push/seed0"] = table["push/seed0"][:-1]
     save_file(table, str(scores))
-    proc = subprocess.run(
-        [
-            *(sys.executable, "-m", script, "evaluate", "--robot", str(robot), "--tiny"),
-            *("--tasks", "push", "--scores", str(work / "scores"), "--sizes", "small"),
-            *("--seeds", "0", "--out", str(tmp_path / "again.json")),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
+    proc = _python(
+        *("-m", script, "evaluate", "--robot", str(robot), "--tiny"),
+        *("--tasks", "push", "--scores", str(work / "scores"), "--sizes", "small"),
+        *("--seeds", "0", "--out", str(tmp_path / "again.json")),
     )
     assert proc.returncode != 0 and "scores have shape" in proc.stderr

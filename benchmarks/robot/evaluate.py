@@ -170,7 +170,20 @@ def _detector(
     cal: Sequence[Rollout],
     k: int | None = None,
 ) -> FailureDetector:
-    det = FailureDetector(
+    det = _template(method, cached, windows, threshold, alpha, k)
+    return det.fit(fit, progress=False).calibrate(cal)
+
+
+def _template(
+    method: MethodSpec,
+    cached: Mapping[str, CachedScore],
+    windows: Mapping[str, int],
+    threshold: str,
+    alpha: float,
+    k: int | None,
+) -> FailureDetector:
+    """The unfitted detector of ``method`` at these settings (k: the vote, None for AND)."""
+    return FailureDetector(
         scores=[cached[n] for n in method.scores],
         windows=dict(windows),
         combine=vote_rule(len(method.scores), k, method.combine),
@@ -179,7 +192,6 @@ def _detector(
         mode=method.mode,
         calibration=method.calibration,
     )
-    return det.fit(fit, progress=False).calibrate(cal)
 
 
 def _candidates(
@@ -265,16 +277,7 @@ def evaluate_task(
             # the library's validated selection over this method's grid: every candidate is
             # compared on validation only, the winner is calibrated on the calibration split
             templates = [
-                FailureDetector(
-                    scores=[cached[n] for n in method.scores],
-                    windows=dict(windows),
-                    combine=vote_rule(len(method.scores), k, method.combine),
-                    threshold=style,
-                    alpha=alpha,
-                    mode=method.mode,
-                    calibration=method.calibration,
-                )
-                for style, windows, k in configs
+                _template(method, cached, windows, style, alpha, k) for style, windows, k in configs
             ]
             try:
                 det = fg_select(
